@@ -1,0 +1,360 @@
+"""Generated harmony → OpenAI message events, token by token, repairing what real models emit.
+
+One ``HarmonyDecoder`` serves both paths: the non-streaming response is the concatenation of
+the events the streaming path emits, so the two always agree. It wraps openai-harmony's
+``StreamableParser`` and repairs malformed output before it reaches the parser (missing
+``<|end|>``, text outside messages, headers without ``<|message|>``, over-long headers,
+``<|constrain|>`` in odd places, stray tokens in recipients); see harmony-mapping.md §3.2.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+from dataclasses import dataclass, field
+
+from openai_harmony import HarmonyEncoding, HarmonyError, Role, StreamableParser, StreamState
+
+from .render import ToolNames
+
+START, END, MESSAGE, CHANNEL, CONSTRAIN = 200006, 200007, 200008, 200005, 200003
+RETURN, CALL, ENDOFTEXT = 200002, 200012, 199999
+ASSISTANT = 173781
+_STOPS_IN_HEADER = (END, RETURN, CALL, START)
+_CHANNEL_NAMES = ("analysis", "final", "commentary")
+_HEADER_CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
+_HEADER_RECIPIENT = re.compile(r"to=([^\s<]+)")
+_SPECIAL_TEXT = re.compile(r"<\|[a-z_]+\|>")
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+class StrippedOutputError(Exception):
+    """The backend removed harmony's control tokens, so the output cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ContentDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+Event = ReasoningDelta | ContentDelta | ToolCall
+
+
+def new_call_id() -> str:
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+def repair_arguments(raw: str) -> tuple[str, str | None]:
+    """Arguments kept byte-exact when valid JSON; trailing junk dropped; empty → ``{}``."""
+    if not raw.strip():
+        return "{}", "empty tool-call arguments replaced by {}"
+    try:
+        json.loads(raw)
+        return raw, None
+    except json.JSONDecodeError:
+        pass
+    text = raw.strip()
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except json.JSONDecodeError:
+        return raw, "tool-call arguments are not valid JSON; passed on as generated"
+    return text[:end], "text after the JSON tool-call arguments dropped"
+
+
+class StopMatcher:
+    """Cuts final-channel text at the first ``stop`` string, holding back partial matches."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+        self.matched = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        buffer = self.pending + text
+        hits = [i for s in self.stops if (i := buffer.find(s)) >= 0]
+        if hits:
+            self.matched = True
+            self.pending = ""
+            return buffer[: min(hits)]
+        hold = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), 0, -1):
+                if buffer.endswith(stop[:size]):
+                    hold = max(hold, size)
+                    break
+        self.pending = buffer[len(buffer) - hold:] if hold else ""
+        return buffer[: len(buffer) - hold]
+
+    def flush(self) -> str:
+        pending, self.pending = self.pending, ""
+        return pending
+
+
+@dataclass
+class _Message:
+    kind: str  # "reasoning" | "content" | "call"
+    name: str = ""
+    started: bool = False
+
+
+@dataclass
+class HarmonyDecoder:
+    """Feeds completion tokens to the harmony parser and yields OpenAI message events."""
+
+    encoding: HarmonyEncoding
+    tool_names: ToolNames = field(default_factory=ToolNames)
+    declared_tools: frozenset[str] = frozenset()
+    allow_tool_calls: bool = True
+    single_tool_call: bool = False
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.parser = StreamableParser(self.encoding, Role.ASSISTANT, strict=False)
+        self.header: list[int] = []
+        self.current: _Message | None = None
+        self.repairs: list[str] = []
+        self.reasoning_tokens = 0
+        self.tool_calls = 0
+        self.has_reasoning = False
+        self.has_content = False
+        self.first_message = True
+        self.ended = False
+        self.stop_matcher = StopMatcher(self.stop)
+        self.resyncing = False
+
+    # -- public API -------------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_matcher.matched
+
+    def feed_text(self, text: str) -> list[Event]:
+        """Feed a piece of generated text (a backend that returns text, not ids)."""
+        events: list[Event] = []
+        for token in self.encoding.encode(text, allowed_special="all"):
+            events.extend(self.feed(token))
+        return events
+
+    def feed(self, token: int) -> list[Event]:
+        """Feed one generated token id."""
+        if self.ended or self.stopped:
+            return []
+        events: list[Event] = []
+        state = self.parser.state
+        if token == ENDOFTEXT:
+            return self.finish(truncated=False)
+        if state == StreamState.CONTENT:
+            if token == START:
+                self._repair("missing <|end|> before <|start|>")
+                self._process(END, events)
+            elif token == CHANNEL:
+                self._repair("missing <|end|><|start|>assistant before <|channel|>")
+                for injected in (END, START, ASSISTANT):
+                    self._process(injected, events)
+            elif token in (MESSAGE, CONSTRAIN):
+                self._repair("stray control token inside a message dropped")
+                return events
+        elif state == StreamState.EXPECT_START:
+            if token in (END, RETURN, CALL, MESSAGE, CONSTRAIN):
+                self._repair("stray control token between messages dropped")
+                return events
+            if token == CHANNEL:
+                self._repair("missing <|start|>assistant before <|channel|>")
+                self._process(START, events)
+                self._process(ASSISTANT, events)
+            elif token != START:
+                self._repair("text outside a message kept")
+                self._process(START, events)
+                self._process(ASSISTANT, events)
+        elif state == StreamState.HEADER and token in _STOPS_IN_HEADER:
+            self._flush_header(ended_by=token, events=events)
+            if token != START:
+                return events
+        self._process(token, events)
+        return events
+
+    def finish(self, truncated: bool) -> list[Event]:
+        """End of generation: complete or drop what is open; ``truncated`` = hit max_tokens."""
+        if self.ended:
+            return []
+        events: list[Event] = []
+        state = self.parser.state
+        if not self.stopped:
+            if state == StreamState.HEADER and self.header:
+                if truncated:
+                    self._repair("message header cut by max_tokens dropped")
+                else:
+                    self._flush_header(ended_by=None, events=events)
+            elif state == StreamState.CONTENT and self.current is not None:
+                if self.current.kind == "call":
+                    if truncated:
+                        self._repair("tool call cut by max_tokens dropped")
+                    else:
+                        self._emit_call(self.parser.current_content, events)
+                self.parser.process_eos()
+            tail = self.stop_matcher.flush()
+            if tail:
+                events.append(ContentDelta(tail))
+        self.ended = True
+        self.current = None
+        return events
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _repair(self, what: str) -> None:
+        if what not in self.repairs:
+            self.repairs.append(what)
+
+    def _process(self, token: int, events: list[Event]) -> None:
+        parser = self.parser
+        before_state, before_count = parser.state, len(parser.messages)
+        try:
+            parser.process(token)
+        except HarmonyError as exc:
+            if before_state == StreamState.HEADER and not self.resyncing:
+                self._resync(events)
+            else:
+                self._repair(f"token dropped: {exc}")
+            return
+        state = parser.state
+        if state == StreamState.HEADER:
+            if before_state != StreamState.HEADER:
+                self.header = []
+            if token != START:
+                self.header.append(token)
+                self._check_stripped()
+        elif state == StreamState.CONTENT:
+            if before_state != StreamState.CONTENT:
+                self._open(parser.current_channel, parser.current_recipient)
+            delta = parser.last_content_delta
+            if delta and self.current is not None:
+                self._delta(delta, events)
+        if len(parser.messages) > before_count and self.current is not None:
+            if self.current.kind == "call":
+                message = parser.messages[-1]
+                self._emit_call(message.content[0].text if message.content else "", events)
+            self.current = None
+            self.first_message = False
+
+    def _check_stripped(self) -> None:
+        if not self.first_message or len(self.header) > 4:
+            return
+        text = self.encoding.decode(self.header).lstrip()
+        if text.startswith(_CHANNEL_NAMES):
+            raise StrippedOutputError(
+                "the model server stripped harmony's control tokens "
+                f"(output starts {text[:40]!r})"
+            )
+
+    def _classify(self, channel: str | None, recipient: str | None) -> _Message:
+        if recipient:
+            recipient = recipient.split("<|", 1)[0].strip()
+        if recipient and recipient not in ("assistant", "user"):
+            name = recipient.removeprefix("functions.")
+            if recipient.startswith("functions.") or name in self.declared_tools:
+                return _Message("call", name)
+            self._repair(f"message to undeclared recipient {recipient!r} shown as reasoning")
+            return _Message("reasoning")
+        return _Message("reasoning" if channel == "analysis" else "content")
+
+    def _open(self, channel: str | None, recipient: str | None) -> None:
+        self.current = self._classify(channel, recipient)
+
+    def _delta(self, text: str, events: list[Event]) -> None:
+        current = self.current
+        assert current is not None
+        if current.kind == "call":
+            return
+        if current.kind == "reasoning":
+            self.reasoning_tokens += 1
+            if not current.started and self.has_reasoning:
+                text = "\n" + text
+            current.started = self.has_reasoning = True
+            events.append(ReasoningDelta(text))
+            return
+        if not current.started and self.has_content:
+            text = "\n" + text
+        current.started = True
+        text = self.stop_matcher.feed(text)
+        if text:
+            self.has_content = True
+            events.append(ContentDelta(text))
+
+    def _emit_call(self, raw: str, events: list[Event]) -> None:
+        assert self.current is not None
+        if not self.allow_tool_calls:
+            self._repair("tool call dropped: tool_choice is none")
+            return
+        if self.single_tool_call and self.tool_calls:
+            self._repair("extra tool call dropped: parallel_tool_calls is false")
+            return
+        arguments, repair = repair_arguments(raw)
+        if repair:
+            self._repair(repair)
+        events.append(ToolCall(self.tool_calls, new_call_id(),
+                               self.tool_names.to_client(self.current.name), arguments))
+        self.tool_calls += 1
+
+    def _flush_header(self, ended_by: int | None, events: list[Event]) -> None:
+        """A header that never reached ``<|message|>``: its text is the message body."""
+        text = self.encoding.decode(self.header)
+        if text.strip():
+            self._repair("message without <|message|> kept as text")
+        channel_match = _HEADER_CHANNEL.search(text)
+        recipient_match = _HEADER_RECIPIENT.search(text)
+        body = _HEADER_RECIPIENT.sub("", _HEADER_CHANNEL.sub("", text))
+        body = _SPECIAL_TEXT.sub("", body).strip()
+        body = body.removeprefix("assistant").strip()
+        if channel_match:
+            channel = channel_match.group(1)
+        else:
+            channel = "analysis" if ended_by in (END, START) else "final"
+        self.current = self._classify(channel, recipient_match.group(1) if recipient_match
+                                      else None)
+        if self.current.kind == "call":
+            if ended_by == CALL:
+                self._emit_call(body, events)
+        elif body:
+            self._delta(body, events)
+        self.current = None
+        self.first_message = False
+        self.header = []
+        self.parser = StreamableParser(self.encoding, None, strict=False)
+
+    def _resync(self, events: list[Event]) -> None:
+        """A header harmony rejects: read channel and recipient leniently, restart cleanly."""
+        text = self.encoding.decode(self.header)
+        self._repair("malformed message header repaired")
+        channel_match = _HEADER_CHANNEL.search(text)
+        recipient_match = _HEADER_RECIPIENT.search(text)
+        recipient = recipient_match.group(1).split("<|", 1)[0] if recipient_match else ""
+        channel = channel_match.group(1) if channel_match else (
+            "commentary" if recipient else "final")
+        if channel not in _CHANNEL_NAMES:
+            channel = "final"
+        clean = f"<|channel|>{channel}" + (f" to={recipient}" if recipient else "") + (
+            " json" if recipient else "") + "<|message|>"
+        self.parser = StreamableParser(self.encoding, Role.ASSISTANT, strict=False)
+        self.resyncing = True
+        try:
+            for token in self.encoding.encode(clean, allowed_special="all"):
+                self._process(token, events)
+        finally:
+            self.resyncing = False

@@ -1,0 +1,149 @@
+"""Settings: mitmproxy options whose defaults come from environment variables.
+
+Every setting is a ``--set name=value`` option so it can be changed live in mitmweb; secrets
+(``GROQ_API_KEY``, ``PROXY_API_KEY``) are read from the environment only, because option values
+are shown on mitmweb's options page.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from mitmproxy import exceptions
+
+REASONING_FIELDS = ("both", "reasoning", "reasoning_content", "none")
+BACKENDS = ("transformers", "vllm", "llamacpp")
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    env: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("transformers_url", "TRANSFORMERS_URL", str, "http://localhost:8000",
+               "Base URL of the gpt-oss model server (transformers serve)."),
+    OptionSpec("transformers_model", "TRANSFORMERS_MODEL", str, "",
+               "Model id sent to the model server; empty sends no model field."),
+    OptionSpec("backend", "BACKEND", str, "transformers",
+               "Wire format of the gpt-oss model server.", BACKENDS),
+    OptionSpec("groq_base_url", "GROQ_BASE_URL", str, "https://api.groq.com/openai/v1",
+               "Base URL of Groq's OpenAI-compatible API."),
+    OptionSpec("harmony_models", "HARMONY_MODELS", str, "gpt-oss,harmony",
+               "Comma-separated substrings: a model containing one goes the harmony way."),
+    OptionSpec("harmony_model_ids", "HARMONY_MODEL_IDS", str, "gpt-oss-20b,gpt-oss-120b",
+               "Comma-separated gpt-oss model ids listed by /v1/models."),
+    OptionSpec("harmony_date", "HARMONY_DATE", str, "",
+               "Pin the date in the harmony system message (YYYY-MM-DD); empty = today UTC."),
+    OptionSpec("reasoning_field", "REASONING_FIELD", str, "both",
+               "Where gpt-oss reasoning goes: both, reasoning, reasoning_content or none.",
+               REASONING_FIELDS),
+    OptionSpec("log_file", "LOG_FILE", str, "gpt-oss-harmony-groq.log",
+               "JSON-lines flow log; empty disables it."),
+    OptionSpec("log_max_bytes", "LOG_MAX_BYTES", int, 50 * 1024 * 1024,
+               "Rotate the flow log at this size."),
+    OptionSpec("log_backups", "LOG_BACKUPS", int, 5, "Rotated flow logs to keep."),
+    OptionSpec("max_body_size", "MAX_BODY_SIZE", int, 32 * 1024 * 1024,
+               "Largest accepted request body in bytes (larger: 413)."),
+    OptionSpec("upstream_timeout", "UPSTREAM_TIMEOUT", int, 600,
+               "Seconds to wait for the model server's answer (504 past it)."),
+    OptionSpec("keepalive_seconds", "KEEPALIVE_SECONDS", int, 10,
+               "SSE keep-alive comment interval while hidden reasoning streams."),
+    OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
+               "How long Groq's model list is cached."),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated snapshot of the options plus the secrets from the environment."""
+
+    transformers_url: str
+    transformers_model: str
+    backend: str
+    groq_base_url: str
+    harmony_models: tuple[str, ...]
+    harmony_model_ids: tuple[str, ...]
+    harmony_date: str
+    reasoning_field: str
+    log_file: str
+    log_max_bytes: int
+    log_backups: int
+    max_body_size: int
+    upstream_timeout: int
+    keepalive_seconds: int
+    models_cache_seconds: int
+    groq_api_key: str
+    proxy_api_key: str
+
+
+def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(spec.env)
+    if raw is None or raw == "":
+        return spec.default
+    if spec.type is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise exceptions.OptionsError(f"{spec.env}={raw!r} is not an integer") from None
+    return raw
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _check_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{name}={value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate option values; raise ``OptionsError`` with one clear line on a bad one."""
+    for spec in OPTIONS:
+        if spec.choices and values[spec.name] not in spec.choices:
+            raise exceptions.OptionsError(
+                f"{spec.name}={values[spec.name]!r}: choose one of {', '.join(spec.choices)}"
+            )
+        if spec.type is int and values[spec.name] <= 0:
+            raise exceptions.OptionsError(f"{spec.name} must be a positive integer")
+    date = values["harmony_date"]
+    if date:
+        try:
+            datetime.date.fromisoformat(date)
+        except ValueError:
+            raise exceptions.OptionsError(f"harmony_date={date!r} is not YYYY-MM-DD") from None
+    harmony_models = _split(values["harmony_models"])
+    if not harmony_models:
+        raise exceptions.OptionsError("harmony_models must name at least one substring")
+    return Config(
+        transformers_url=_check_url("transformers_url", values["transformers_url"]),
+        transformers_model=values["transformers_model"],
+        backend=values["backend"],
+        groq_base_url=_check_url("groq_base_url", values["groq_base_url"]),
+        harmony_models=tuple(m.lower() for m in harmony_models),
+        harmony_model_ids=_split(values["harmony_model_ids"]),
+        harmony_date=date,
+        reasoning_field=values["reasoning_field"],
+        log_file=values["log_file"],
+        log_max_bytes=values["log_max_bytes"],
+        log_backups=values["log_backups"],
+        max_body_size=values["max_body_size"],
+        upstream_timeout=values["upstream_timeout"],
+        keepalive_seconds=values["keepalive_seconds"],
+        models_cache_seconds=values["models_cache_seconds"],
+        groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
+        proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
+    )
