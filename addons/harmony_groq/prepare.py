@@ -1,4 +1,4 @@
-"""``harmony-groq-prepare``: make a harmony-ready copy of a gpt-oss model for ``transformers serve``.
+"""``harmony-groq-prepare``: a harmony-ready copy of a gpt-oss model for ``transformers serve``.
 
 ``transformers serve`` (5.5+) decodes with ``skip_special_tokens=True``, which strips the harmony
 control tokens and leaves unparseable text (``analysisThink.assistantfinalHi``). The fix is a model
@@ -65,7 +65,9 @@ def _harmony_entries(tokenizer: dict) -> dict[str, dict]:
     if not isinstance(entries, list):
         return {}
     return {
-        e["content"]: e for e in entries if isinstance(e, dict) and e.get("content") in HARMONY_TOKENS
+        e["content"]: e
+        for e in entries
+        if isinstance(e, dict) and e.get("content") in HARMONY_TOKENS
     }
 
 
@@ -81,44 +83,50 @@ def _decoder_entries(tokenizer_config: dict) -> dict[str, dict]:
     }
 
 
-def check_gpt_oss(model_dir: str | os.PathLike[str]) -> None:
-    """Raise PrepareError unless ``model_dir`` holds a gpt-oss model with the harmony tokenizer."""
+def _read_model(model_dir: str | os.PathLike[str]) -> tuple[dict, dict]:
+    """Parsed (tokenizer.json, tokenizer_config.json or {}) of a gpt-oss model, or PrepareError."""
     path = Path(model_dir)
     if not path.is_dir():
         raise PrepareError(f"not a folder: {path}")
     model_type = _load_json(path / "config.json").get("model_type")
     if model_type != "gpt_oss":
         raise PrepareError(f"not a gpt-oss model: config.json model_type is {model_type!r}")
-    entries = _harmony_entries(_load_json(path / "tokenizer.json"))
+    tokenizer = _load_json(path / "tokenizer.json")
+    entries = _harmony_entries(tokenizer)
     missing = [t for t in HARMONY_TOKENS if t not in entries]
     if missing:
         raise PrepareError(f"tokenizer.json lacks the harmony tokens {' '.join(missing)}")
     wrong = [t for t, i in HARMONY_TOKENS.items() if entries[t].get("id") != i]
     if wrong:
         raise PrepareError(f"tokenizer.json has unexpected ids for {' '.join(wrong)}")
+    config_path = path / "tokenizer_config.json"
+    return tokenizer, (_load_json(config_path) if config_path.exists() else {})
 
 
-def harmony_problems(model_dir: str | os.PathLike[str]) -> list[str]:
-    """Why ``model_dir`` would not give parseable harmony from ``transformers serve`` ([] = ready)."""
-    path = Path(model_dir)
-    try:
-        check_gpt_oss(path)
-        tokenizer = _load_json(path / "tokenizer.json")
-        config_path = path / "tokenizer_config.json"
-        config = _load_json(config_path) if config_path.exists() else {}
-    except PrepareError as exc:
-        return [str(exc)]
+def _problems(tokenizer: dict, tokenizer_config: dict) -> list[str]:
     problems = [
         f"tokenizer.json marks {t} special"
         for t, e in _harmony_entries(tokenizer).items()
         if e.get("special") is not False
     ]
-    problems += [
+    return problems + [
         f"tokenizer_config.json marks {t} special"
-        for t, e in _decoder_entries(config).items()
+        for t, e in _decoder_entries(tokenizer_config).items()
         if e.get("special") is not False
     ]
-    return problems
+
+
+def check_gpt_oss(model_dir: str | os.PathLike[str]) -> None:
+    """Raise PrepareError unless ``model_dir`` holds a gpt-oss model with the harmony tokenizer."""
+    _read_model(model_dir)
+
+
+def harmony_problems(model_dir: str | os.PathLike[str]) -> list[str]:
+    """Why ``transformers serve`` would strip the control tokens of ``model_dir`` ([] = ready)."""
+    try:
+        return _problems(*_read_model(model_dir))
+    except PrepareError as exc:
+        return [str(exc)]
 
 
 def is_harmony_ready(model_dir: str | os.PathLike[str]) -> bool:
@@ -201,12 +209,21 @@ def _is_ours(path: Path) -> bool:
 
 def prepare(source: Path, output: Path) -> Path:
     """Write a harmony-ready copy of ``source`` to ``output`` (replacing an earlier one)."""
-    check_gpt_oss(source)
+    tokenizer, tokenizer_config = _read_model(source)
+    patch_tokenizer(tokenizer)
+    patch_tokenizer_config(tokenizer_config)
+    problems = _problems(tokenizer, tokenizer_config)
+    if problems:
+        raise PrepareError("cannot patch the tokenizer: " + "; ".join(problems))
     source, output = source.resolve(), output.expanduser().absolute()
     if output.resolve() == source or source in output.resolve().parents:
         raise PrepareError(f"the output folder must be outside the source folder {source}")
-    if output.exists() and not (output.is_dir() and (_is_ours(output) or not any(output.iterdir()))):
-        raise PrepareError(f"{output} exists and is not a harmony-groq-prepare output; pick another")
+    if output.exists() and not (
+        output.is_dir() and (_is_ours(output) or not any(output.iterdir()))
+    ):
+        raise PrepareError(
+            f"{output} exists and is not a harmony-groq-prepare output; pick another"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -216,16 +233,11 @@ def prepare(source: Path, output: Path) -> Path:
             if entry.name in REWRITTEN or entry.name == MARKER or entry.name.startswith("."):
                 continue
             (tmp / entry.name).symlink_to(entry.resolve())
-        _write_json(tmp / "tokenizer.json", patch_tokenizer(_load_json(source / "tokenizer.json")))
-        config_path = source / "tokenizer_config.json"
-        if config_path.exists():
-            config = patch_tokenizer_config(_load_json(config_path))
-            _write_json(tmp / "tokenizer_config.json", config)
+        _write_json(tmp / "tokenizer.json", tokenizer)
+        if (source / "tokenizer_config.json").exists():
+            _write_json(tmp / "tokenizer_config.json", tokenizer_config)
         marker = {"source": str(source), "not_special": list(HARMONY_TOKENS), "eos": EOS_TOKEN}
         _write_json(tmp / MARKER, marker)
-        problems = harmony_problems(tmp)
-        if problems:
-            raise PrepareError("patched copy does not verify: " + "; ".join(problems))
         if output.exists():
             shutil.rmtree(output)  # our own earlier output: symlinks and small JSON files
         os.replace(tmp, output)
@@ -248,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         model_dir, hub_id = resolve_source(args.source)
-        check_gpt_oss(model_dir)
-        if args.output is None and is_harmony_ready(model_dir):
+        if args.output is None and not _problems(*_read_model(model_dir)):
             print(f"already harmony-ready: {model_dir}", file=sys.stderr)
             print(model_dir)
             return 0
@@ -261,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"harmony-groq-prepare: error: {exc}", file=sys.stderr)
         return 1
-    print(f"harmony-ready copy of {model_dir}; serve it with: transformers serve {output}",
-          file=sys.stderr)
+    print(
+        f"harmony-ready copy of {model_dir}; serve it with: transformers serve {output}",
+        file=sys.stderr,
+    )
     print(output)
     return 0
 

@@ -8,7 +8,6 @@ are shown on mitmweb's options page.
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any

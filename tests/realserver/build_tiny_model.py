@@ -1,4 +1,4 @@
-"""Build a tiny random gpt-oss model with the real harmony tokenizer, offline, for real-server tests.
+"""Build a tiny random gpt-oss model with the real harmony tokenizer, offline, for server tests.
 
 Run with the transformers venv (``tests/realserver/setup_env.sh``)::
 
@@ -119,7 +119,9 @@ def build_tokenizer():
         def load_tiktoken_bpe(self, tiktoken_url: str) -> dict[bytes, int]:
             return ranks
 
-    backend = _InMemoryConverter(vocab_file="o200k_base.tiktoken", pattern=O200K_PATTERN).converted()
+    backend = _InMemoryConverter(
+        vocab_file="o200k_base.tiktoken", pattern=O200K_PATTERN
+    ).converted()
     backend.add_special_tokens(
         [AddedToken(name, normalized=False, special=True) for name in special_token_names()]
     )
@@ -135,8 +137,12 @@ def build_tokenizer():
 
 
 def base_generation_config() -> dict:
-    return {"bos_token_id": BOS_ID, "eos_token_id": EOS_IDS, "pad_token_id": PAD_ID,
-            "do_sample": False}
+    return {
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_IDS,
+        "pad_token_id": PAD_ID,
+        "do_sample": False,
+    }
 
 
 def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
@@ -146,11 +152,21 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
 
     out = Path(out_dir)
     config = GptOssConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-        num_experts_per_tok=2, sliding_window=64, max_position_embeddings=4096,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=64,
+        max_position_embeddings=4096,
         layer_types=["sliding_attention", "full_attention"],
-        bos_token_id=BOS_ID, eos_token_id=EOS_IDS[0], pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_IDS[0],
+        pad_token_id=PAD_ID,
     )
     torch.manual_seed(seed)
     model = GptOssForCausalLM(config).to(torch.float32)
@@ -164,8 +180,14 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     tc = json.loads(tc_path.read_text(encoding="utf-8"))
     tc.pop("backend", None)
     tc["added_tokens_decoder"] = {
-        str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": False,
-                 "single_word": False, "special": True}
+        str(i): {
+            "content": name,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
         for i, name in enumerate(special_token_names(), start=NUM_RANKS)
     }
     tc["clean_up_tokenization_spaces"] = False
@@ -175,7 +197,7 @@ def build_tiny_model(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
 
 
 def scripted_generation_config(model_dir: str | os.PathLike[str], completion: str) -> dict:
-    """A generation config forcing greedy decoding to emit ``completion`` after any harmony prompt."""
+    """A generation config making greedy decoding emit ``completion`` after any harmony prompt."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
@@ -205,7 +227,8 @@ def write_scripted_copy(
 
 
 def write_scripted_generation_config(
-    model_dir: str | os.PathLike[str], completion: str,
+    model_dir: str | os.PathLike[str],
+    completion: str,
     tokenizer_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Replace ``model_dir/generation_config.json`` (a file or a symlink) with a scripted one."""

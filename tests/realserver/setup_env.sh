@@ -58,17 +58,20 @@ if [[ ! -x "$venv/bin/python" ]] || ! is_311 "$venv/bin/python"; then
     "$py" -m venv "$venv" || die "python -m venv failed"
 fi
 rm -f "$stamp"
-vpip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
+pip_install() {  # quiet; drops the noise about absent local index folders
+    "$venv/bin/python" -m pip install --disable-pip-version-check --quiet "$@" \
+        2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
 
 say "installing torch==$TORCH_VERSION (CPU) ..."
-"${vpip[@]}" "torch==$TORCH_VERSION" || die "installing torch==$TORCH_VERSION failed"
-"$venv/bin/python" - <<'EOF' || die "torch is not the CPU build (a CUDA wheel was installed?)"
+pip_install "torch==$TORCH_VERSION" || die "installing torch==$TORCH_VERSION failed"
+"$venv/bin/python" -W ignore - <<'EOF' || die "torch is not the CPU build (a CUDA wheel was installed?)"
 import torch, sys
 sys.exit(0 if torch.version.cuda is None else 1)
 EOF
 
 say "installing transformers[serving]==$TRANSFORMERS_VERSION ${EXTRA_PACKAGES[*]} ..."
-"${vpip[@]}" "torch==$TORCH_VERSION" "transformers[serving]==$TRANSFORMERS_VERSION" "${EXTRA_PACKAGES[@]}" \
+pip_install "torch==$TORCH_VERSION" "transformers[serving]==$TRANSFORMERS_VERSION" "${EXTRA_PACKAGES[@]}" \
     || die "installing transformers[serving]==$TRANSFORMERS_VERSION failed"
 
 "$venv/bin/python" - <<EOF || die "post-install check failed"

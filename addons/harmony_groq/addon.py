@@ -1,0 +1,566 @@
+"""The mitmproxy addons, one per concern, wired together by ``addons/harmony.py``.
+
+``Settings`` declares and validates the options; ``Gateway`` answers local endpoints and
+routes chat completions (Groq URL + key, or harmony prompt → model server) in ``request``,
+installs stream translators in ``responseheaders`` and translates whole replies in
+``response``; ``FlowLog`` writes one record per flow. Per-flow state lives in
+``flow.metadata["harmony_groq"]`` (plain JSON data, so flows stay savable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import time
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import httpx
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+from .backends import BackendFormatError, make_backend
+from .chat_request import parse_chat_request, parse_json_body, require_model_and_messages
+from .encoding import EncodingUnavailable, harmony_encoding
+from .errors import ProxyError
+from .flowlog import FlowLogWriter
+from .groq import DROP_HEADERS, GroqModels, GroqStreamTee, sanitize_body
+from .parse import StrippedOutputError
+from .redact import REDACTED, redact_headers
+from .render import render_prompt
+from .routing import (
+    ALLOWED_METHODS,
+    Endpoint,
+    Route,
+    choose_route,
+    classify_path,
+    is_chat_completions_path,
+)
+from .settings import OPTIONS, Config, build_config, env_default
+from .streaming import HarmonyStreamTranslator, StreamResult, stripped_error
+from .translate import HarmonyExchange, translate_completion
+
+logger = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)
+META = "harmony_groq"
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The flow's log record, filled in by the hooks as the flow progresses."""
+    return flow.metadata.setdefault(META, {"id": flow.id})
+
+
+def answer(flow: http.HTTPFlow, error: ProxyError, headers: dict[str, str] | None = None) -> None:
+    flow.response = error.to_response(headers)
+    record = record_of(flow)
+    record["error"] = error.message
+    record.setdefault("route", "local")
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings:
+    """Declares the options (defaults from the environment) and validates them."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.env_errors: list[str] = []
+
+    def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
+        for spec in OPTIONS:
+            try:
+                default = env_default(spec, os.environ)
+            except exceptions.OptionsError as exc:
+                self.env_errors.append(str(exc))
+                default = spec.default
+            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+
+    def configure(self, updated: set[str]) -> None:
+        if self.env_errors:
+            raise exceptions.OptionsError(self.env_errors[0])
+        values = {spec.name: getattr(ctx.options, spec.name) for spec in OPTIONS}
+        config = build_config(values, os.environ)
+        self._check_exposure(config)
+        try:
+            harmony_encoding()
+        except EncodingUnavailable as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        self.config = config
+
+    @staticmethod
+    def _check_exposure(config: Config) -> None:
+        """A key-injecting proxy on a non-loopback address must require a key of its own."""
+        for spec in ctx.options.mode:
+            try:
+                mode = ProxyMode.parse(spec)
+            except ValueError:
+                continue
+            host = mode.listen_host(ctx.options.listen_host)
+            if _is_loopback(host):
+                continue
+            where = host or "all interfaces"
+            if isinstance(mode, ReverseMode) and not config.proxy_api_key:
+                raise exceptions.OptionsError(
+                    f"refusing to listen on {where} without PROXY_API_KEY: anyone who can reach "
+                    "it could use your Groq key. Set PROXY_API_KEY=<a long random string> (clients "
+                    "send it as their API key) or listen on 127.0.0.1."
+                )
+            if not isinstance(mode, ReverseMode) and not ctx.options.proxyauth:
+                raise exceptions.OptionsError(
+                    f"refusing to run an open {mode.type_name} proxy on {where}: set mitmproxy's "
+                    "proxy authentication (--set proxyauth=user:pass) or listen on 127.0.0.1."
+                )
+
+
+class Gateway:
+    """Answers local endpoints and routes chat completions to Groq or the gpt-oss backend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models = GroqModels()
+        self.exchanges: dict[str, HarmonyExchange] = {}
+        self.tees: dict[str, GroqStreamTee] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._health: tuple[float, dict[str, Any]] | None = None
+
+    @property
+    def config(self) -> Config:
+        # Set by Settings.configure before any flow; mitmproxy may read this attribute earlier.
+        return cast(Config, self.settings.config)
+
+    def http_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(trust_env=False,
+                                             limits=httpx.Limits(max_connections=256))
+        return self._client
+
+    def configure(self, updated: set[str]) -> None:
+        if "models_cache_seconds" in updated or "groq_base_url" in updated:
+            self.models = GroqModels()
+        self._health = None
+
+    def done(self) -> None:
+        if self._client is not None:
+            try:
+                asyncio.get_running_loop().create_task(self._client.aclose())
+            except RuntimeError:
+                pass
+            self._client = None
+
+    # -- request --------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        record_of(flow)["started"] = flow.request.timestamp_start
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.config.max_body_size:
+            answer(flow, self._too_large())
+
+    def _too_large(self) -> ProxyError:
+        return ProxyError(413, f"The request body is larger than {self.config.max_body_size} "
+                          "bytes (MAX_BODY_SIZE).", code="request_too_large")
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
+        path = flow.request.path
+        if not reverse and not (flow.request.method == "POST" and is_chat_completions_path(path)):
+            record_of(flow)["route"] = "passthrough"
+            return
+        endpoint = classify_path(path) if reverse else Endpoint.CHAT
+        try:
+            await self._answer_or_route(flow, endpoint)
+        except ProxyError as exc:
+            answer(flow, exc, NO_RETRY if exc.status < 500 else None)
+        except Exception as exc:
+            logger.exception("unexpected failure handling %s %s", flow.request.method, path)
+            answer(flow, ProxyError(500, f"Internal proxy error ({type(exc).__name__}); "
+                                    "see the proxy's log.", code="internal_error"))
+
+    async def _answer_or_route(self, flow: http.HTTPFlow, endpoint: Endpoint) -> None:
+        if endpoint is Endpoint.UNKNOWN:
+            raise ProxyError(404, f"Unknown path {flow.request.path.split('?')[0]!r}: this proxy "
+                             "serves /v1/chat/completions, /v1/models and /health.",
+                             code="not_found")
+        allowed = ALLOWED_METHODS[endpoint]
+        if flow.request.method != allowed:
+            answer(flow, ProxyError(405, f"Use {allowed} for {flow.request.path.split('?')[0]}.",
+                                    code="method_not_allowed"), {"allow": allowed})
+            return
+        if endpoint is Endpoint.HEALTH:
+            record_of(flow)["route"] = "local"
+            flow.response = _json_response(200, await self.health())
+            return
+        self._check_proxy_key(flow)
+        if endpoint is Endpoint.MODELS:
+            record_of(flow)["route"] = "local"
+            flow.response = _json_response(200, await self.model_list())
+            return
+        await self.chat(flow)
+
+    def _check_proxy_key(self, flow: http.HTTPFlow) -> None:
+        expected = self.config.proxy_api_key
+        if not expected:
+            return
+        headers = flow.request.headers
+        given = headers.get("x-api-key") or headers.get("api-key") or ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise ProxyError(401, "Missing or wrong API key for this proxy (PROXY_API_KEY).",
+                             code="invalid_api_key")
+
+    async def chat(self, flow: http.HTTPFlow) -> None:
+        raw = flow.request.raw_content or b""
+        if len(raw) > self.config.max_body_size:
+            raise self._too_large()
+        try:
+            content = flow.request.get_content(strict=True) or b""
+        except ValueError:
+            raise ProxyError(400, "The request body's content-encoding cannot be decoded.",
+                             code="invalid_encoding") from None
+        body = parse_json_body(content)
+        record = record_of(flow)
+        record["client_path"] = flow.request.path
+        record["client_request"] = {"headers": redact_headers(_header_pairs(flow.request)),
+                                    "body": body}
+        model = require_model_and_messages(body)
+        record["model"] = model
+        choice = choose_route(model, self.config.harmony_models)
+        record["route"] = choice.route.value
+        record["stream"] = body.get("stream") is True
+        if choice.route is Route.GROQ:
+            self._to_groq(flow, body, choice.upstream_model)
+        else:
+            await self._to_harmony(flow, body)
+
+    def _to_groq(self, flow: http.HTTPFlow, body: dict[str, Any], model: str) -> None:
+        key = self.config.groq_api_key
+        if not key:
+            raise ProxyError(503, "GROQ_API_KEY is not configured on the proxy, so non-gpt-oss "
+                             "models are unavailable. Set it in the proxy's environment.",
+                             code="groq_key_missing")
+        upstream = sanitize_body(body, model)
+        url = f"{self.config.groq_base_url}/chat/completions"
+        _rewrite(flow, url, upstream, {"authorization": f"Bearer {key}"})
+        record_of(flow)["upstream_request"] = {"url": url, "body": upstream}
+
+    async def _to_harmony(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
+        config = self.config
+        backend = make_backend(config.backend)
+        request = parse_chat_request(body)
+        prompt = render_prompt(request, config.harmony_date, backend.text_transport)
+        exchange = HarmonyExchange(request, prompt, backend, config.reasoning_field)
+        upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
+        url = config.transformers_url + backend.completions_path
+        record = record_of(flow)
+        record["prompt"] = prompt.text
+        record["prompt_tokens"] = len(prompt.token_ids)
+        record["upstream_request"] = {"url": url, "body": upstream}
+        _rewrite(flow, url, upstream, {})
+        if request.stream:
+            # mitmproxy forwards streams itself; its connect-failure page is HTML, so probe first.
+            await self._probe(url)
+            self.exchanges[flow.id] = exchange
+            return
+        flow.response = await self._call_backend(url, upstream)
+        self.exchanges[flow.id] = exchange
+
+    async def _probe(self, url: str) -> None:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, port), timeout=5)
+        except (OSError, TimeoutError):
+            raise _unreachable(url) from None
+        writer.close()
+
+    async def _call_backend(self, url: str, body: dict[str, Any]) -> http.Response:
+        """Non-streamed backend call, made here so a timeout can become a JSON 504."""
+        try:
+            response = await self.http_client().post(url, json=body,
+                                              timeout=self.config.upstream_timeout)
+        except httpx.ConnectError:
+            raise _unreachable(url) from None
+        except httpx.TimeoutException:
+            raise ProxyError(504, f"The model server did not answer within "
+                             f"{self.config.upstream_timeout} s (UPSTREAM_TIMEOUT).",
+                             code="upstream_timeout") from None
+        except httpx.HTTPError as exc:
+            raise ProxyError(502, f"The model server's answer was unreadable "
+                             f"({type(exc).__name__}).", code="upstream_error") from None
+        headers = {k: v for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "transfer-encoding",
+                                        "content-encoding", "connection")}
+        return http.Response.make(response.status_code, response.content, headers)
+
+    # -- response -------------------------------------------------------------------------
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = record_of(flow)
+        assert flow.response is not None
+        record.setdefault("response_headers_at", time.time())
+        if "authorization" in flow.request.headers and record.get("route") == "groq":
+            flow.request.headers["authorization"] = f"Bearer {REDACTED}"
+        exchange = self.exchanges.get(flow.id)
+        ok = flow.response.status_code == 200
+        if exchange is not None and exchange.request.stream and ok and not _is_local(flow):
+            def store(result: StreamResult) -> None:
+                record["stream_result"] = result
+
+            translator = HarmonyStreamTranslator(exchange, self.config.keepalive_seconds, store)
+            _prepare_sse(flow)
+            flow.response.stream = translator
+        elif record.get("route") == "groq" and "text/event-stream" in flow.response.headers.get(
+                "content-type", ""):
+            tee = GroqStreamTee()
+            self.tees[flow.id] = tee
+            flow.response.stream = tee
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        exchange = self.exchanges.pop(flow.id, None)
+        tee = self.tees.pop(flow.id, None)
+        record = record_of(flow)
+        if tee is not None:
+            record["groq_stream"] = tee
+        if exchange is None or flow.response is None or flow.response.stream:
+            return
+        if flow.response.status_code != 200:
+            self._backend_error(flow)
+            return
+        try:
+            payload = json.loads(flow.response.content or b"")
+            output = exchange.backend.read_response(payload)
+            record["upstream_response"] = {"status": 200, "text": output.text,
+                                           "finish_reason": output.finish_reason}
+            translated = translate_completion(exchange, output)
+        except StrippedOutputError as exc:
+            answer(flow, stripped_error(exc))
+            return
+        except (json.JSONDecodeError, UnicodeDecodeError, BackendFormatError) as exc:
+            answer(flow, ProxyError(502, f"The model server's answer was unreadable: {exc}",
+                                    code="upstream_error"))
+            return
+        record["repairs"] = translated.repairs
+        flow.response = _json_response(200, translated.body)
+
+    def _backend_error(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        status = flow.response.status_code
+        excerpt = (flow.response.get_text(strict=False) or "")[:500]
+        record_of(flow)["upstream_response"] = {"status": status, "body": excerpt}
+        answer(flow, ProxyError(502, f"The model server answered {status}: {excerpt}",
+                                code="upstream_error"))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.exchanges.pop(flow.id, None)
+        tee = self.tees.pop(flow.id, None)
+        if tee is not None:
+            record_of(flow)["groq_stream"] = tee
+        if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
+            flow.request.headers["authorization"] = f"Bearer {REDACTED}"
+
+    # -- local answers --------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < 2:
+            return self._health[1]
+        config = self.config
+        reachable = False
+        detail = None
+        try:
+            response = await self.http_client().get(f"{config.transformers_url}/health", timeout=2)
+            reachable = True
+            detail = response.status_code
+        except httpx.HTTPError as exc:
+            detail = type(exc).__name__
+        body = {
+            "status": "ok",
+            "transformers": {"url": config.transformers_url, "backend": config.backend,
+                             "reachable": reachable, "health_status": detail},
+            "groq": {"base_url": config.groq_base_url,
+                     "key_configured": bool(config.groq_api_key)},
+        }
+        self._health = (now, body)
+        return body
+
+    async def model_list(self) -> dict[str, Any]:
+        config = self.config
+        data: list[dict[str, Any]] = [
+            {"id": mid, "object": "model", "created": 0, "owned_by": "gpt-oss-harmony-groq"}
+            for mid in config.harmony_model_ids
+        ]
+        groq = await self.models.get(self.http_client(), config.groq_base_url, config.groq_api_key,
+                                     config.models_cache_seconds)
+        for model in groq:
+            # A Groq id that would route locally (openai/gpt-oss-20b) is offered as groq/<id>.
+            if choose_route(model["id"], config.harmony_models).route is Route.HARMONY:
+                model = {**model, "id": f"groq/{model['id']}"}
+            data.append(model)
+        return {"object": "list", "data": data}
+
+
+def _unreachable(url: str) -> ProxyError:
+    return ProxyError(503, f"The gpt-oss model server at {url} is unreachable. Start it "
+                      "(see README: transformers serve) or set TRANSFORMERS_URL.",
+                      code="upstream_unavailable")
+
+
+def _header_pairs(message: http.Message) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in message.headers.items(multi=True)]
+
+
+def _is_local(flow: http.HTTPFlow) -> bool:
+    return flow.server_conn.timestamp_start is None
+
+
+def _json_response(status: int, body: dict[str, Any]) -> http.Response:
+    return http.Response.make(status, json.dumps(body, ensure_ascii=False).encode(),
+                              {"content-type": "application/json"})
+
+
+def _rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any],
+             headers: dict[str, str]) -> None:
+    """Point the flow at ``url`` with ``body``; client credentials never travel on."""
+    request = flow.request
+    request.url = url
+    for name in DROP_HEADERS:
+        request.headers.pop(name, None)
+    for name, value in headers.items():
+        request.headers[name] = value
+    request.headers["content-type"] = "application/json"
+    request.content = json.dumps(body, ensure_ascii=False).encode()
+
+
+def _prepare_sse(flow: http.HTTPFlow) -> None:
+    """Our chunks change the length: drop content-length, chunk HTTP/1, disable buffering."""
+    assert flow.response is not None
+    headers = flow.response.headers
+    headers.pop("content-length", None)
+    headers["content-type"] = "text/event-stream; charset=utf-8"
+    headers["cache-control"] = "no-cache"
+    headers["x-accel-buffering"] = "no"
+    if not (flow.request.is_http2 or flow.request.is_http3):
+        headers["transfer-encoding"] = "chunked"
+
+
+class FlowLog:
+    """Writes one JSON record per flow to ``log_file`` once the flow is over."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer: FlowLogWriter | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        config = self.settings.config
+        assert config is not None
+        if self.writer is None or updated & {"log_file", "log_max_bytes", "log_backups"}:
+            self.done()
+            if config.log_file:
+                self.writer = FlowLogWriter(
+                    config.log_file, config.log_max_bytes, config.log_backups,
+                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s))
+                self.writer.write({"event": "config", "options": {
+                    spec.name: getattr(config, spec.name) for spec in OPTIONS}})
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._write(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._write(flow)
+
+    def _write(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write(flow_record(flow))
+        except Exception:  # the log must never break a flow
+            logger.exception("could not build the flow log record")
+
+
+def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The finished log record of a flow."""
+    record = dict(record_of(flow))
+    record["event"] = "flow"
+    started = flow.request.timestamp_start
+    ended = time.time()
+    record["started"] = started
+    record["method"] = flow.request.method
+    record["path"] = flow.request.path if record.get("route") in ("local", None) else (
+        record.get("client_path") or flow.request.path)
+    response = flow.response
+    stream: StreamResult | None = record.pop("stream_result", None)
+    tee: GroqStreamTee | None = record.pop("groq_stream", None)
+    first_token = None
+    if response is not None:
+        record["status"] = response.status_code
+        headers = _header_pairs(response)
+        record["upstream_response"] = {
+            **record.get("upstream_response", {}),
+            "headers": redact_headers(headers),
+        }
+        if stream is not None:
+            record["upstream_response"]["text"] = "".join(stream.upstream_text)
+            record["client_response"] = {
+                "stream": True,
+                "message": stream.message.to_message(("reasoning",)),
+                "finish_reason": stream.finish_reason,
+            }
+            record["usage"] = stream.usage
+            record["repairs"] = stream.repairs
+            if stream.error:
+                record["error"] = stream.error
+            first_token = stream.first_token_at
+        elif tee is not None:
+            record["client_response"] = {"stream": True, **tee.assembled()}
+            record["usage"] = tee.usage
+            if tee.error:
+                record["error"] = tee.error
+            first_token = tee.first_token_at
+        else:
+            body = _body_json(response)
+            record["client_response"] = {"body": body}
+            if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+                record["usage"] = body["usage"]
+        if response.timestamp_start:
+            record["ttfb_ms"] = round((response.timestamp_start - started) * 1000, 1)
+    if flow.error is not None:
+        record["error"] = flow.error.msg
+        record.setdefault("status", None)
+    if first_token:
+        record["ttft_ms"] = round((first_token - started) * 1000, 1)
+    record["total_ms"] = round((ended - started) * 1000, 1)
+    record.pop("response_headers_at", None)
+    return record
+
+
+def _body_json(message: http.Message) -> Any:
+    try:
+        text = message.get_text(strict=False) or ""
+    except Exception:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text[:2000]
+

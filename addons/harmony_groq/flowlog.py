@@ -1,0 +1,97 @@
+"""The flow log: one JSON object per line, size-rotated, 0600, written off the event loop.
+
+Records go through a ``QueueHandler`` to a ``QueueListener`` thread, so a slow disk never
+delays a client; a failing write warns once and the next record retries the file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import time
+from typing import Any
+
+from .redact import redact_value
+
+logger = logging.getLogger(__name__)
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler whose files are created with mode 0600 and that survives
+    write failures (disk full, file removed): it warns once and reopens on the next record."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.failing = False
+        super().__init__(*args, **kwargs)
+
+    def _open(self):  # noqa: ANN202 - signature of the stdlib method
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream is None or not os.path.exists(self.baseFilename):
+                if self.stream is not None:
+                    self.stream.close()
+                self.stream = self._open()
+            super().emit(record)
+            self.flush()
+            if self.failing:
+                self.failing = False
+                logger.warning("flow log %s is writable again", self.baseFilename)
+        except Exception as exc:
+            self.handleError(record, exc)
+
+    def handleError(self, record: logging.LogRecord, exc: Exception | None = None) -> None:  # noqa: N802
+        if not self.failing:
+            self.failing = True
+            logger.warning("cannot write the flow log %s (%s); flows are still served",
+                           self.baseFilename, exc or "write failed")
+        try:
+            if self.stream is not None:
+                self.stream.close()
+        except OSError:
+            pass
+        self.stream = None  # type: ignore[assignment]
+
+
+class JSONRecordFormatter(logging.Formatter):
+    """Serialises and redacts a record's dict in the listener thread, off the event loop."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
+                          default=str)
+
+
+class FlowLogWriter:
+    """Owns the file handler and its listener thread."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int, secrets: tuple[str, ...]) -> None:
+        self.path = path
+        self.queue: queue.Queue = queue.Queue(maxsize=10000)
+        self.handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
+                                                  encoding="utf-8", delay=True)
+        self.handler.setFormatter(JSONRecordFormatter(secrets))
+        self.listener = logging.handlers.QueueListener(self.queue, self.handler)
+        self.listener.start()
+        self.dropped = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        record.setdefault("ts", time.time())
+        try:
+            self.queue.put_nowait(logging.makeLogRecord({"msg": record, "levelno": logging.INFO,
+                                                         "levelname": "INFO"}))
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self) -> None:
+        self.listener.stop()
+        self.handler.close()

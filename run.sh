@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# gpt-oss-harmony-groq: one OpenAI endpoint for gpt-oss (harmony via a Transformers server) and Groq.
+#
+#   ./run.sh [mitmdump args…]    set up .venv if needed, then run the proxy (mitmdump) in the foreground
+#   ./run.sh web [mitmweb args…] the same with mitmweb (inspect traffic in the browser)
+#   ./run.sh test [pytest args…] set up everything the tests need and run the whole suite
+#   ./run.sh prepare MODEL       make a harmony-ready copy of a gpt-oss model folder or hub id
+#   ./run.sh serve MODEL [args…] prepare MODEL, start `transformers serve` on it, then the proxy
+#   ./run.sh bench [args…]       run the benchmarks (bench/README.md)
+#
+# Settings come from the environment (README "Settings"); PYTHON=/path/to/python3.12+ picks the
+# interpreter used to create .venv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+HOST="${HOST:-127.0.0.1}"
+PORT="${PORT:-3307}"
+TRANSFORMERS_URL="${TRANSFORMERS_URL:-http://localhost:8000}"
+export HOST PORT TRANSFORMERS_URL
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+python_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; }
+
+find_python() {
+  if [[ -n "${PYTHON:-}" ]]; then
+    python_ok "$PYTHON" || die "PYTHON=$PYTHON is not Python >= 3.12 (mitmproxy 12 needs 3.12+)."
+    echo "$PYTHON"; return
+  fi
+  local candidate
+  for candidate in python3.13 python3.12 python3 \
+      "$HOME"/.pyenv/versions/3.13*/bin/python "$HOME"/.pyenv/versions/3.12*/bin/python \
+      /usr/local/bin/python3.1[2-9] /usr/bin/python3.1[2-9]; do
+    if command -v "$candidate" >/dev/null 2>&1 && python_ok "$(command -v "$candidate")"; then
+      command -v "$candidate"; return
+    fi
+  done
+  die "no Python >= 3.12 found (mitmproxy 12 needs it). Install one, e.g.
+  Debian/Ubuntu: sudo apt-get install python3.12 python3.12-venv
+  pyenv:         pyenv install 3.12
+then run again, or point PYTHON=/path/to/python3.12 at it."
+}
+
+ensure_venv() {
+  local extras="${1:-}" stamp spec
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    local py; py="$(find_python)"
+    echo "run.sh: creating $VENV with $("$py" --version 2>&1)" >&2
+    "$py" -m venv "$VENV" || die "could not create $VENV (on Debian: apt-get install python3.12-venv)"
+  fi
+  spec="."; [[ -n "$extras" ]] && spec=".[$extras]"
+  stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${extras:-base}"
+  if [[ ! -f "$stamp" ]]; then
+    echo "run.sh: installing the project into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$( [[ -n "$extras" ]] && echo "[$extras]")" \
+      || die "pip install failed (see above)"
+    touch "$stamp"
+  fi
+}
+
+proxy_args() {
+  echo -s "$ROOT/addons/harmony.py" --mode "reverse:$TRANSFORMERS_URL@$HOST:$PORT" --set connection_strategy=lazy
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  test)
+    shift
+    ensure_venv test
+    export PATH="$VENV/bin:$PATH"
+    cd "$ROOT"
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  web)
+    shift
+    ensure_venv
+    echo "run.sh: mitmweb UI at http://127.0.0.1:${WEB_PORT:-8081}/ (proxy on http://$HOST:$PORT/v1)" >&2
+    # shellcheck disable=SC2046
+    exec "$VENV/bin/mitmweb" $(proxy_args) --set web_port="${WEB_PORT:-8081}" \
+      --set web_open_browser=false "$@"
+    ;;
+  prepare)
+    shift
+    ensure_venv
+    exec "$VENV/bin/harmony-groq-prepare" "$@"
+    ;;
+  serve)
+    shift
+    exec "$ROOT/scripts/serve.sh" "$@"
+    ;;
+  bench)
+    shift
+    ensure_venv test
+    exec "$VENV/bin/python" "$ROOT/bench/run.py" "$@"
+    ;;
+  *)
+    ensure_venv
+    echo "run.sh: proxy on http://$HOST:$PORT/v1 (gpt-oss -> $TRANSFORMERS_URL, others -> Groq)" >&2
+    # shellcheck disable=SC2046
+    exec "$VENV/bin/mitmdump" $(proxy_args) "$@"
+    ;;
+esac

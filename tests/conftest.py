@@ -1,0 +1,91 @@
+"""Shared fixtures: fake upstreams on loopback and the real proxy process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from proxy_process import ProxyProcess
+
+PINNED_DATE = "2026-01-15"
+
+
+@pytest.fixture(scope="session")
+def transformers_server() -> Iterator[FakeTransformers]:
+    server = FakeTransformers()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def groq_server() -> Iterator[FakeGroq]:
+    server = FakeGroq()
+    yield server
+    server.close()
+
+
+@pytest.fixture()
+def fake_transformers(transformers_server: FakeTransformers) -> FakeTransformers:
+    transformers_server.reset_state()
+    return transformers_server
+
+
+@pytest.fixture()
+def fake_groq(groq_server: FakeGroq) -> FakeGroq:
+    groq_server.reset_state()
+    return groq_server
+
+
+def default_options(transformers: FakeTransformers, groq: FakeGroq) -> dict[str, str]:
+    return {
+        "transformers_url": transformers.url,
+        "groq_base_url": groq.base_url,
+        "harmony_date": PINNED_DATE,
+        "upstream_timeout": "5",
+    }
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory, transformers_server: FakeTransformers,
+          groq_server: FakeGroq) -> Iterator[ProxyProcess]:
+    """One proxy for the session, with a Groq key configured."""
+    process = ProxyProcess(tmp_path_factory.mktemp("proxy"), upstream=transformers_server.url,
+                           options=default_options(transformers_server, groq_server),
+                           env={"GROQ_API_KEY": GROQ_KEY})
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def start_proxy(tmp_path: Path, transformers_server: FakeTransformers, groq_server: FakeGroq
+                ) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start a proxy with custom options or environment for one test."""
+    started: list[ProxyProcess] = []
+
+    def start(options: dict[str, str] | None = None, env: dict[str, str] | None = None,
+              **kwargs) -> ProxyProcess:
+        merged = {**default_options(transformers_server, groq_server), **(options or {})}
+        process = ProxyProcess(tmp_path / f"p{len(started)}", upstream=transformers_server.url,
+                               options=merged, env=env, **kwargs)
+        started.append(process)
+        return process
+
+    for directory in range(4):
+        (tmp_path / f"p{directory}").mkdir()
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture()
+def client(proxy: ProxyProcess) -> openai.OpenAI:
+    """The real openai SDK pointed at the proxy, with a client key the proxy must strip."""
+    return openai.OpenAI(base_url=proxy.base_url, api_key="sk-client-key-should-not-leak-123",
+                         max_retries=0, timeout=20)
+
+
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")

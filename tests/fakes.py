@@ -1,0 +1,375 @@
+"""Fake upstreams for the tests: real HTTP servers on 127.0.0.1 that behave like the real ones.
+
+``FakeTransformers`` follows ``transformers serve`` ≥ 5.6 ``/v1/completions`` (reference
+transformers-serve.md §1.1): string prompts only, 422 on unknown keys, a pinned model, text
+without ``<|return|>``, one SSE event per token and no ``[DONE]``, errors as
+``data: {"error": …}``; optionally the stock server's stripped special tokens.
+``FakeGroq`` follows Groq's OpenAI API: bearer-key auth errors, strict fields, SSE ending in
+``[DONE]`` with ``x_groq`` and double usage, rate-limit headers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from harmony_groq.encoding import harmony_encoding
+
+TRANSFORMERS_KEYS = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "suffix",
+    "frequency_penalty", "generation_config", "best_of", "echo", "logprobs", "n",
+    "presence_penalty", "stream_options", "user", "logit_bias",
+}
+HARMONY_CONTROL = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                   "<|return|>", "<|call|>")
+
+
+def token_pieces(text: str) -> list[str]:
+    """Split generated text into per-token strings, as a detokenizer streams them."""
+    enc = harmony_encoding()
+    ids = enc.encode(text, allowed_special="all")
+    pieces, done = [], ""
+    for i in range(len(ids)):
+        decoded = enc.decode(ids[: i + 1])
+        if decoded.endswith("\ufffd"):
+            continue
+        pieces.append(decoded[len(done):])
+        done = decoded
+    return pieces
+
+
+@dataclass
+class Scripted:
+    """One scripted completion of the fake model server."""
+
+    text: str
+    token_delay: float = 0.0
+    error_after: int | None = None  # tokens, then a {"error": …} event
+    reset_after: int | None = None  # tokens, then the connection is cut
+    status: int = 200
+    delay_headers: float = 0.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class FakeServer:
+    """Runs a handler class on a free loopback port in a background thread."""
+
+    handler: type[BaseHTTPRequestHandler]
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.server = _Server(("127.0.0.1", 0), self.handler)
+        self.server.fake = self  # type: ignore[attr-defined]
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    @property
+    def fake(self) -> Any:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def read_json(self) -> Any:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        self.fake.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                   "raw": raw})
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def start_sse(self, headers: dict[str, str] | None = None) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("transfer-encoding", "chunked")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def send_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def end_chunks(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def reset(self) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
+                                   b"\x00\x00\x00\x00")
+        self.connection.close()
+        self.close_connection = True
+
+
+class _TransformersHandler(_Handler):
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/health":
+            self.send_json(200, {"status": "ok"})
+        else:
+            self.send_json(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        fake: FakeTransformers = self.fake
+        body = self.read_json()
+        if self.path != "/v1/completions":
+            self.send_json(404, {"detail": "Not Found"})
+            return
+        if not isinstance(body, dict):
+            self.send_json(422, {"detail": "Invalid JSON"})
+            return
+        unexpected = set(body) - TRANSFORMERS_KEYS
+        if unexpected:
+            self.send_json(422, {"detail": f"Unexpected fields in the request: {unexpected}"})
+            return
+        if not isinstance(body.get("prompt"), str):
+            self.send_json(400, {"detail": "prompt must be a string."})
+            return
+        if "model" in body and fake.pinned and body["model"] != fake.pinned:
+            self.send_json(400, {"detail": f"Server is pinned to '{fake.pinned}'; requested "
+                                           f"'{body['model']}'."})
+            return
+        fake.prompts.append(body["prompt"])
+        script = fake.next_script()
+        if script.delay_headers:
+            time.sleep(script.delay_headers)
+        if script.status != 200:
+            self.send_json(script.status, {"detail": "scripted failure"})
+            return
+        text = script.text
+        if text.endswith("<|return|>"):
+            text = text[: -len("<|return|>")]
+        pieces = token_pieces(text)
+        limit = body.get("max_tokens") or 1024
+        finish = "stop"
+        if len(pieces) >= limit:
+            pieces, finish = pieces[:limit], "length"
+        if fake.strip_specials:
+            pieces = ["" if p in HARMONY_CONTROL else p for p in pieces]
+        usage = {"completion_tokens": len(pieces),
+                 "prompt_tokens": len(harmony_encoding().encode(body["prompt"],
+                                                                allowed_special="all")),
+                 "total_tokens": 0}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": "req-1", "created": int(time.time()), "model": fake.pinned or "tiny",
+                "object": "text_completion"}
+        if not body.get("stream"):
+            time.sleep(script.token_delay * len(pieces))
+            self.send_json(200, {**base, "choices": [{"finish_reason": finish, "index": 0,
+                                                      "text": "".join(pieces)}], "usage": usage})
+            return
+        self.start_sse()
+        try:
+            for n, piece in enumerate(pieces):
+                if script.reset_after is not None and n == script.reset_after:
+                    self.reset()
+                    return
+                if script.error_after is not None and n == script.error_after:
+                    self.send_chunk(b'data: {"error": "CUDA out of memory (scripted)"}\n\n')
+                    self.end_chunks()
+                    return
+                if fake.strip_specials and not piece:
+                    continue
+                event = {**base, "choices": [{"index": 0, "text": piece}]}
+                self.send_chunk(f"data: {json.dumps(event)}\n\n".encode())
+                if script.token_delay:
+                    time.sleep(script.token_delay)
+            last = {**base, "choices": [{"finish_reason": finish, "index": 0, "text": ""}],
+                    "usage": usage}
+            self.send_chunk(f"data: {json.dumps(last)}\n\n".encode())
+            self.end_chunks()
+        except (BrokenPipeError, ConnectionResetError):
+            fake.disconnects += 1
+
+
+class FakeTransformers(FakeServer):
+    handler = _TransformersHandler
+
+    def __init__(self) -> None:
+        self.scripts: deque[Scripted] = deque()
+        self.default = Scripted("<|channel|>analysis<|message|>User says hi.<|end|><|start|>"
+                                "assistant<|channel|>final<|message|>Hello!<|return|>")
+        self.prompts: list[str] = []
+        self.pinned: str | None = None
+        self.strip_specials = False
+        self.disconnects = 0
+        super().__init__()
+
+    def script(self, *scripts: Scripted | str) -> None:
+        self.scripts.extend(s if isinstance(s, Scripted) else Scripted(s) for s in scripts)
+
+    def next_script(self) -> Scripted:
+        return self.scripts.popleft() if self.scripts else self.default
+
+    def reset_state(self) -> None:
+        self.scripts.clear()
+        self.prompts.clear()
+        self.requests.clear()
+        self.pinned = None
+        self.strip_specials = False
+        self.disconnects = 0
+
+
+GROQ_KEY = "gsk_testkey0123456789abcdefABCDEF"
+RATE_HEADERS = {
+    "x-ratelimit-limit-requests": "14400", "x-ratelimit-remaining-requests": "14399",
+    "x-ratelimit-limit-tokens": "18000", "x-ratelimit-remaining-tokens": "17990",
+    "x-ratelimit-reset-requests": "6s", "x-ratelimit-reset-tokens": "33ms",
+    "x-request-id": "req_01fake",
+}
+GROQ_MODELS = [
+    {"id": "llama-3.3-70b-versatile", "object": "model", "created": 1733447754,
+     "owned_by": "Meta", "active": True, "context_window": 131072,
+     "max_completion_tokens": 32768},
+    {"id": "openai/gpt-oss-20b", "object": "model", "created": 1754407957, "owned_by": "OpenAI",
+     "active": True, "context_window": 131072, "max_completion_tokens": 65536},
+]
+
+
+def groq_error(message: str, code: str | None = None, kind: str = "invalid_request_error"
+               ) -> dict:
+    error: dict[str, Any] = {"message": message, "type": kind}
+    if code:
+        error["code"] = code
+    return {"error": error}
+
+
+class _GroqHandler(_Handler):
+    def _authorized(self) -> bool:
+        if self.headers.get("authorization") == f"Bearer {GROQ_KEY}":
+            return True
+        self.send_json(401, groq_error("Invalid API Key", "invalid_api_key"))
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.fake.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                   "raw": b""})
+        if self.path != "/openai/v1/models":
+            self.send_json(404, groq_error("Unknown request URL", "unknown_url"))
+            return
+        if self.fake.models_status != 200:
+            self.send_json(self.fake.models_status, groq_error("internal", kind="api_error"))
+            return
+        if self._authorized():
+            self.send_json(200, {"object": "list", "data": GROQ_MODELS})
+
+    def do_POST(self) -> None:  # noqa: N802
+        fake: FakeGroq = self.fake
+        body = self.read_json()
+        if self.path != "/openai/v1/chat/completions":
+            self.send_json(404, groq_error("Unknown request URL", "unknown_url"))
+            return
+        if not self._authorized():
+            return
+        if fake.next_status:
+            status, headers = fake.next_status.popleft()
+            self.send_json(status, groq_error(f"scripted {status}", "rate_limit_exceeded",
+                                              "tokens"), {**RATE_HEADERS, **headers})
+            return
+        problem = self._validate(body)
+        if problem:
+            self.send_json(400, groq_error(problem))
+            return
+        last_user = next((m.get("content") for m in reversed(body["messages"])
+                          if m.get("role") == "user"), "")
+        answer = f"groq says: {last_user}"
+        usage = {"queue_time": 0.01, "prompt_tokens": 12, "prompt_time": 0.001,
+                 "completion_tokens": 5, "completion_time": 0.01, "total_tokens": 17,
+                 "total_time": 0.011}
+        base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"],
+                "system_fingerprint": "fp_fake"}
+        if not body.get("stream"):
+            self.send_json(200, {**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer},
+                 "logprobs": None, "finish_reason": "stop"}], "usage": usage,
+                "x_groq": {"id": "req_01fake"}}, RATE_HEADERS)
+            return
+        self.start_sse(RATE_HEADERS)
+        chunk = {**base, "object": "chat.completion.chunk"}
+
+        def send(payload: dict) -> None:
+            self.send_chunk(f"data: {json.dumps(payload)}\n\n".encode())
+
+        send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": None, "finish_reason": None}],
+              "x_groq": {"id": "req_01fake"}})
+        for word in answer.split(" "):
+            send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
+                                        "logprobs": None, "finish_reason": None}]})
+            time.sleep(fake.token_delay)
+        send({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                    "finish_reason": "stop"}],
+              "x_groq": {"id": "req_01fake", "usage": usage}, "usage": usage})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            send({**chunk, "choices": [], "usage": usage})
+        self.send_chunk(b"data: [DONE]\n\n")
+        self.end_chunks()
+
+    @staticmethod
+    def _validate(body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return "invalid JSON"
+        if "reasoning" in body:
+            return "property 'reasoning' is unsupported"
+        stop = body.get("stop")
+        if isinstance(stop, list) and len(stop) > 4:
+            return "stop : maximum number of items is 4"
+        for n, message in enumerate(body.get("messages") or []):
+            if message.get("role") == "assistant" and "reasoning_content" in message:
+                return (f"'messages.{n}' : for 'role:assistant' the following must be satisfied"
+                        f"[('messages.{n}' : property 'reasoning_content' is unsupported)]")
+        return None
+
+
+class FakeGroq(FakeServer):
+    handler = _GroqHandler
+
+    def __init__(self) -> None:
+        self.next_status: deque[tuple[int, dict[str, str]]] = deque()
+        self.models_status = 200
+        self.token_delay = 0.0
+        super().__init__()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/openai/v1"
+
+    def reset_state(self) -> None:
+        self.requests.clear()
+        self.next_status.clear()
+        self.models_status = 200
+        self.token_delay = 0.0

@@ -1,0 +1,129 @@
+"""Start the real ``mitmdump`` (or ``mitmweb``) with the real addon as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addons" / "harmony.py"
+LISTEN_RE = re.compile(r"listening at (?:\*|[\d.]+):(\d+)")
+
+
+def tool(name: str) -> str:
+    """The mitmproxy executable of the interpreter running the tests."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+class ProxyProcess:
+    """A running proxy: ``base_url`` is the OpenAI base URL (``…/v1``)."""
+
+    def __init__(self, tmp: Path, *, upstream: str, options: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None, mode: str | None = None,
+                 program: str = "mitmdump", extra_args: list[str] | None = None) -> None:
+        self.tmp = tmp
+        self.log_path = tmp / "flows.log"
+        confdir = tmp / "confdir"
+        confdir.mkdir(exist_ok=True)
+        self.output: list[str] = []
+        args = [
+            tool(program), "-s", str(ADDON),
+            "--mode", mode or f"reverse:{upstream}@127.0.0.1:0",
+            "--set", "connection_strategy=lazy",
+            "--set", f"confdir={confdir}",
+            "--set", "termlog_verbosity=info",
+            "--set", "flow_detail=0",
+            "--set", f"log_file={self.log_path}",
+        ]
+        for name, value in (options or {}).items():
+            args += ["--set", f"{name}={value}"]
+        args += extra_args or []
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("GROQ_API_KEY", "PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY")}
+        full_env.update(env or {})
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, env=full_env, cwd=tmp)
+        self.port = self._wait_listening()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.root_url = f"http://127.0.0.1:{self.port}"
+        self._wait_healthy()
+
+    def _drain(self, found: threading.Event, port: list[int]) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            match = LISTEN_RE.search(line)
+            if match and not port:
+                port.append(int(match.group(1)))
+                found.set()
+        found.set()
+
+    def _wait_listening(self) -> int:
+        found, port = threading.Event(), []
+        threading.Thread(target=self._drain, args=(found, port), daemon=True).start()
+        found.wait(30)
+        if not port:
+            self.stop()
+            raise RuntimeError("proxy did not start:\n" + "".join(self.output))
+        return port[0]
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("proxy exited:\n" + "".join(self.output))
+            try:
+                if httpx.get(f"{self.root_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("proxy never became healthy:\n" + "".join(self.output))
+
+    def log_records(self, wait_for: int = 0, timeout: float = 5) -> list[dict]:
+        """The flow records in the log; waits until at least ``wait_for`` are there."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            records = []
+            if self.log_path.exists():
+                for line in self.log_path.read_text().splitlines():
+                    record = json.loads(line)
+                    if record.get("event") == "flow":
+                        records.append(record)
+            if len(records) >= wait_for or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+def run_to_exit(tmp: Path, args: list[str], env: dict[str, str] | None = None,
+                timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run mitmdump with the addon expecting it to exit (bad settings)."""
+    confdir = tmp / "confdir"
+    confdir.mkdir(exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("GROQ_API_KEY", "PROXY_API_KEY")}
+    full_env.update(env or {})
+    return subprocess.run([tool("mitmdump"), "-s", str(ADDON), "--set", f"confdir={confdir}",
+                           "--set", "connection_strategy=lazy", *args],
+                          capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp)
