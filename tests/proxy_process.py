@@ -56,7 +56,8 @@ class ProxyProcess:
         self.port = self._wait_listening()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.root_url = f"http://127.0.0.1:{self.port}"
-        self._wait_healthy()
+        if mode is None or mode.startswith("reverse"):
+            self._wait_healthy()
 
     def _drain(self, found: threading.Event, port: list[int]) -> None:
         assert self.process.stdout is not None

@@ -1,1 +1,1 @@
-"""gpt-oss-harmony-groq: a mitmproxy addon serving gpt-oss (harmony) and Groq behind one endpoint."""
+"""gpt-oss-harmony-groq: one mitmproxy addon serving gpt-oss (harmony) and Groq."""

@@ -10,6 +10,7 @@ installs stream translators in ``responseheaders`` and translates whole replies 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -88,6 +89,15 @@ class Settings:
             loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self.config = self._validated()
+        except exceptions.OptionsError as exc:
+            if self.config is not None:
+                raise  # a live change (mitmweb): mitmproxy reports it and keeps the old value
+            # At start-up one clear line, not a traceback; any error aborts mitmdump's start.
+            logger.error("gpt-oss-harmony-groq cannot start: %s", exc)
+
+    def _validated(self) -> Config:
         if self.env_errors:
             raise exceptions.OptionsError(self.env_errors[0])
         values = {spec.name: getattr(ctx.options, spec.name) for spec in OPTIONS}
@@ -97,7 +107,7 @@ class Settings:
             harmony_encoding()
         except EncodingUnavailable as exc:
             raise exceptions.OptionsError(str(exc)) from None
-        self.config = config
+        return config
 
     @staticmethod
     def _check_exposure(config: Config) -> None:
@@ -153,10 +163,8 @@ class Gateway:
 
     def done(self) -> None:
         if self._client is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().create_task(self._client.aclose())
-            except RuntimeError:
-                pass
             self._client = None
 
     # -- request --------------------------------------------------------------------------
@@ -468,7 +476,8 @@ class FlowLog:
 
     def configure(self, updated: set[str]) -> None:
         config = self.settings.config
-        assert config is not None
+        if config is None:
+            return
         if self.writer is None or updated & {"log_file", "log_max_bytes", "log_backups"}:
             self.done()
             if config.log_file:
