@@ -31,16 +31,18 @@ HARMONY_CONTROL = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|cons
 
 
 def token_pieces(text: str) -> list[str]:
-    """Split generated text into per-token strings, as a detokenizer streams them."""
+    """Split generated text into per-token strings, as a detokenizer streams them (a piece
+    that ends inside a multi-byte character waits for the next token)."""
     enc = harmony_encoding()
-    ids = enc.encode(text, allowed_special="all")
-    pieces, done = [], ""
-    for i in range(len(ids)):
-        decoded = enc.decode(ids[: i + 1])
-        if decoded.endswith("\ufffd"):
-            continue
-        pieces.append(decoded[len(done):])
-        done = decoded
+    pieces, pending = [], []
+    for token in enc.encode(text, allowed_special="all"):
+        pending.append(token)
+        decoded = enc.decode(pending)
+        if not decoded.endswith("\ufffd"):
+            pieces.append(decoded)
+            pending = []
+    if pending:
+        pieces.append(enc.decode(pending))
     return pieces
 
 
@@ -59,6 +61,7 @@ class Scripted:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256  # the default backlog of 5 refuses concurrent clients
 
 
 class FakeServer:

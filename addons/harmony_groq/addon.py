@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 META = "harmony_groq"
 NO_RETRY = {"x-should-retry": "false"}
+MAX_WORD = 32_768
+_LONG_WORD = re.compile(r"[^\W\d_]{%d}" % MAX_WORD)
 
 
 def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -144,6 +147,7 @@ class Gateway:
         self.tees: dict[str, GroqStreamTee] = {}
         self._client: httpx.AsyncClient | None = None
         self._health: tuple[float, dict[str, Any]] | None = None
+        self._health_task: asyncio.Task | None = None
 
     @property
     def config(self) -> Config:
@@ -192,6 +196,9 @@ class Gateway:
             await self._answer_or_route(flow, endpoint)
         except ProxyError as exc:
             answer(flow, exc, NO_RETRY if exc.status < 500 else None)
+        except RecursionError:
+            answer(flow, ProxyError(400, "The request body is nested too deeply.",
+                                    code="invalid_request"), NO_RETRY)
         except Exception as exc:
             logger.exception("unexpected failure handling %s %s", flow.request.method, path)
             answer(flow, ProxyError(500, f"Internal proxy error ({type(exc).__name__}); "
@@ -268,6 +275,12 @@ class Gateway:
 
     async def _to_harmony(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
         config = self.config
+        if _LONG_WORD.search(flow.request.get_text(strict=False) or ""):
+            # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
+            # CPU on the event loop. Refuse instead of stalling every other client.
+            raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
+                             "without spaces; gpt-oss cannot tokenize it in reasonable time.",
+                             code="word_too_long")
         backend = make_backend(config.backend)
         request = parse_chat_request(body)
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)
@@ -385,16 +398,22 @@ class Gateway:
     # -- local answers --------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        now = time.monotonic()
-        if self._health is not None and now - self._health[0] < 2:
-            return self._health[1]
+        """Answered from a cache refreshed in the background, so it stays fast under load."""
+        if self._health is None:
+            await self._refresh_health()
+        elif time.monotonic() - self._health[0] > 2 and (
+                self._health_task is None or self._health_task.done()):
+            self._health_task = asyncio.create_task(self._refresh_health())
+        assert self._health is not None
+        return self._health[1]
+
+    async def _refresh_health(self) -> None:
         config = self.config
         reachable = False
-        detail = None
         try:
-            response = await self.http_client().get(f"{config.transformers_url}/health", timeout=2)
-            reachable = True
-            detail = response.status_code
+            response = await self.http_client().get(f"{config.transformers_url}/health",
+                                                    timeout=2)
+            reachable, detail = True, response.status_code
         except httpx.HTTPError as exc:
             detail = type(exc).__name__
         body = {
@@ -404,8 +423,7 @@ class Gateway:
             "groq": {"base_url": config.groq_base_url,
                      "key_configured": bool(config.groq_api_key)},
         }
-        self._health = (now, body)
-        return body
+        self._health = (time.monotonic(), body)
 
     async def model_list(self) -> dict[str, Any]:
         config = self.config

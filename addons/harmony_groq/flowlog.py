@@ -11,6 +11,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import stat
 import time
 from typing import Any
 
@@ -29,7 +30,8 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
     def _open(self):  # noqa: ANN202 - signature of the stdlib method
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # never chmod a device such as /dev/null
+            os.fchmod(fd, 0o600)
         return os.fdopen(fd, "a", encoding=self.encoding or "utf-8")
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -67,8 +69,15 @@ class JSONRecordFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
-                          default=str)
+        try:
+            return json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
+                              default=str)
+        except (RecursionError, ValueError, TypeError) as exc:
+            # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
+            keep = {k: record.msg.get(k) for k in ("event", "id", "route", "model", "status",
+                                                   "error", "started", "total_ms")}
+            keep["log_error"] = f"record not serialisable: {type(exc).__name__}"
+            return json.dumps(redact_value(keep, self.secrets), default=str)
 
 
 class FlowLogWriter:
