@@ -8,6 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from proxy_process import ProxyProcess
 

@@ -40,9 +40,10 @@ messages = st.lists(st.fixed_dictionaries(
               "reasoning": texts | json_values, "reasoning_content": texts}), max_size=4)
 deep_schema = st.integers(1, 60).map(lambda n: json.loads(
     '{"type":"object","properties":{"a":' * n + '{"type":"string"}' + "}}" * n))
-tools = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-    {"name": texts, "description": texts | json_values,
-     "parameters": deep_schema | json_values})}), max_size=2)
+functions = st.fixed_dictionaries({"name": texts, "description": texts | json_values,
+                                   "parameters": deep_schema | json_values})
+tools = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": functions}),
+                 max_size=2)
 bodies = st.fixed_dictionaries(
     {"model": st.sampled_from(["gpt-oss-20b", "llama-3.3-70b-versatile", "groq/x"]) | json_values,
      "messages": messages | json_values},
@@ -65,8 +66,8 @@ raw_bodies = (
     | st.integers(33_000, 2_000_000).map(lambda n: json.dumps(
         {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "x" * n}]}).encode())
 )
-content_types = st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded",
-                                 "multipart/form-data; boundary=x", ""])
+content_types = st.sampled_from(["application/json", "text/plain", "multipart/form-data; b=x",
+                                 "application/x-www-form-urlencoded", ""])
 
 
 def check_answer(response: httpx.Response) -> None:

@@ -51,7 +51,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 META = "harmony_groq"
 NO_RETRY = {"x-should-retry": "false"}
 MAX_WORD = 32_768
-_LONG_WORD = re.compile(r"[^\W\d_]{%d}" % MAX_WORD)
+_LONG_WORD = re.compile(rf"[^\W\d_]{{{MAX_WORD}}}")
 
 
 def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
