@@ -315,11 +315,16 @@ class _GroqHandler(_Handler):
                  "total_time": 0.011}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
+        # Reasoning models answer with Groq's own field name, `reasoning`.
+        reasoning = "Thinking it over." if any(
+            family in body["model"] for family in ("gpt-oss", "qwen")) else None
         if not body.get("stream"):
+            message = {"role": "assistant", "content": answer}
+            if reasoning:
+                message["reasoning"] = reasoning
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer},
-                 "logprobs": None, "finish_reason": "stop"}], "usage": usage,
-                "x_groq": {"id": "req_01fake"}}, RATE_HEADERS)
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage, "x_groq": {"id": "req_01fake"}}, RATE_HEADERS)
             return
         self.start_sse(RATE_HEADERS)
         chunk = {**base, "object": "chat.completion.chunk"}
@@ -330,6 +335,9 @@ class _GroqHandler(_Handler):
         send({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}],
               "x_groq": {"id": "req_01fake"}})
+        if reasoning:
+            send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
+                                        "logprobs": None, "finish_reason": None}]})
         for word in answer.split(" "):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
                                         "logprobs": None, "finish_reason": None}]})

@@ -77,6 +77,24 @@ def test_groq_stream_and_prefix(client: openai.OpenAI, fake_groq: FakeGroq) -> N
     assert json.loads(fake_groq.requests[-1]["raw"])["model"] == "openai/gpt-oss-20b"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_groq_reasoning_offered_under_both_names(client: openai.OpenAI, fake_groq: FakeGroq,
+                                                 stream: bool) -> None:
+    """Groq says `reasoning`; Cline reads only `reasoning_content`: the proxy offers both."""
+    if stream:
+        chunks = list(client.chat.completions.create(model="qwen/qwen3-32b", messages=HI,
+                                                     stream=True))
+        deltas = [c.choices[0].delta.model_extra for c in chunks if c.choices]
+        reasoning = "".join(d.get("reasoning") or "" for d in deltas)
+        reasoning_content = "".join(d.get("reasoning_content") or "" for d in deltas)
+    else:
+        message = client.chat.completions.create(model="qwen/qwen3-32b",
+                                                 messages=HI).choices[0].message
+        reasoning = message.model_extra["reasoning"]
+        reasoning_content = message.model_extra["reasoning_content"]
+    assert reasoning == reasoning_content == "Thinking it over."
+
+
 def test_groq_rejected_fields_are_sanitised(client: openai.OpenAI, fake_groq: FakeGroq) -> None:
     messages = [{"role": "user", "content": "q"},
                 {"role": "assistant", "content": "a", "reasoning_content": "thought"},

@@ -27,10 +27,17 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .backends import BackendFormatError, make_backend
 from .chat_request import parse_chat_request, parse_json_body, require_model_and_messages
+from .completion import reasoning_keys
 from .encoding import EncodingUnavailable, harmony_encoding
 from .errors import ProxyError
 from .flowlog import FlowLogWriter
-from .groq import DROP_HEADERS, GroqModels, GroqStreamTee, sanitize_body
+from .groq import (
+    DROP_HEADERS,
+    GroqModels,
+    GroqStreamRelay,
+    apply_reasoning_keys,
+    sanitize_body,
+)
 from .parse import StrippedOutputError
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
@@ -144,7 +151,7 @@ class Gateway:
         self.settings = settings
         self.models = GroqModels()
         self.exchanges: dict[str, HarmonyExchange] = {}
-        self.tees: dict[str, GroqStreamTee] = {}
+        self.relays: dict[str, GroqStreamRelay] = {}
         self._client: httpx.AsyncClient | None = None
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_task: asyncio.Task | None = None
@@ -348,16 +355,19 @@ class Gateway:
             flow.response.stream = translator
         elif record.get("route") == "groq" and "text/event-stream" in flow.response.headers.get(
                 "content-type", ""):
-            tee = GroqStreamTee()
-            self.tees[flow.id] = tee
-            flow.response.stream = tee
+            relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
+            self.relays[flow.id] = relay
+            flow.response.stream = relay
 
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = self.exchanges.pop(flow.id, None)
-        tee = self.tees.pop(flow.id, None)
+        relay = self.relays.pop(flow.id, None)
         record = record_of(flow)
-        if tee is not None:
-            record["groq_stream"] = tee
+        if relay is not None:
+            record["groq_stream"] = relay
+        if record.get("route") == "groq" and flow.response is not None and not (
+                flow.response.stream):
+            self._groq_reasoning(flow)
         if exchange is None or flow.response is None or flow.response.stream:
             return
         if flow.response.status_code != 200:
@@ -379,6 +389,21 @@ class Gateway:
         record["repairs"] = translated.repairs
         flow.response = _json_response(200, translated.body)
 
+    def _groq_reasoning(self, flow: http.HTTPFlow) -> None:
+        """Groq answers ``message.reasoning``; offer it under the configured field names."""
+        assert flow.response is not None
+        content = flow.response.content or b""
+        if flow.response.status_code != 200 or b'"reasoning"' not in content:
+            return
+        try:
+            body = json.loads(content)
+            changed = any([apply_reasoning_keys(choice["message"], reasoning_keys(
+                self.config.reasoning_field, False)) for choice in body["choices"]])
+        except (ValueError, KeyError, TypeError):
+            return
+        if changed:
+            flow.response.content = json.dumps(body, ensure_ascii=False).encode()
+
     def _backend_error(self, flow: http.HTTPFlow) -> None:
         assert flow.response is not None
         status = flow.response.status_code
@@ -389,9 +414,9 @@ class Gateway:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.exchanges.pop(flow.id, None)
-        tee = self.tees.pop(flow.id, None)
-        if tee is not None:
-            record_of(flow)["groq_stream"] = tee
+        relay = self.relays.pop(flow.id, None)
+        if relay is not None:
+            record_of(flow)["groq_stream"] = relay
         if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
 
@@ -537,7 +562,7 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
         record.get("client_path") or flow.request.path)
     response = flow.response
     stream: StreamResult | None = record.pop("stream_result", None)
-    tee: GroqStreamTee | None = record.pop("groq_stream", None)
+    relay: GroqStreamRelay | None = record.pop("groq_stream", None)
     first_token = None
     if response is not None:
         record["status"] = response.status_code
@@ -558,12 +583,12 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
             if stream.error:
                 record["error"] = stream.error
             first_token = stream.first_token_at
-        elif tee is not None:
-            record["client_response"] = {"stream": True, **tee.assembled()}
-            record["usage"] = tee.usage
-            if tee.error:
-                record["error"] = tee.error
-            first_token = tee.first_token_at
+        elif relay is not None:
+            record["client_response"] = {"stream": True, **relay.assembled()}
+            record["usage"] = relay.usage
+            if relay.error:
+                record["error"] = relay.error
+            first_token = relay.first_token_at
         else:
             body = _body_json(response)
             record["client_response"] = {"body": body}

@@ -1,15 +1,14 @@
-"""The Groq route: request sanitising, key handling, stream tee for the log, the model list."""
+"""The Groq route: request sanitising, the streamed-response relay, the model list."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-
-from .sse import SSEFramer
 
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 DROP_HEADERS = CLIENT_KEY_HEADERS + (
@@ -44,11 +43,27 @@ def sanitize_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class GroqStreamTee:
-    """Passes Groq's SSE through untouched while assembling it for the flow log."""
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
 
-    framer: SSEFramer = field(default_factory=SSEFramer)
+
+def apply_reasoning_keys(container: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    """Put Groq's ``reasoning`` under the configured field names (Cline reads only
+    ``reasoning_content``); True if the container changed."""
+    if "reasoning" not in container or keys == ("reasoning",):
+        return False
+    value = container.pop("reasoning")
+    for key in keys:
+        container[key] = value
+    return True
+
+
+@dataclass
+class GroqStreamRelay:
+    """Relays Groq's SSE event by event as it arrives, renaming reasoning fields as configured
+    and assembling the stream for the flow log."""
+
+    keys: tuple[str, ...] = ("reasoning", "reasoning_content")
+    buffer: bytes = b""
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -58,19 +73,37 @@ class GroqStreamTee:
     first_token_at: float | None = None
     events: int = 0
 
-    def __call__(self, data: bytes) -> bytes:
-        if data:
-            try:
-                for payload in self.framer.feed(data):
-                    self._event(payload)
-            except Exception as exc:  # the log must never break the stream
-                self.error = f"unreadable Groq event: {exc}"
-        return data
+    def __call__(self, data: bytes) -> bytes | list[bytes]:
+        if not data:
+            rest, self.buffer = self.buffer, b""
+            return rest or []
+        self.buffer += data
+        *events, self.buffer = _EVENT_END.split(self.buffer)
+        out = [self._relay(raw) + b"\n\n" for raw in events]
+        return b"".join(out) if out else []
 
-    def _event(self, payload: str) -> None:
-        if payload.strip() == "[DONE]":
-            return
-        event = json.loads(payload)
+    def _relay(self, raw: bytes) -> bytes:
+        if not raw.startswith(b"data:"):
+            return raw
+        payload = raw[5:].strip()
+        if payload == b"[DONE]":
+            return raw
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            self.error = "unreadable Groq event"
+            return raw
+        self._record(event)
+        changed = False
+        for choice in event.get("choices") or []:
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                changed |= apply_reasoning_keys(delta, self.keys)
+        if not changed:
+            return raw
+        return b"data: " + json.dumps(event, ensure_ascii=False).encode()
+
+    def _record(self, event: dict[str, Any]) -> None:
         self.events += 1
         if "error" in event:
             self.error = event["error"]
@@ -84,10 +117,9 @@ class GroqStreamTee:
             if delta.get("content"):
                 self._first()
                 self.content.append(delta["content"])
-            text = delta.get("reasoning") or delta.get("reasoning_content")
-            if text:
+            if delta.get("reasoning"):
                 self._first()
-                self.reasoning.append(text)
+                self.reasoning.append(delta["reasoning"])
             for call in delta.get("tool_calls") or []:
                 self._first()
                 entry = self.tool_calls.setdefault(call.get("index", 0), {
