@@ -100,7 +100,10 @@ class ProxyProcess:
             records = []
             if self.log_path.exists():
                 for line in self.log_path.read_text().splitlines():
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # the writer thread is mid-line
+                        continue
                     if record.get("event") == "flow":
                         records.append(record)
             if len(records) >= wait_for or time.monotonic() > deadline:

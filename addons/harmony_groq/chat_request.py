@@ -19,16 +19,23 @@ EFFORTS = {
 }
 
 
+def _reject_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON; Python accepts them, harmony's renderer does not."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_json_body(raw: bytes | None) -> dict[str, Any]:
     """Decode the body as a JSON object or raise a 400."""
     if not raw:
         raise bad_request("The request body is empty; send a JSON chat-completions request.")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise bad_request("The request body is not valid UTF-8.") from None
     except json.JSONDecodeError as exc:
         raise bad_request(f"The request body is not valid JSON: {exc.msg} at {exc.pos}.") from None
+    except ValueError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     return body
@@ -139,7 +146,8 @@ def _tool_choice(body: dict, tools: list[ToolSpec]) -> tuple[str, str | None]:
     if choice in ("none", "auto", "required"):
         return choice, None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
         if isinstance(name, str) and any(t.name == name for t in tools):
             return "named", name
         raise bad_request("tool_choice names a function that is not in 'tools'.",

@@ -27,7 +27,14 @@ _CHANNEL_NAMES = ("analysis", "final", "commentary")
 _HEADER_CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
 _HEADER_RECIPIENT = re.compile(r"to=([^\s<]+)")
 _SPECIAL_TEXT = re.compile(r"<\|[a-z_]+\|>")
+_HEADER_ROLE = re.compile(r"^<\|start\|>\s*(?:assistant|user|system|developer|functions\.\S+)?")
 _ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def _header_body(text: str) -> str:
+    """Header text less its role, channel, recipient and control tokens."""
+    body = _HEADER_RECIPIENT.sub("", _HEADER_CHANNEL.sub("", _HEADER_ROLE.sub("", text)))
+    return _SPECIAL_TEXT.sub("", body).strip()
 
 
 class StrippedOutputError(Exception):
@@ -183,10 +190,12 @@ class HarmonyDecoder:
                 self._repair("text outside a message kept")
                 self._process(START, events)
                 self._process(ASSISTANT, events)
-        elif state == StreamState.HEADER and token in _STOPS_IN_HEADER:
+        elif state == StreamState.HEADER and (
+                token in _STOPS_IN_HEADER or (token == CHANNEL and self._text_before_channel())):
             self._flush_header(ended_by=token, events=events)
-            if token != START:
-                return events
+            if token in (START, CHANNEL):
+                events.extend(self.feed(token))
+            return events
         self._process(token, events)
         return events
 
@@ -198,7 +207,8 @@ class HarmonyDecoder:
         state = self.parser.state
         if not self.stopped:
             if state == StreamState.HEADER and self.header:
-                if truncated:
+                if truncated and (CHANNEL in self.header or not _header_body(
+                        self.encoding.decode(self.header))):
                     self._repair("message header cut by max_tokens dropped")
                 else:
                     self._flush_header(ended_by=None, events=events)
@@ -237,12 +247,13 @@ class HarmonyDecoder:
         if state == StreamState.HEADER:
             if before_state != StreamState.HEADER:
                 self.header = []
-            if token != START:
-                self.header.append(token)
-                self._check_stripped()
+            self.header.append(token)
+            self._check_stripped()
         elif state == StreamState.CONTENT:
             if before_state != StreamState.CONTENT:
-                self._open(parser.current_channel, parser.current_recipient)
+                self._open()
+            elif self.current is not None and self.current.kind == "reasoning":
+                self.reasoning_tokens += 1
             delta = parser.last_content_delta
             if delta and self.current is not None:
                 self._delta(delta, events)
@@ -268,14 +279,25 @@ class HarmonyDecoder:
             recipient = recipient.split("<|", 1)[0].strip()
         if recipient and recipient not in ("assistant", "user"):
             name = recipient.removeprefix("functions.")
-            if recipient.startswith("functions.") or name in self.declared_tools:
+            if recipient.startswith("functions."):
+                if name not in self.declared_tools:
+                    self._repair(f"call to undeclared function {name!r} passed on")
+                return _Message("call", name)
+            if name in self.declared_tools:
+                self._repair(f"recipient {name!r} read as functions.{name}")
                 return _Message("call", name)
             self._repair(f"message to undeclared recipient {recipient!r} shown as reasoning")
             return _Message("reasoning")
         return _Message("reasoning" if channel == "analysis" else "content")
 
-    def _open(self, channel: str | None, recipient: str | None) -> None:
-        self.current = self._classify(channel, recipient)
+    def _open(self) -> None:
+        parser = self.parser
+        role = parser.current_role
+        if role is not None and role != Role.ASSISTANT:
+            self._repair(f"message written as {role.value!r} shown as reasoning")
+            self.current = _Message("reasoning")
+        else:
+            self.current = self._classify(parser.current_channel, parser.current_recipient)
 
     def _delta(self, text: str, events: list[Event]) -> None:
         current = self.current
@@ -283,7 +305,6 @@ class HarmonyDecoder:
         if current.kind == "call":
             return
         if current.kind == "reasoning":
-            self.reasoning_tokens += 1
             if not current.started and self.has_reasoning:
                 text = "\n" + text
             current.started = self.has_reasoning = True
@@ -312,26 +333,35 @@ class HarmonyDecoder:
                                self.tool_names.to_client(self.current.name), arguments))
         self.tool_calls += 1
 
+    def _text_before_channel(self) -> bool:
+        """Words (not a role or recipient) in a header before its ``<|channel|>``."""
+        return CHANNEL not in self.header and _header_body(
+            self.encoding.decode(self.header)) not in ("", "json")
+
     def _flush_header(self, ended_by: int | None, events: list[Event]) -> None:
-        """A header that never reached ``<|message|>``: its text is the message body."""
+        """A header that never reached ``<|message|>``: its text is the message body.
+
+        Ended by a new message it is reasoning (gpt-oss's header-less refusals are policy
+        CoT, harmony #80); ended by a stop or the end of generation it is the answer.
+        """
         text = self.encoding.decode(self.header)
-        if text.strip():
+        body = _header_body(text)
+        if body:
             self._repair("message without <|message|> kept as text")
         channel_match = _HEADER_CHANNEL.search(text)
         recipient_match = _HEADER_RECIPIENT.search(text)
-        body = _HEADER_RECIPIENT.sub("", _HEADER_CHANNEL.sub("", text))
-        body = _SPECIAL_TEXT.sub("", body).strip()
-        body = body.removeprefix("assistant").strip()
         if channel_match:
             channel = channel_match.group(1)
         else:
-            channel = "analysis" if ended_by in (END, START) else "final"
+            channel = "analysis" if ended_by in (END, START, CHANNEL) else "final"
         self.current = self._classify(channel, recipient_match.group(1) if recipient_match
                                       else None)
         if self.current.kind == "call":
             if ended_by == CALL:
                 self._emit_call(body, events)
         elif body:
+            if self.current.kind == "reasoning":
+                self.reasoning_tokens += len(self.header)
             self._delta(body, events)
         self.current = None
         self.first_message = False

@@ -17,6 +17,7 @@ from openai_harmony import (
     Author,
     Conversation,
     DeveloperContent,
+    HarmonyError,
     Message,
     ReasoningEffort,
     RenderConversationConfig,
@@ -60,9 +61,6 @@ class ToolNames:
     def to_client(self, safe: str) -> str:
         return self._to_client.get(safe, safe)
 
-    def is_declared(self, safe: str) -> bool:
-        return safe in self._to_client
-
 
 @dataclass(frozen=True)
 class HarmonyPrompt:
@@ -78,16 +76,14 @@ def neutralize_special_tokens(text: str) -> str:
     """Make special-token strings in user-controlled text inert under re-tokenisation.
 
     ``transformers serve`` tokenises prompt text with special-token parsing, so a literal
-    ``<|start|>`` in a message would become a control token. The vertical bars are replaced
-    with U+FF5C (fullwidth vertical line), which keeps the text readable.
+    ``<|start|>`` in a message would become a control token. Every ``<|name|>`` is changed,
+    not only harmony's names: the model server's tokenizer names some ids differently
+    (``<|endofprompt|>``). The vertical bars become U+FF5C (fullwidth vertical line), which
+    keeps the text readable.
     """
     if "<|" not in text:
         return text
-    specials = harmony_encoding().special_tokens_set
-    return _SPECIAL_TEXT.sub(
-        lambda m: m.group(0).replace("|", "\uff5c") if m.group(0) in specials else m.group(0),
-        text,
-    )
+    return _SPECIAL_TEXT.sub(lambda m: m.group(0).replace("|", "\uff5c"), text)
 
 
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
@@ -142,8 +138,9 @@ def _reasoning_of(message: dict[str, Any]) -> str:
 
 
 def _arguments_text(arguments: Any) -> str:
+    """Arguments verbatim (the model's own bytes keep the prompt prefix-cacheable); none → {}."""
     if isinstance(arguments, str):
-        return arguments
+        return arguments if arguments.strip() else "{}"
     if arguments is None:
         return "{}"
     return json.dumps(arguments, ensure_ascii=False)
@@ -351,10 +348,13 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
         harmony.append(developer)
     harmony.extend(drop_old_reasoning(_HistoryBuilder(names, clean).build(messages[lead:], lead)))
     encoding = harmony_encoding()
-    ids = encoding.render_conversation_for_completion(
-        Conversation.from_messages(harmony), Role.ASSISTANT,
-        RenderConversationConfig(auto_drop_analysis=False),
-    )
+    try:
+        ids = encoding.render_conversation_for_completion(
+            Conversation.from_messages(harmony), Role.ASSISTANT,
+            RenderConversationConfig(auto_drop_analysis=False),
+        )
+    except (ValueError, HarmonyError) as exc:  # e.g. a number JSON allows but Rust cannot hold
+        raise bad_request(f"The conversation cannot be rendered for gpt-oss: {exc}") from None
     return HarmonyPrompt(
         token_ids=ids,
         text=encoding.decode_utf8(ids),

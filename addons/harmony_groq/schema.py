@@ -59,6 +59,8 @@ def _normalize(node: Any, defs: dict[str, Any], depth: int, seen: frozenset[str]
 
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    if isinstance(node.get("enum"), list):
+        _typed_enum(node)
 
     all_of = node.pop("allOf", None)
     if isinstance(all_of, list):
@@ -86,6 +88,28 @@ def _normalize(node: Any, defs: dict[str, Any], depth: int, seen: frozenset[str]
         elif key in ("items", "additionalProperties") and isinstance(value, dict | list):
             node[key] = _normalize(value, defs, depth + 1, seen)
     return node
+
+
+def _json_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int | float):
+        return "number"
+    return None
+
+
+def _typed_enum(node: dict[str, Any]) -> None:
+    """Harmony renders an enum only with a ``type`` and drops ``null`` members silently."""
+    values = node["enum"]
+    if None in values and any(v is not None for v in values):
+        node["enum"] = values = [v for v in values if v is not None]
+        node["nullable"] = True
+    if "type" not in node:
+        kinds = {_json_type(v) for v in values}
+        if len(kinds) == 1 and None not in kinds:
+            node["type"] = kinds.pop()
 
 
 def _merge_into(target: dict[str, Any], part: dict[str, Any]) -> None:
