@@ -43,20 +43,22 @@ then run again, or point PYTHON=/path/to/python3.12 at it."
 }
 
 ensure_venv() {
-  local extras="${1:-}" stamp spec
+  # ensure_venv [test]: the project installed into $VENV, with the test extras if asked.
+  # A stamp per pyproject.toml hash keeps repeat runs instant; a test install serves both.
+  local extras="${1:-}" hash target
   if [[ ! -x "$VENV/bin/python" ]]; then
     local py; py="$(find_python)"
     echo "run.sh: creating $VENV with $("$py" --version 2>&1)" >&2
     "$py" -m venv "$VENV" || die "could not create $VENV (on Debian: apt-get install python3.12-venv)"
   fi
-  spec="."; [[ -n "$extras" ]] && spec=".[$extras]"
-  stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-${extras:-base}"
-  if [[ ! -f "$stamp" ]]; then
-    echo "run.sh: installing the project into $VENV" >&2
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT$( [[ -n "$extras" ]] && echo "[$extras]")" \
-      || die "pip install failed (see above)"
-    touch "$stamp"
-  fi
+  hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  [[ -f "$VENV/.installed-$hash-test" ]] && return
+  [[ -z "$extras" && -f "$VENV/.installed-$hash-base" ]] && return
+  target="$ROOT"; [[ -n "$extras" ]] && target="$ROOT[$extras]"
+  echo "run.sh: installing the project into $VENV" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$target" \
+    || die "pip install failed (see above)"
+  touch "$VENV/.installed-$hash-${extras:-base}"
 }
 
 proxy_args() {
@@ -75,10 +77,15 @@ case "$cmd" in
   web)
     shift
     ensure_venv
-    echo "run.sh: mitmweb UI at http://127.0.0.1:${WEB_PORT:-8081}/ (proxy on http://$HOST:$PORT/v1)" >&2
+    echo "run.sh: mitmweb UI at http://127.0.0.1:${WEB_PORT:-8081}/ (proxy on http://$HOST:$PORT/v1);" \
+      "open the 'Web server listening at' URL below: its ?token= logs you in (docs/mitmweb.md)" >&2
+    columns=()  # mitmweb's default flow list columns plus the addon's per-flow comment
+    for column in tls icon path method status size time comment; do
+      columns+=(--set "web_columns=$column")
+    done
     # shellcheck disable=SC2046
     exec "$VENV/bin/mitmweb" $(proxy_args) --set web_port="${WEB_PORT:-8081}" \
-      --set web_open_browser=false "$@"
+      --set web_open_browser=false "${columns[@]}" "$@"
     ;;
   prepare)
     shift

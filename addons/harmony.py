@@ -6,9 +6,15 @@ Thin on purpose: the logic lives in the ``harmony_groq`` package next to this fi
 import os
 import sys
 
+from mitmproxy import contentviews
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harmony_groq.addon import FlowLog, Gateway, Settings  # noqa: E402
+from harmony_groq.labels import FlowLabels  # noqa: E402
+from harmony_groq.views import HarmonyContentview  # noqa: E402
+
+contentviews.add(HarmonyContentview)
 
 _settings = Settings()
-addons = [_settings, Gateway(_settings), FlowLog(_settings)]
+addons = [_settings, Gateway(_settings), FlowLabels(), FlowLog(_settings)]

@@ -32,7 +32,10 @@ class ProxyProcess:
                  env: dict[str, str] | None = None, mode: str | None = None,
                  program: str = "mitmdump", extra_args: list[str] | None = None) -> None:
         self.tmp = tmp
-        self.log_path = tmp / "flows.log"
+        # Each option once: mitmdump silently ignores the script's deferred options when one
+        # is given twice.
+        options = {"log_file": str(tmp / "flows.log"), **(options or {})}
+        self.log_path = Path(options["log_file"])
         confdir = tmp / "confdir"
         confdir.mkdir(exist_ok=True)
         self.output: list[str] = []
@@ -43,9 +46,8 @@ class ProxyProcess:
             "--set", f"confdir={confdir}",
             "--set", "termlog_verbosity=info",
             "--set", "flow_detail=0",
-            "--set", f"log_file={self.log_path}",
         ]
-        for name, value in (options or {}).items():
+        for name, value in options.items():
             args += ["--set", f"{name}={value}"]
         args += extra_args or []
         full_env = {k: v for k, v in os.environ.items()
@@ -84,8 +86,9 @@ class ProxyProcess:
             if self.process.poll() is not None:
                 raise RuntimeError("proxy exited:\n" + "".join(self.output))
             try:
-                if httpx.get(f"{self.root_url}/health", timeout=2).status_code == 200:
-                    return
+                response = httpx.get(f"{self.root_url}/health", timeout=2)
+                if response.status_code == 200 and "groq" in response.json():
+                    return  # answered by the addon, not forwarded to the reverse target
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)

@@ -237,7 +237,7 @@ def test_flow_log_records_and_redaction(proxy: ProxyProcess, client: openai.Open
     assert groq["route"] == "groq" and groq["model"] == "llama-3.3-70b-versatile"
     assert groq["upstream_request"]["url"].endswith("/openai/v1/chat/completions")
     assert groq["upstream_response"]["headers"]["x-ratelimit-remaining-tokens"] == "17990"
-    assert groq_stream["client_response"]["content"] == "groq says: hi "
+    assert groq_stream["client_response"]["message"]["content"] == "groq says: hi "
     assert groq_stream["client_response"]["stream"] is True
     text = proxy.log_path.read_text()
     assert GROQ_KEY not in text and CLIENT_KEY not in text

@@ -158,7 +158,13 @@ def test_gateway_rewrites_groq_flow_and_strips_client_key(gateway) -> None:
     asyncio.run(gw.request(flow))
     assert flow.response is None
     assert flow.request.url == "http://127.0.0.1:9/openai/v1/chat/completions"
+    assert "authorization" not in flow.request.headers  # not while mitmweb may publish it
+    gw.injector.update([flow])  # the last step before mitmproxy sends the request
     assert flow.request.headers["authorization"] == "Bearer gsk_unit0123456789abcdef"
+    gw.injector.update([flow])
+    flow.response = http.Response.make(200)
+    gw.responseheaders(flow)
+    assert flow.request.headers["authorization"] == f"Bearer {REDACTED}"
     assert "x-api-key" not in flow.request.headers
     assert json.loads(flow.request.content)["model"] == "llama-3.3-70b-versatile"
 

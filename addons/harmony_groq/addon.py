@@ -144,6 +144,28 @@ class Settings:
                 )
 
 
+class GroqKeyInjector:
+    """Adds the Groq key to a routed flow at the last moment.
+
+    mitmproxy runs the ``update`` hook across the chain right after ``request`` and sends the
+    request once it returns. Sitting at the very end of the chain, this runs after mitmweb's
+    view has published the flow, so the key never reaches a browser; ``Gateway`` masks it
+    again in ``responseheaders`` once it went upstream.
+    """
+
+    name = "harmony_groq_key_injector"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def update(self, flows: list) -> None:
+        config = self.settings.config
+        for flow in flows:
+            if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
+                    and flow.metadata.get(META, {}).pop("inject_key", False)):
+                flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"
+
+
 class Gateway:
     """Answers local endpoints and routes chat completions to Groq or the gpt-oss backend."""
 
@@ -155,6 +177,7 @@ class Gateway:
         self._client: httpx.AsyncClient | None = None
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_task: asyncio.Task | None = None
+        self.injector = GroqKeyInjector(settings)
 
     @property
     def config(self) -> Config:
@@ -172,7 +195,15 @@ class Gateway:
             self.models = GroqModels()
         self._health = None
 
+    def running(self) -> None:
+        # The key injector must see flows after every other addon (mitmweb's view included),
+        # so it joins the end of mitmproxy's chain rather than this script's list.
+        if self.injector not in ctx.master.addons.chain:
+            ctx.master.addons.add(self.injector)
+
     def done(self) -> None:
+        if self.injector in ctx.master.addons.chain:
+            ctx.master.addons.remove(self.injector)
         if self._client is not None:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().create_task(self._client.aclose())
@@ -193,6 +224,8 @@ class Gateway:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
+        if flow.is_replay == "request":
+            _restore_client_request(flow)
         reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
         path = flow.request.path
         if not reverse and not (flow.request.method == "POST" and is_chat_completions_path(path)):
@@ -277,8 +310,10 @@ class Gateway:
                              code="groq_key_missing")
         upstream = sanitize_body(body, model)
         url = f"{self.config.groq_base_url}/chat/completions"
-        _rewrite(flow, url, upstream, {"authorization": f"Bearer {key}"})
-        record_of(flow)["upstream_request"] = {"url": url, "body": upstream}
+        _rewrite(flow, url, upstream, {})
+        record = record_of(flow)
+        record["upstream_request"] = {"url": url, "body": upstream}
+        record["inject_key"] = True
 
     async def _to_harmony(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
         config = self.config
@@ -348,7 +383,13 @@ class Gateway:
         ok = flow.response.status_code == 200
         if exchange is not None and exchange.request.stream and ok and not _is_local(flow):
             def store(result: StreamResult) -> None:
-                record["stream_result"] = result
+                record["stream_summary"] = {
+                    "upstream_text": "".join(result.upstream_text),
+                    "message": result.client_message(),
+                    "finish_reason": result.finish_reason, "usage": result.usage,
+                    "error": result.error, "repairs": result.repairs,
+                    "first_token_at": result.first_token_at,
+                }
 
             translator = HarmonyStreamTranslator(exchange, self.config.keepalive_seconds, store)
             _prepare_sse(flow)
@@ -364,7 +405,7 @@ class Gateway:
         relay = self.relays.pop(flow.id, None)
         record = record_of(flow)
         if relay is not None:
-            record["groq_stream"] = relay
+            record["stream_summary"] = relay.summary()
         if record.get("route") == "groq" and flow.response is not None and not (
                 flow.response.stream):
             self._groq_reasoning(flow)
@@ -416,7 +457,7 @@ class Gateway:
         self.exchanges.pop(flow.id, None)
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
-            record_of(flow)["groq_stream"] = relay
+            record_of(flow)["stream_summary"] = relay.summary()
         if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
 
@@ -464,6 +505,17 @@ class Gateway:
                 model = {**model, "id": f"groq/{model['id']}"}
             data.append(model)
         return {"object": "list", "data": data}
+
+
+def _restore_client_request(flow: http.HTTPFlow) -> None:
+    """mitmweb's Replay re-sends the request as rewritten for the upstream; send the client's
+    original OpenAI request through the proxy again instead."""
+    original = flow.metadata.get(META, {})
+    if "client_request" not in original:
+        return
+    flow.request.path = original.get("client_path", "/v1/chat/completions")
+    flow.request.content = json.dumps(original["client_request"]["body"]).encode()
+    flow.metadata[META] = {"id": flow.id, "replay_of": original.get("id")}
 
 
 def _unreachable(url: str) -> ProxyError:
@@ -561,8 +613,7 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     record["path"] = flow.request.path if record.get("route") in ("local", None) else (
         record.get("client_path") or flow.request.path)
     response = flow.response
-    stream: StreamResult | None = record.pop("stream_result", None)
-    relay: GroqStreamRelay | None = record.pop("groq_stream", None)
+    stream: dict[str, Any] | None = record.pop("stream_summary", None)
     first_token = None
     if response is not None:
         record["status"] = response.status_code
@@ -572,23 +623,16 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
             "headers": redact_headers(headers),
         }
         if stream is not None:
-            record["upstream_response"]["text"] = "".join(stream.upstream_text)
-            record["client_response"] = {
-                "stream": True,
-                "message": stream.message.to_message(("reasoning",)),
-                "finish_reason": stream.finish_reason,
-            }
-            record["usage"] = stream.usage
-            record["repairs"] = stream.repairs
-            if stream.error:
-                record["error"] = stream.error
-            first_token = stream.first_token_at
-        elif relay is not None:
-            record["client_response"] = {"stream": True, **relay.assembled()}
-            record["usage"] = relay.usage
-            if relay.error:
-                record["error"] = relay.error
-            first_token = relay.first_token_at
+            if stream.get("upstream_text") is not None:
+                record["upstream_response"]["text"] = stream["upstream_text"]
+            record["client_response"] = {"stream": True, "message": stream["message"],
+                                         "finish_reason": stream["finish_reason"]}
+            record["usage"] = stream["usage"]
+            if stream.get("repairs"):
+                record["repairs"] = stream["repairs"]
+            if stream["error"]:
+                record["error"] = stream["error"]
+            first_token = stream["first_token_at"]
         else:
             body = _body_json(response)
             record["client_response"] = {"body": body}

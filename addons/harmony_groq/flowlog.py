@@ -6,6 +6,7 @@ delays a client; a failing write warns once and the next record retries the file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -36,28 +37,33 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            line = self.format(record) + self.terminator
             if self.stream is None or not os.path.exists(self.baseFilename):
                 if self.stream is not None:
                     self.stream.close()
                 self.stream = self._open()
-            super().emit(record)
-            self.flush()
-            if self.failing:
-                self.failing = False
-                logger.warning("flow log %s is writable again", self.baseFilename)
+            position = self.stream.tell()
+            if self.maxBytes and position and position + len(line) >= self.maxBytes:
+                self.doRollover()
+                if self.stream is None:
+                    self.stream = self._open()
+            self.stream.write(line)
+            self.stream.flush()
         except Exception as exc:
-            self.handleError(record, exc)
+            self._failed(exc)
+            return
+        if self.failing:
+            self.failing = False
+            logger.warning("flow log %s is writable again", self.baseFilename)
 
-    def handleError(self, record: logging.LogRecord, exc: Exception | None = None) -> None:  # noqa: N802
+    def _failed(self, exc: Exception) -> None:
         if not self.failing:
             self.failing = True
             logger.warning("cannot write the flow log %s (%s); flows are still served",
-                           self.baseFilename, exc or "write failed")
-        try:
+                           self.baseFilename, exc)
+        with contextlib.suppress(OSError):
             if self.stream is not None:
                 self.stream.close()
-        except OSError:
-            pass
         self.stream = None  # type: ignore[assignment]
 
 

@@ -134,14 +134,16 @@ class GroqStreamRelay:
         if self.first_token_at is None:
             self.first_token_at = time.time()
 
-    def assembled(self) -> dict[str, Any]:
-        return {
-            "content": "".join(self.content),
-            "reasoning": "".join(self.reasoning) or None,
-            "tool_calls": list(self.tool_calls.values()) or None,
-            "finish_reason": self.finish_reason,
-            "events": self.events,
-        }
+    def summary(self) -> dict[str, Any]:
+        """The assembled stream as plain data for the flow record."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+        if self.reasoning:
+            message["reasoning"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = list(self.tool_calls.values())
+        return {"message": message, "finish_reason": self.finish_reason, "usage": self.usage,
+                "error": self.error, "first_token_at": self.first_token_at,
+                "events": self.events}
 
 
 class GroqModels:
