@@ -37,6 +37,15 @@ def _header_body(text: str) -> str:
     return _SPECIAL_TEXT.sub("", body).strip()
 
 
+def _next_state(state: StreamState, token: int) -> StreamState:
+    """The harmony parser's state after it accepted ``token`` in ``state``."""
+    if state == StreamState.EXPECT_START:
+        return StreamState.HEADER if token == START else state
+    if state == StreamState.HEADER:
+        return StreamState.CONTENT if token == MESSAGE else state
+    return StreamState.EXPECT_START if token in (END, RETURN, CALL) else state
+
+
 class StrippedOutputError(Exception):
     """The backend removed harmony's control tokens, so the output cannot be parsed."""
 
@@ -133,7 +142,7 @@ class HarmonyDecoder:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.parser = StreamableParser(self.encoding, Role.ASSISTANT, strict=False)
+        self._new_parser(Role.ASSISTANT)
         self.header: list[int] = []
         self.current: _Message | None = None
         self.repairs: list[str] = []
@@ -145,6 +154,14 @@ class HarmonyDecoder:
         self.ended = False
         self.stop_matcher = StopMatcher(self.stop)
         self.resyncing = False
+        self.call_text: list[str] = []
+
+    def _new_parser(self, role: Role | None) -> None:
+        """A fresh parser; its state is tracked here because openai-harmony's ``state`` and
+        ``messages`` properties serialise the whole parse as JSON on every read (quadratic
+        over a long completion)."""
+        self.parser = StreamableParser(self.encoding, role, strict=False)
+        self.state = StreamState.HEADER if role is not None else StreamState.EXPECT_START
 
     # -- public API -------------------------------------------------------------------------
 
@@ -164,7 +181,7 @@ class HarmonyDecoder:
         if self.ended or self.stopped:
             return []
         events: list[Event] = []
-        state = self.parser.state
+        state = self.state
         if token == ENDOFTEXT:
             return self.finish(truncated=False)
         if state == StreamState.CONTENT:
@@ -204,7 +221,7 @@ class HarmonyDecoder:
         if self.ended:
             return []
         events: list[Event] = []
-        state = self.parser.state
+        state = self.state
         if not self.stopped:
             if state == StreamState.HEADER and self.header:
                 if truncated and (CHANNEL in self.header or not _header_body(
@@ -217,7 +234,7 @@ class HarmonyDecoder:
                     if truncated:
                         self._repair("tool call cut by max_tokens dropped")
                     else:
-                        self._emit_call(self.parser.current_content, events)
+                        self._emit_call("".join(self.call_text), events)
                 self.parser.process_eos()
             tail = self.stop_matcher.flush()
             if tail:
@@ -234,7 +251,7 @@ class HarmonyDecoder:
 
     def _process(self, token: int, events: list[Event]) -> None:
         parser = self.parser
-        before_state, before_count = parser.state, len(parser.messages)
+        before_state = self.state
         try:
             parser.process(token)
         except HarmonyError as exc:
@@ -243,7 +260,7 @@ class HarmonyDecoder:
             else:
                 self._repair(f"token dropped: {exc}")
             return
-        state = parser.state
+        state = self.state = _next_state(before_state, token)
         if state == StreamState.HEADER:
             if before_state != StreamState.HEADER:
                 self.header = []
@@ -257,10 +274,9 @@ class HarmonyDecoder:
             delta = parser.last_content_delta
             if delta and self.current is not None:
                 self._delta(delta, events)
-        if len(parser.messages) > before_count and self.current is not None:
+        elif before_state == StreamState.CONTENT and self.current is not None:
             if self.current.kind == "call":
-                message = parser.messages[-1]
-                self._emit_call(message.content[0].text if message.content else "", events)
+                self._emit_call("".join(self.call_text), events)
             self.current = None
             self.first_message = False
 
@@ -291,6 +307,7 @@ class HarmonyDecoder:
         return _Message("reasoning" if channel == "analysis" else "content")
 
     def _open(self) -> None:
+        self.call_text = []
         parser = self.parser
         role = parser.current_role
         if role is not None and role != Role.ASSISTANT:
@@ -303,6 +320,7 @@ class HarmonyDecoder:
         current = self.current
         assert current is not None
         if current.kind == "call":
+            self.call_text.append(text)
             return
         if current.kind == "reasoning":
             if not current.started and self.has_reasoning:
@@ -366,7 +384,7 @@ class HarmonyDecoder:
         self.current = None
         self.first_message = False
         self.header = []
-        self.parser = StreamableParser(self.encoding, None, strict=False)
+        self._new_parser(None)
 
     def _resync(self, events: list[Event]) -> None:
         """A header harmony rejects: read channel and recipient leniently, restart cleanly."""
@@ -381,7 +399,7 @@ class HarmonyDecoder:
             channel = "final"
         clean = f"<|channel|>{channel}" + (f" to={recipient}" if recipient else "") + (
             " json" if recipient else "") + "<|message|>"
-        self.parser = StreamableParser(self.encoding, Role.ASSISTANT, strict=False)
+        self._new_parser(Role.ASSISTANT)
         self.resyncing = True
         try:
             for token in self.encoding.encode(clean, allowed_special="all"):
