@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai_harmony import (
@@ -27,7 +28,6 @@ from openai_harmony import (
     ToolDescription,
 )
 
-from harmony_groq.backends import VLLM_FALLBACK_MAX_TOKENS
 from harmony_groq.encoding import harmony_encoding
 
 from conftest import PINNED_DATE, default_options
@@ -247,8 +247,10 @@ def test_vllm_request_and_usage(request: pytest.FixtureRequest) -> None:
     body = where.server.bodies[-1]
     assert body["stop_token_ids"] == [200002, 200012, 199999]
     assert (body["return_token_ids"], body["skip_special_tokens"]) == (True, False)
-    # No max_tokens from the client: vLLM's own default would be 16.
-    assert body["max_tokens"] == VLLM_FALLBACK_MAX_TOKENS and "stream_options" not in body
+    # No max_tokens from the client: vLLM's own default would be 16; the proxy asks for the
+    # rest of the context the server reported.
+    assert body["max_tokens"] == 131072 - len(where.server.prompts[-1])
+    assert "stream_options" not in body
     generated = len(where.server.generated[-1].ids)
     assert (usage.prompt_tokens, usage.completion_tokens) == (len(where.server.prompts[-1]),
                                                               generated)
@@ -257,6 +259,14 @@ def test_vllm_request_and_usage(request: pytest.FixtureRequest) -> None:
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
     assert body["max_tokens"] == 100
     assert usage.completion_tokens == len(where.server.generated[-1].ids)
+
+
+def test_health_describes_the_vllm_server(vllm_proxy) -> None:
+    described = httpx.get(f"{vllm_proxy.root_url}/health").json()["transformers"]
+    assert {k: described[k] for k in ("kind", "version", "model", "context_length",
+                                      "problem")} == {
+        "kind": "vllm", "version": "0.11.0", "model": "openai/gpt-oss-120b",
+        "context_length": 131072, "problem": None}
 
 
 def test_vllm_stop_token_ids_are_honoured(request: pytest.FixtureRequest) -> None:

@@ -178,6 +178,8 @@ class Gateway:
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_task: asyncio.Task | None = None
         self.injector = GroqKeyInjector(settings)
+        self.server_info: dict[str, Any] = {}
+        self._startup_check: asyncio.Task | None = None
 
     @property
     def config(self) -> Config:
@@ -193,6 +195,8 @@ class Gateway:
     def configure(self, updated: set[str]) -> None:
         if "models_cache_seconds" in updated or "groq_base_url" in updated:
             self.models = GroqModels()
+        if updated & {"backend", "transformers_url"}:
+            self.server_info = {}
         self._health = None
 
     def running(self) -> None:
@@ -200,6 +204,20 @@ class Gateway:
         # so it joins the end of mitmproxy's chain rather than this script's list.
         if self.injector not in ctx.master.addons.chain:
             ctx.master.addons.add(self.injector)
+        if self.settings.config is not None:
+            self._startup_check = asyncio.get_running_loop().create_task(self._check_server())
+
+    async def _check_server(self) -> None:
+        """Say at start-up what the model server is, or what is wrong with it."""
+        await self._refresh_health()
+        config, info = self.config, self.server_info
+        if info.get("problem"):
+            logger.warning("gpt-oss model server %s (BACKEND=%s): %s", config.transformers_url,
+                           config.backend, info["problem"])
+        else:
+            logger.info("gpt-oss model server: %s %s, model %s, context %s", info.get("kind"),
+                        info.get("version") or "(version not reported)", info.get("model"),
+                        info.get("context_length"))
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
@@ -317,13 +335,15 @@ class Gateway:
 
     async def _to_harmony(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
         config = self.config
+        if config.backend == "vllm" and "context_length" not in self.server_info:
+            await self._refresh_health()  # vLLM needs the context length for its max_tokens
         if _LONG_WORD.search(flow.request.get_text(strict=False) or ""):
             # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
             # CPU on the event loop. Refuse instead of stalling every other client.
             raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
                              "without spaces; gpt-oss cannot tokenize it in reasonable time.",
                              code="word_too_long")
-        backend = make_backend(config.backend)
+        backend = make_backend(config.backend, self.server_info.get("context_length"))
         request = parse_chat_request(body)
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)
         exchange = HarmonyExchange(request, prompt, backend, config.reasoning_field)
@@ -475,17 +495,12 @@ class Gateway:
 
     async def _refresh_health(self) -> None:
         config = self.config
-        reachable = False
-        try:
-            response = await self.http_client().get(f"{config.transformers_url}/health",
-                                                    timeout=2)
-            reachable, detail = True, response.status_code
-        except httpx.HTTPError as exc:
-            detail = type(exc).__name__
+        info = await make_backend(config.backend).describe(self.http_client(),
+                                                           config.transformers_url)
+        self.server_info = info
         body = {
             "status": "ok",
-            "transformers": {"url": config.transformers_url, "backend": config.backend,
-                             "reachable": reachable, "health_status": detail},
+            "transformers": {"url": config.transformers_url, "backend": config.backend, **info},
             "groq": {"base_url": config.groq_base_url,
                      "key_configured": bool(config.groq_api_key)},
         }
