@@ -50,7 +50,7 @@ from .routing import (
     is_chat_completions_path,
 )
 from .settings import OPTIONS, Config, build_config, env_default
-from .streaming import HarmonyStreamTranslator, StreamResult, stripped_error
+from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
 from .translate import HarmonyExchange, translate_completion
 
 logger = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class Gateway:
         self.models = GroqModels()
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
+        self.translators: dict[str, HarmonyStreamTranslator] = {}
         self._client: httpx.AsyncClient | None = None
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_task: asyncio.Task | None = None
@@ -409,11 +410,13 @@ class Gateway:
                     "finish_reason": result.finish_reason, "usage": result.usage,
                     "error": result.error, "repairs": result.repairs,
                     "first_token_at": result.first_token_at,
+                    "keepalives": result.keepalives,
                 }
 
             translator = HarmonyStreamTranslator(exchange, self.config.keepalive_seconds, store)
             _prepare_sse(flow)
             flow.response.stream = translator
+            self.translators[flow.id] = translator
         elif record.get("route") == "groq" and "text/event-stream" in flow.response.headers.get(
                 "content-type", ""):
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
@@ -422,6 +425,7 @@ class Gateway:
 
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = self.exchanges.pop(flow.id, None)
+        self.translators.pop(flow.id, None)
         relay = self.relays.pop(flow.id, None)
         record = record_of(flow)
         if relay is not None:
@@ -475,6 +479,11 @@ class Gateway:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.exchanges.pop(flow.id, None)
+        translator = self.translators.pop(flow.id, None)
+        if translator is not None and flow.error is not None:
+            # Upstream reset or client gone mid-stream: log it, and end the client's stream
+            # with an error event instead of a truncated body.
+            send_last_chunk(flow, translator.abort(flow.error.msg))
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()

@@ -4,6 +4,10 @@ Installed as ``flow.response.stream`` in the ``responseheaders`` hook. mitmproxy
 each network chunk as it arrives and once with ``b""`` at the end; it returns the bytes to send
 (``[]`` to hold back; never ``b""`` mid-stream, which would end the body). An exception here
 would silently drop a chunk, so every failure becomes an OpenAI error event instead.
+
+When the upstream connection breaks mid-body (reset, crash), mitmproxy never calls the stream
+again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
+translation there and ``send_last_chunk`` delivers its error event before that close.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import ctx, http
 
 from .backends import BackendFormatError, BackendOutput
 from .completion import AssembledMessage, ChunkBuilder, finish_reason
+from .encoding import harmony_encoding
 from .errors import ProxyError
-from .parse import StrippedOutputError
+from .parse import Event, StrippedOutputError
 from .sse import DONE, KEEPALIVE, SSEFramer, encode_event
 from .translate import HarmonyExchange, feed_output
 
@@ -41,71 +49,97 @@ class StreamResult:
 
     upstream_text: list[str] = field(default_factory=list)
     message: AssembledMessage = field(default_factory=AssembledMessage)
+    keys: tuple[str, ...] = ()
     finish_reason: str | None = None
     usage: dict | None = None
     error: str | None = None
     repairs: list[str] = field(default_factory=list)
     first_token_at: float | None = None
+    keepalives: int = 0
+
+    def client_message(self) -> dict[str, Any]:
+        """The message the client's deltas concatenate to (reasoning only where it was sent)."""
+        return self.message.to_message(self.keys)
 
 
 class HarmonyStreamTranslator:
     """Backend SSE bytes in, OpenAI chunk SSE bytes out."""
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
-                 on_done: Callable[[StreamResult], None]) -> None:
+                 on_done: Callable[[StreamResult], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.exchange = exchange
         self.decoder = exchange.new_decoder()
         self.builder = ChunkBuilder(exchange.completion_id, exchange.request.model, exchange.keys)
         self.framer = SSEFramer()
         self.keepalive_seconds = keepalive_seconds
         self.on_done = on_done
-        self.result = StreamResult()
+        self.result = StreamResult(keys=exchange.keys)
         self.started = False
         self.done = False
         self.completion_tokens = 0
-        self.last_sent = time.monotonic()
+        self.clock = clock
+        self.last_sent = clock()
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done:
             return []
         out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.append(encode_event(self.builder.first()))
         try:
-            if not self.started:
-                self.started = True
-                out.append(encode_event(self.builder.first()))
-            if data:
-                for payload in self.framer.feed(data):
-                    self._event(payload, out)
-                    if self.done:
-                        break
-            elif not self.done:
-                self._fail(ProxyError(502, "The model server ended the stream before the "
-                                      "completion finished.", code="upstream_incomplete"), out)
+            if not data:
+                raise ProxyError(502, "The model server ended the stream before the completion "
+                                 "finished.", code="upstream_incomplete")
+            for payload in self.framer.feed(data):
+                self._event(payload, out)
+                if self.done:
+                    break
+        except ProxyError as exc:
+            self._fail(exc, out)
         except StrippedOutputError as exc:
             self._fail(stripped_error(exc), out)
         except Exception as exc:  # never let mitmproxy drop a chunk silently
             logger.exception("stream translation failed")
             self._fail(ProxyError(502, f"The model server's stream could not be translated: "
                                   f"{exc}", code="translation_error"), out)
+        now = self.clock()
+        if not out and now - self.last_sent >= self.keepalive_seconds:
+            # Hidden reasoning (or a long header) sends nothing: keep idle clients from timing out.
+            out.append(KEEPALIVE)
+            self.result.keepalives += 1
         if out:
-            self.last_sent = time.monotonic()
+            self.last_sent = now
         return out
+
+    def abort(self, reason: str) -> bytes:
+        """The flow failed outside the stream (upstream reset, client gone): close the
+        translation and return the terminal events the client should still get, if any."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
+                              code="stream_interrupted"), out)
+        return b"".join(out)
 
     def _event(self, payload: str, out: list[bytes]) -> None:
         if payload.strip() == "[DONE]":
             return
         try:
             output = self.exchange.backend.read_event(json.loads(payload))
-        except (json.JSONDecodeError, BackendFormatError) as exc:
-            raise BackendFormatError(f"unreadable event {payload[:200]!r}") from exc
+        except (json.JSONDecodeError, BackendFormatError):
+            raise ProxyError(502, f"The model server sent an unreadable event: {payload[:200]!r}",
+                             code="upstream_error") from None
         if output.error is not None:
-            self._fail(ProxyError(502, f"The model server failed: {output.error}",
-                                  code="upstream_error"), out)
-            return
+            raise ProxyError(502, f"The model server failed: {output.error}",
+                             code="upstream_error")
         if output.text or output.token_ids:
             if self.result.first_token_at is None:
                 self.result.first_token_at = time.time()
-            self.result.upstream_text.append(output.text)
+            # Servers that send ids may send control tokens without text (llama.cpp without -sp).
+            self.result.upstream_text.append(output.text or harmony_encoding().decode(
+                output.token_ids or []))
             self.completion_tokens += len(output.token_ids) if output.token_ids else 1
         self._emit(feed_output(self.decoder, output), out)
         if self.decoder.stopped:
@@ -114,17 +148,12 @@ class HarmonyStreamTranslator:
             self._emit(self.decoder.finish(output.truncated), out)
             self._finish(output, out)
 
-    def _emit(self, events: list, out: list[bytes]) -> None:
-        sent = False
+    def _emit(self, events: list[Event], out: list[bytes]) -> None:
         for event in events:
             self.result.message.add([event])
             chunk = self.builder.for_event(event)
             if chunk is not None:
                 out.append(encode_event(chunk))
-                sent = True
-        if events and not sent and not out and (
-                time.monotonic() - self.last_sent >= self.keepalive_seconds):
-            out.append(KEEPALIVE)
 
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
         message = self.result.message
@@ -141,6 +170,8 @@ class HarmonyStreamTranslator:
         self._close()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
+        logger.warning("gpt-oss stream %s failed: %s", self.exchange.completion_id,
+                       error.message)
         out.append(error.sse_event())
         self.result.error = error.message
         self._close()
@@ -149,3 +180,27 @@ class HarmonyStreamTranslator:
         self.done = True
         self.result.repairs = self.decoder.repairs
         self.on_done(self.result)
+
+
+def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
+    """Write ``data`` and the end of the chunked body to an HTTP/1 client, from the ``error``
+    hook, whose connection mitmproxy is about to close.
+
+    mitmproxy offers no way to add body data once the upstream broke off; without this the
+    client gets a truncated chunked body ("incomplete chunked read"). It reaches into mitmproxy
+    12's connection handler (``proxyserver.connections`` → ``transports`` → ``writer``), so
+    every step is checked and ``False`` means nothing was sent. HTTP/2 clients get a stream reset.
+    """
+    response = flow.response
+    if (not data or response is None or flow.request.is_http2 or flow.request.is_http3
+            or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
+        return False
+    master = getattr(ctx, "master", None)
+    proxyserver = master.addons.get("proxyserver") if master else None
+    handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
+    io = getattr(handler, "transports", {}).get(flow.client_conn)
+    writer = getattr(io, "writer", None)
+    if writer is None or writer.is_closing():
+        return False
+    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+    return True
