@@ -46,6 +46,10 @@ def token_pieces(text: str) -> list[str]:
     return pieces
 
 
+DEFAULT_ANSWER = ("<|channel|>analysis<|message|>User says hi.<|end|><|start|>assistant"
+                  "<|channel|>final<|message|>Hello!<|return|>")
+
+
 @dataclass
 class Scripted:
     """One scripted completion of the fake model server."""
@@ -143,6 +147,8 @@ class _TransformersHandler(_Handler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/health":
             self.send_json(200, {"status": "ok"})
+        elif self.path == "/v1/completions":  # FastAPI: the route exists, for POST only
+            self.send_json(405, {"detail": "Method Not Allowed"}, {"allow": "POST"})
         else:
             self.send_json(404, {"detail": "Not Found"})
 
@@ -224,8 +230,7 @@ class FakeTransformers(FakeServer):
 
     def __init__(self) -> None:
         self.scripts: deque[Scripted] = deque()
-        self.default = Scripted("<|channel|>analysis<|message|>User says hi.<|end|><|start|>"
-                                "assistant<|channel|>final<|message|>Hello!<|return|>")
+        self.default = Scripted(DEFAULT_ANSWER)
         self.prompts: list[str] = []
         self.pinned: str | None = None
         self.strip_specials = False
@@ -239,6 +244,7 @@ class FakeTransformers(FakeServer):
         return self.scripts.popleft() if self.scripts else self.default
 
     def reset_state(self) -> None:
+        self.default = Scripted(DEFAULT_ANSWER)
         self.scripts.clear()
         self.prompts.clear()
         self.requests.clear()

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from test_render import GEN, system, user
 
 from harmony_groq.encoding import harmony_encoding
 
 from fakes import FakeTransformers, token_pieces
+from test_render import GEN, system, user
 
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get-weather", "description": "Current weather.",

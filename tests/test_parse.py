@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 import pytest
-from conftest import PINNED_DATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ from harmony_groq.render import neutralize_special_tokens as inert
 from harmony_groq.render import render_prompt
 from harmony_groq.translate import HarmonyExchange, translate_completion
 
+from conftest import PINNED_DATE
 from fakes import token_pieces
 
 CALL_ID = re.compile(r"call_[A-Za-z0-9]{24}")

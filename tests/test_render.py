@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import PINNED_DATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from harmony_groq.encoding import harmony_encoding
 from harmony_groq.errors import ProxyError
 from harmony_groq.render import ToolNames, neutralize_special_tokens, render_prompt
 from harmony_groq.schema import normalize_schema
+
+from conftest import PINNED_DATE
 
 CONTROL_IDS = {200002, 200003, 200005, 200006, 200007, 200008, 200012, 199998, 199999}
 

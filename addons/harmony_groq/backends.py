@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from .backend_check import completions_problem
 from .chat_request import ChatRequest
 from .encoding import harmony_encoding
 from .parse import CALL, ENDOFTEXT, RETURN
@@ -167,9 +168,13 @@ class TransformersBackend:
         return self.read_response(data)
 
     async def describe(self, client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
-        """``GET /health``; the server tells no version."""
+        """``GET /health``; the server tells no version, so ``GET /v1/completions`` tells
+        whether it is new enough (405: the route exists; 404: older than 5.6)."""
         health, _ = await _get(client, f"{base_url}/health")
-        return _description(self.name, health)
+        if not isinstance(health, int):
+            return _description(self.name, health)
+        status, _ = await _get(client, f"{base_url}{self.completions_path}")
+        return _description(self.name, health, completions_problem(status))
 
 
 # -- vLLM -------------------------------------------------------------------------------------

