@@ -102,7 +102,9 @@ class ProxyProcess:
         while True:
             records = []
             if self.log_path.exists():
-                for line in self.log_path.read_text().splitlines():
+                for line in self.log_path.read_text().split("\n"):
+                    if not line:
+                        continue
                     try:
                         record = json.loads(line)
                     except ValueError:  # the writer thread is mid-line

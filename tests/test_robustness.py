@@ -59,6 +59,8 @@ raw_bodies = (
     bodies.map(lambda b: json.dumps(b).encode())
     | st.binary(max_size=120)
     | st.sampled_from([b"", b"null", b"[]", b'{"model": "gpt-oss-20b", "messages": "\xff\xfe"}',
+                       b'{"model": "gpt-oss-20b", "messages": [{"role": "user", "content": '
+                       b'"\\ud800 \\u2028 \\u0085"}]}',
                        b"{" * 5000, b'{"model":"gpt-oss-20b","messages":' + b"[" * 3000])
     | st.integers(10_000, 100_000).map(lambda n: json.dumps(
         {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "lorem ipsum " * n}]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ EFFORTS = {
     "xhigh": "high",
     "max": "high",
 }
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 def _reject_constant(name: str) -> Any:
@@ -38,6 +42,12 @@ def parse_json_body(raw: bytes | None) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:  # only bodies that escape a surrogate pay for this check
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise bad_request("The request body contains an unpaired UTF-16 surrogate "
+                              "escape (e.g. \\ud800), which is not text.") from None
     return body
 
 

@@ -33,7 +33,8 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if stat.S_ISREG(os.fstat(fd).st_mode):  # never chmod a device such as /dev/null
             os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "a", encoding=self.encoding or "utf-8")
+        # A lone surrogate (JSON "\ud800" from a client) is written as its escape, not lost.
+        return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -67,6 +68,9 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         self.stream = None  # type: ignore[assignment]
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class JSONRecordFormatter(logging.Formatter):
     """Serialises and redacts a record's dict in the listener thread, off the event loop."""
 
@@ -76,8 +80,10 @@ class JSONRecordFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         try:
-            return json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
+            line = json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
                               default=str)
+            # One record, one line, for every reader: escape what some treat as line breaks.
+            return line.translate(_LINE_BREAKS)
         except (RecursionError, ValueError, TypeError) as exc:
             # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
             keep = {k: record.msg.get(k) for k in ("event", "id", "route", "model", "status",
