@@ -362,6 +362,11 @@ class _GroqHandler(_Handler):
             return "invalid JSON"
         if "reasoning" in body:
             return "property 'reasoning' is unsupported"
+        if not isinstance(body.get("stream_options", {}), dict | None):
+            return "'stream_options' : value must be an object"
+        if not isinstance(body.get("messages"), list) or not all(
+                isinstance(m, dict) for m in body["messages"]):
+            return "'messages' : value must be an array of objects"
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"

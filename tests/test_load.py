@@ -111,7 +111,7 @@ def test_64_concurrent_streams(start_proxy, fake_transformers: FakeTransformers,
     assert all(r["status"] == 200 and not r.get("error") for r in chat)
     p50 = statistics.median(latencies)
     worst = max(latencies)
-    assert p50 < 0.05 and worst < 2.0, f"/health p50 {p50:.3f} s, max {worst:.3f} s under load"
+    assert p50 < 0.25 and worst < 2.0, f"/health p50 {p50:.3f} s, max {worst:.3f} s under load"
     assert loaded_rss - idle_rss < 150_000, "memory stays bounded"
     with capsys.disabled():
         print(f"\nload: {REQUESTS} streams, {CLIENTS} concurrent, {elapsed:.1f} s, "

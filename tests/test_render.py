@@ -435,3 +435,23 @@ def test_request_fields() -> None:
     assert (request.max_tokens, request.stop, request.temperature, request.hide_reasoning,
             request.parallel_tool_calls, request.stream, request.include_usage) == (
         20, ("END",), 0, True, False, True, True)
+
+
+def test_message_token_cache_is_exact_and_bounded() -> None:
+    """Cached per-message rendering equals harmony's whole-conversation rendering, and the
+    cache never keeps more than its budget."""
+    from openai_harmony import Conversation, Message, RenderConversationConfig, Role
+
+    from harmony_groq.encoding import harmony_encoding
+    from harmony_groq.render import MessageTokenCache
+
+    cache = MessageTokenCache(budget_bytes=4000)
+    messages = [Message.from_role_and_content(Role.USER, f"question {n} " * 20)
+                for n in range(30)]
+    expected = harmony_encoding().render_conversation(
+        Conversation.from_messages(messages), RenderConversationConfig(auto_drop_analysis=False))
+    for _ in range(2):  # cold, then (partly) cached
+        got = [t for m in messages for t in cache.tokens(m, False)]
+        assert got == expected
+        assert cache.size <= cache.budget
+    assert 0 < len(cache.entries) < len(messages)

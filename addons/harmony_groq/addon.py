@@ -82,6 +82,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _has_long_word(value: Any) -> bool:
+    """A string (key or value) holding a run of more than MAX_WORD letters. Only strings that
+    long can, so the regex (~100 ns a character) runs on almost nothing."""
+    if isinstance(value, str):
+        return len(value) >= MAX_WORD and _LONG_WORD.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_long_word(k) or _has_long_word(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_long_word(v) for v in value)
+    return False
+
+
 class Settings:
     """Declares the options (defaults from the environment) and validates them."""
 
@@ -338,7 +350,7 @@ class Gateway:
         config = self.config
         if config.backend == "vllm" and "context_length" not in self.server_info:
             await self._refresh_health()  # vLLM needs the context length for its max_tokens
-        if _LONG_WORD.search(flow.request.get_text(strict=False) or ""):
+        if _has_long_word(body):
             # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
             # CPU on the event loop. Refuse instead of stalling every other client.
             raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "

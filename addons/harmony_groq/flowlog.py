@@ -16,7 +16,7 @@ import stat
 import time
 from typing import Any
 
-from .redact import redact_value
+from .redact import redact_text, redact_value
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +76,14 @@ class JSONRecordFormatter(logging.Formatter):
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
-        self.secrets = secrets
+        # Redaction runs on the serialised line, where a secret appears JSON-escaped.
+        self.secrets = tuple({form for s in secrets
+                              for form in (s, json.dumps(s, ensure_ascii=False)[1:-1])})
 
     def format(self, record: logging.LogRecord) -> str:
         try:
-            line = json.dumps(redact_value(record.msg, self.secrets), ensure_ascii=False,
-                              default=str)
+            line = redact_text(json.dumps(record.msg, ensure_ascii=False, default=str),
+                               self.secrets)  # one pass; the patterns stop at quotes
             # One record, one line, for every reader: escape what some treat as line breaks.
             return line.translate(_LINE_BREAKS)
         except (RecursionError, ValueError, TypeError) as exc:

@@ -7,20 +7,22 @@ dropping, parallel call interleaving) follow ``shared/reference/harmony-mapping.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from openai_harmony import (
     Author,
-    Conversation,
     DeveloperContent,
     HarmonyError,
     Message,
     ReasoningEffort,
-    RenderConversationConfig,
+    RenderOptions,
     Role,
     SystemContent,
     TextContent,
@@ -317,6 +319,44 @@ def _tool_descriptions(request: ChatRequest, names: ToolNames,
     return described
 
 
+@functools.cache
+def _completion_start() -> list[int]:
+    """``<|start|>assistant``: what the completion continues from."""
+    return harmony_encoding().encode("<|start|>assistant", allowed_special="all")
+
+
+class MessageTokenCache:
+    """Rendered tokens per harmony message, least recently used first out, bounded by the
+    size of what it keeps. A conversation renders as the concatenation of its messages
+    (analysis is not auto-dropped), so an agent resending its history pays for new ones only:
+    rendering 100k tokens in openai-harmony takes ~60 ms with the GIL held."""
+
+    def __init__(self, budget_bytes: int = 64 * 1024 * 1024) -> None:
+        self.budget = budget_bytes
+        self.entries: OrderedDict[tuple[str, bool], array] = OrderedDict()
+        self.size = 0
+
+    def tokens(self, message: Message, with_tools: bool) -> array:
+        key = (message.to_json(), with_tools)
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+            return hit
+        ids = array("I", harmony_encoding().render(
+            message, RenderOptions(conversation_has_function_tools=with_tools)))
+        cost = len(key[0]) + ids.itemsize * len(ids)
+        if cost <= self.budget // 4:
+            self.entries[key] = ids
+            self.size += cost
+            while self.size > self.budget:
+                (text, _), old = self.entries.popitem(last=False)
+                self.size -= len(text) + old.itemsize * len(old)
+        return ids
+
+
+_MESSAGE_TOKENS = MessageTokenCache()
+
+
 def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = True
                   ) -> HarmonyPrompt:
     """Render ``request`` into a harmony completion prompt.
@@ -349,10 +389,9 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
     harmony.extend(drop_old_reasoning(_HistoryBuilder(names, clean).build(messages[lead:], lead)))
     encoding = harmony_encoding()
     try:
-        ids = encoding.render_conversation_for_completion(
-            Conversation.from_messages(harmony), Role.ASSISTANT,
-            RenderConversationConfig(auto_drop_analysis=False),
-        )
+        with_tools = bool(tools)
+        ids = [t for m in harmony for t in _MESSAGE_TOKENS.tokens(m, with_tools)]
+        ids += _completion_start()
     except (ValueError, HarmonyError) as exc:  # e.g. a number JSON allows but Rust cannot hold
         raise bad_request(f"The conversation cannot be rendered for gpt-oss: {exc}") from None
     return HarmonyPrompt(

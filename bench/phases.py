@@ -1,0 +1,200 @@
+"""The four measurements of issue 8, each returning plain result rows for the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import workloads
+from fastfake import Script
+from httpclient import Target
+from inprocess import StageTimes, time_stages
+from load import LoadResult, nth_chunk, run_load, run_streams
+from procs import Monitor, Usage
+from spy import profiled
+
+from harmony_groq.backends import TransformersBackend
+from harmony_groq.chat_request import parse_chat_request
+from harmony_groq.render import render_prompt
+
+from fakes import GROQ_KEY, token_pieces
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each loop may do: every loop stops at its count or its time, whichever first."""
+
+    seconds: float
+    rounds: int  # targets take turns this many times, so contention hits them alike
+    groq_sequential: int
+    groq_concurrent: int
+    short_repeat: int
+    long_repeat: int
+    ttfd_streams: int
+    stream_tokens: int
+    streams_per_client: int
+
+
+QUICK = Budget(seconds=4, rounds=1, groq_sequential=30, groq_concurrent=160, short_repeat=10,
+               long_repeat=2, ttfd_streams=10, stream_tokens=100, streams_per_client=1)
+FULL = Budget(seconds=30, rounds=5, groq_sequential=1000, groq_concurrent=4000, short_repeat=300,
+              long_repeat=15, ttfd_streams=200, stream_tokens=1000, streams_per_client=3)
+
+
+@dataclass
+class Setup:
+    """The running processes: targets to send to and pids to watch."""
+
+    budget: Budget
+    groq_targets: list[Target]
+    proxy: Target
+    proxy_nolog: Target
+    backend: Target
+    pids: dict[str, int]
+    proxy_pid: int
+    profile_dir: Path | None
+
+
+@dataclass
+class GroqRow:
+    target: str
+    concurrency: int
+    result: LoadResult
+    usage: Usage
+
+
+@dataclass
+class OssRow:
+    workload: str
+    stages: StageTimes
+    proxy: LoadResult
+    proxy_nolog: LoadResult
+    direct: LoadResult
+    usage: Usage
+
+
+@dataclass
+class StreamRow:
+    streams: int
+    proxy: LoadResult
+    proxy_usage: Usage
+    direct: LoadResult
+
+
+@dataclass
+class Results:
+    groq: list[GroqRow] = field(default_factory=list)
+    oss: list[OssRow] = field(default_factory=list)
+    ttfd: tuple[LoadResult, LoadResult] | None = None  # through the proxy, backend direct
+    streams: list[StreamRow] = field(default_factory=list)
+    idle_rss_mib: dict[str, float] = field(default_factory=dict)
+
+
+def encode(body: dict) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def upstream_body(body: dict) -> bytes:
+    """The body the proxy sends the model server for ``body``: the direct baseline's request."""
+    backend = TransformersBackend()
+    request = parse_chat_request(body)
+    prompt = render_prompt(request, workloads.DATE, backend.text_transport)
+    return encode(backend.request_body(prompt, request, request.stream, ""))
+
+
+async def _measured(setup: Setup, target: Target, body: bytes, expect: bytes, *,
+                    concurrency: int, count: int, profile: str | None = None
+                    ) -> tuple[LoadResult, Usage]:
+    """One bounded load run with the processes' CPU and RSS watched (and profiled if named)."""
+    with profiled(setup.profile_dir if profile else None, profile or "", setup.proxy_pid), \
+            Monitor(setup.pids) as usage:
+        result = await run_load(target, body, expect, concurrency=concurrency, count=count,
+                                seconds=setup.budget.seconds / setup.budget.rounds)
+    return result, usage
+
+
+async def _rounds(setup: Setup, runs: list[tuple[Target, bytes, bytes]], *, concurrency: int,
+                  count: int, profile: str | None = None) -> list[tuple[LoadResult, Usage]]:
+    """Each run (target, body, expected) in turn, ``rounds`` times; totals per run.
+
+    Only the third run (the addon, by the order the callers use) is profiled, in round one."""
+    totals: list[tuple[LoadResult, Usage]] = [(LoadResult(), Usage()) for _ in runs]
+    for round_ in range(setup.budget.rounds):
+        for n, (target, body, expect) in enumerate(runs):
+            result, usage = await _measured(
+                setup, target, body, expect, concurrency=concurrency,
+                count=max(1, count // setup.budget.rounds),
+                profile=profile if n == 2 and round_ == 0 else None)
+            totals[n] = (totals[n][0] + result, totals[n][1] + usage)
+    return totals
+
+
+async def groq_phase(setup: Setup, results: Results) -> None:
+    body = encode(workloads.groq_small_body())
+    runs = [(target, body, b'"chat.completion"') for target in setup.groq_targets]
+    for concurrency, count in ((1, setup.budget.groq_sequential),
+                               (32, setup.budget.groq_concurrent)):
+        totals = await _rounds(setup, runs, concurrency=concurrency, count=count,
+                               profile=f"groq-{concurrency}")
+        for target, (result, usage) in zip(setup.groq_targets, totals, strict=True):
+            results.groq.append(GroqRow(target.name, concurrency, result, usage))
+
+
+async def oss_phase(setup: Setup, results: Results) -> None:
+    budget = setup.budget
+    cases = (("short chat", workloads.short_chat_body(), workloads.SHORT_SEED,
+              b'"2 + 2 = 4."', budget.short_repeat),
+             ("100k-token coding", workloads.coding_conversation_body(), workloads.CODING_SEED,
+              b'"run_tests"', budget.long_repeat))
+    for name, body, seed, expect, repeat in cases:
+        script = Script(workloads.REPLIES[seed])
+        text = "".join(script.pieces)
+        answer = encode(script.final(len(script.pieces), "stop", "", text))
+        stages, completion = time_stages(encode(body), answer, repeat)
+        if expect not in encode(completion):
+            raise RuntimeError(f"in-process {name}: unexpected reply {completion}")
+        raw = encode(body)
+        (direct, _), (nolog, _), (proxy, usage) = await _rounds(
+            setup, [(setup.backend, upstream_body(body), b'"text_completion"'),
+                    (setup.proxy_nolog, raw, expect), (setup.proxy, raw, expect)],
+            concurrency=1, count=repeat, profile=f"gpt-oss-{seed}")
+        results.oss.append(OssRow(name, stages, proxy, nolog, direct, usage))
+
+
+async def stream_phase(setup: Setup, results: Results) -> None:
+    budget = setup.budget
+    proxy_body = workloads.stream_body(budget.stream_tokens)
+    direct_body = upstream_body(proxy_body)
+    first_text = nth_chunk(len(token_pieces("<|channel|>analysis<|message|>")))
+
+    async def measure(streams: int, count: int, profile: bool) -> StreamRow:
+        with profiled(setup.profile_dir if profile else None, f"stream-{streams}",
+                      setup.proxy_pid), Monitor(setup.pids) as proxy_usage:
+            proxy = await run_streams(setup.proxy, encode(proxy_body), concurrency=streams,
+                                      count=count, seconds=budget.seconds)
+        direct = await run_streams(setup.backend, direct_body, concurrency=streams,
+                                   count=count, seconds=budget.seconds, first_delta=first_text)
+        return StreamRow(streams, proxy, proxy_usage, direct)
+
+    ttfd_body = workloads.stream_body(64)
+    proxy = await run_streams(setup.proxy, encode(ttfd_body), concurrency=1,
+                              count=budget.ttfd_streams, seconds=budget.seconds)
+    direct = await run_streams(setup.backend, upstream_body(ttfd_body), concurrency=1,
+                               count=budget.ttfd_streams, seconds=budget.seconds,
+                               first_delta=first_text)
+    results.ttfd = (proxy, direct)
+    for streams in (1, 16, 64):
+        count = max(streams * budget.streams_per_client, 2)
+        results.streams.append(await measure(streams, count, profile=streams == 64))
+
+
+def groq_targets(direct_port: int, bare_port: int, proxy_port: int,
+                 litellm: Target | None) -> list[Target]:
+    """Direct, bare mitmdump, the addon (index 2, profiled), then LiteLLM if measured."""
+    auth = (("authorization", f"Bearer {GROQ_KEY}"),)
+    path = "/openai/v1/chat/completions"
+    targets = [Target("direct", direct_port, path, auth),
+               Target("bare mitmdump", bare_port, path, auth),
+               Target("addon", proxy_port, "/v1/chat/completions")]
+    return targets + ([litellm] if litellm else [])

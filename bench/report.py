@@ -1,0 +1,183 @@
+"""The results as Markdown tables (printed, and written by ``--markdown FILE``), with the goals."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from importlib import metadata
+from pathlib import Path
+
+from phases import GroqRow, Results, StreamRow
+
+PROXY, FAKE, LOAD = "addon", "fakes", "load generator"  # names of the watched processes
+
+
+def machine(pinned: bool, litellm_version: str | None) -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor() or "unknown CPU")
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    placement = ("proxy under test (addon, bare mitmdump or LiteLLM) pinned to CPU 0; fakes and "
+                 "load generator share CPU 1" if pinned else "not pinned (fewer than 2 CPUs)")
+    return [
+        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {cpu}, {os.cpu_count()} CPUs, {mem_kib / 2**20:.0f} GiB RAM, "
+        f"Linux {platform.release()}",
+        f"- Python {platform.python_version()}, mitmproxy {metadata.version('mitmproxy')}, "
+        f"openai-harmony {metadata.version('openai-harmony')}"
+        + (f", LiteLLM {litellm_version}" if litellm_version else ", LiteLLM not measured"),
+        f"- Placement: {placement}",
+        f"- Load average at start: {os.getloadavg()[0]:.2f}; \"CPU % others\" is every other "
+        "process on the machine during that measurement (contention: numbers taken while it is "
+        "high are not comparable)",
+    ]
+
+
+def _row(cells: list[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
+
+
+def _verdict(ok: bool) -> str:
+    return "**met**" if ok else "**not met**"
+
+
+def groq_section(rows: list[GroqRow]) -> list[str]:
+    bare = {r.concurrency: r for r in rows if r.target == "bare mitmdump"}
+    table = []
+    for r in rows:
+        base = bare[r.concurrency].result
+        measured = r.target in r.usage.cpu_seconds  # not "direct": no server in between
+        cpu_ms = 1000 * r.usage.cpu_seconds.get(r.target, 0) / r.result.sent
+        table.append([r.target, r.concurrency, f"{r.result.p50_ms:.2f}",
+                      f"{r.result.percentile_ms(0.99):.2f}", f"{r.result.rate:.0f}",
+                      f"{r.result.p50_ms / base.p50_ms:.2f}×", f"{r.result.rate / base.rate:.2f}×",
+                      f"{r.usage.cpu_percent(r.target):.0f}" if measured else "–",
+                      f"{cpu_ms:.2f}" if measured else "–",
+                      f"{r.usage.cpu_percent(FAKE):.0f}", f"{r.usage.cpu_percent(LOAD):.0f}",
+                      f"{r.usage.others_percent:.0f}"])
+    lines = ["## 1. Groq route, non-streaming small request", ""]
+    lines += _table(["target", "clients", "p50 ms", "p99 ms", "req/s", "p50 ÷ bare",
+                     "req/s ÷ bare", "CPU % target", "target CPU ms/request", "CPU % fakes",
+                     "CPU % load",
+                     "CPU % others"], table)
+    for concurrency in sorted(bare):
+        addon = next(r for r in rows if r.target == "addon" and r.concurrency == concurrency)
+        ratio = addon.result.p50_ms / bare[concurrency].result.p50_ms
+        line = (f"- {concurrency} client(s): addon p50 = {ratio:.2f}× bare mitmdump "
+                f"(goal ≤ 1.3×: {_verdict(ratio <= 1.3)})")
+        litellm = next((r for r in rows if r.target == "litellm"
+                        and r.concurrency == concurrency), None)
+        if litellm:
+            ahead = (addon.result.p50_ms < litellm.result.p50_ms
+                     and addon.result.rate > litellm.result.rate)
+            line += (f"; vs LiteLLM p50 {addon.result.p50_ms:.2f} vs {litellm.result.p50_ms:.2f} "
+                     f"ms, {addon.result.rate:.0f} vs {litellm.result.rate:.0f} req/s "
+                     f"(goal ahead: {_verdict(ahead)})")
+        lines.append(line)
+    return lines + [""]
+
+
+def oss_section(results: Results) -> list[str]:
+    table = []
+    verdicts = []
+    for r in results.oss:
+        s = r.stages
+        added = r.proxy.p50_ms - r.direct.p50_ms
+        cpu_ms = 1000 * r.usage.cpu_seconds[PROXY] / r.proxy.sent
+        goal = 2.0 if r.workload == "short chat" else 50.0
+        table.append([r.workload, s.prompt_tokens,
+                      f"{s.parse:.2f} / {s.render:.2f} / {s.encode:.2f} / {s.translate:.2f}",
+                      f"{s.total:.2f}", f"{s.first_total:.2f}", f"{r.proxy.p50_ms:.2f}",
+                      f"{r.direct.p50_ms:.2f}",
+                      f"{added:.2f}", f"{r.proxy_nolog.p50_ms - r.direct.p50_ms:.2f}",
+                      f"{cpu_ms:.2f}", f"{r.usage.peak_rss_mib[PROXY]:.0f}",
+                      f"{r.usage.others_percent:.0f}"])
+        verdicts.append(
+            f"- {r.workload}, goal < {goal:.0f} ms: in-process {s.total:.1f} ms "
+            f"{_verdict(s.total < goal)}; through the proxy +{added:.1f} ms "
+            f"{_verdict(added < goal)}, {cpu_ms:.1f} ms of proxy CPU {_verdict(cpu_ms < goal)}")
+    lines = ["## 2. gpt-oss route, non-streaming: the proxy's own time", ""]
+    lines += _table(["workload", "prompt tokens",
+                     "in-process ms: parse / render / encode / translate", "in-process total",
+                     "in-process first run",
+                     "via proxy p50 ms", "backend direct p50 ms", "added p50 ms",
+                     "added, flow log off", "proxy CPU ms/request", "proxy peak RSS MiB",
+                     "CPU % others"], table)
+    return lines + verdicts + [""]
+
+
+def _stream_rows(rows: list[StreamRow]) -> list[list[object]]:
+    table = []
+    for r in rows:
+        proxy_cpu = r.proxy_usage.cpu_seconds[PROXY]
+        table.append([r.streams, len(r.proxy.latencies), f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
+                      f"{r.direct.tokens / r.direct.elapsed:,.0f}",
+                      f"{r.proxy_usage.cpu_percent(PROXY):.0f}",
+                      f"{r.proxy.tokens / proxy_cpu:,.0f}" if proxy_cpu else "–",
+                      f"{r.proxy_usage.cpu_percent(FAKE):.0f}",
+                      f"{r.proxy_usage.cpu_percent(LOAD):.0f}",
+                      f"{r.proxy_usage.others_percent:.0f}",
+                      f"{statistics.median(r.proxy.first_delta) * 1000:.1f}",
+                      f"{r.proxy_usage.peak_rss_mib[PROXY]:.0f}"])
+    return table
+
+
+def stream_section(results: Results) -> list[str]:
+    assert results.ttfd is not None
+    proxy, direct = results.ttfd
+    p50 = [statistics.median(x.first_delta) * 1000 for x in (proxy, direct)]
+    p99 = [sorted(x.first_delta)[int(0.99 * (len(x.first_delta) - 1))] * 1000
+           for x in (proxy, direct)]
+    lines = ["## 3. gpt-oss route, streaming", "",
+             "Time to first delta, one stream at a time (64-token replies):", ""]
+    lines += _table(["", "p50 ms", "p99 ms"],
+                    [["through the proxy", f"{p50[0]:.2f}", f"{p99[0]:.2f}"],
+                     ["backend direct", f"{p50[1]:.2f}", f"{p99[1]:.2f}"],
+                     ["added by the proxy", f"{p50[0] - p50[1]:.2f}", f"{p99[0] - p99[1]:.2f}"]])
+    lines += ["Aggregate throughput (tokens = backend tokens translated):", ""]
+    lines += _table(["streams", "completed", "tokens/s via proxy", "tokens/s backend direct",
+                     "proxy CPU %", "tokens per proxy CPU-second", "CPU % fakes",
+                     "CPU % load", "CPU % others", "first delta p50 ms", "proxy peak RSS MiB"],
+                    _stream_rows(results.streams))
+    best = max(r.proxy.tokens / r.proxy.elapsed for r in results.streams)
+    capacity = max(r.proxy.tokens / r.proxy_usage.cpu_seconds[PROXY] for r in results.streams
+                   if r.proxy_usage.cpu_seconds[PROXY])
+    lines.append(f"- Goal ≥ 20,000 tokens/s on one core: best measured {best:,.0f} tokens/s "
+                 f"({_verdict(best >= 20000)}); per proxy CPU-second {capacity:,.0f} "
+                 f"({_verdict(capacity >= 20000)})")
+    return lines + [""]
+
+
+def memory_section(results: Results) -> list[str]:
+    stream64 = next(r for r in results.streams if r.streams == 64)
+    long = results.oss[-1]
+    rows = [[name, f"{mib:.0f}"] for name, mib in results.idle_rss_mib.items()]
+    rows += [["addon proxy, peak under 64 streams",
+              f"{stream64.proxy_usage.peak_rss_mib[PROXY]:.0f}"],
+             ["addon proxy, peak during the 100k-token requests",
+              f"{long.usage.peak_rss_mib[PROXY]:.0f}"]]
+    return ["## 4. Memory (RSS)", "", *_table(["process", "MiB"], rows)]
+
+
+def render(results: Results, machine_lines: list[str], quick: bool) -> str:
+    lines = ["# Benchmark results" + (" (--quick: too short to quote)" if quick else ""), ""]
+    lines += machine_lines
+    loads = [r.result for r in results.groq] + [x for r in results.oss
+                                                for x in (r.proxy, r.proxy_nolog, r.direct)]
+    loads += [x for r in results.streams for x in (r.proxy, r.direct)]
+    reopened = sum(load.reopened for load in loads)
+    if reopened:
+        lines.append(f"- {reopened} requests were resent on a new connection after a server "
+                     "closed a kept-alive one")
+    lines.append("")
+    lines += groq_section(results.groq)
+    lines += oss_section(results)
+    lines += stream_section(results)
+    lines += memory_section(results)
+    return "\n".join(lines)

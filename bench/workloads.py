@@ -1,0 +1,152 @@
+"""The benchmark's requests and the fake model's canned replies, all deterministic.
+
+The fake transformers server picks its reply by the request's ``seed`` (the proxy passes
+``seed`` through unchanged), so one fake serves every gpt-oss workload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+GROQ_MODEL = "llama-3.3-70b-versatile"
+GPT_OSS = "gpt-oss-20b"
+DATE = "2026-01-15"
+
+SHORT_SEED, CODING_SEED, STREAM_SEED = 1, 2, 3
+
+SHORT_REPLY = ("<|channel|>analysis<|message|>User asks 2+2. Simple.<|end|><|start|>assistant"
+               "<|channel|>final<|message|>2 + 2 = 4.")
+CODING_REPLY = (
+    "<|channel|>analysis<|message|>All fifty fixes are in; the user wants the whole suite run. "
+    "I'll call run_tests on the tests folder.<|end|><|start|>assistant<|channel|>commentary "
+    'to=functions.run_tests <|constrain|>json<|message|>{"path": "tests", "verbose": true}'
+    "<|call|>"
+)
+
+
+def _stream_reply() -> str:
+    """A short analysis, then a long final answer: max_tokens cuts it to the stream length."""
+    steps = " ".join(
+        f"Step {n}: open handler_{n % 13}.py, rename the variable `value_{n}` to `total_{n}`, "
+        f"and keep the return type {('int', 'str', 'dict', 'list')[n % 4]} unchanged."
+        for n in range(120)
+    )
+    return ("<|channel|>analysis<|message|>The user wants a long refactoring plan; list every "
+            "step.<|end|><|start|>assistant<|channel|>final<|message|>" + steps)
+
+
+STREAM_REPLY = _stream_reply()
+REPLIES = {SHORT_SEED: SHORT_REPLY, CODING_SEED: CODING_REPLY, STREAM_SEED: STREAM_REPLY}
+
+
+def groq_small_body() -> dict[str, Any]:
+    return {"model": GROQ_MODEL, "messages": [{"role": "user", "content": "Say hi"}],
+            "max_tokens": 16}
+
+
+def short_chat_body() -> dict[str, Any]:
+    return {"model": GPT_OSS, "seed": SHORT_SEED, "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 2+2?"}]}
+
+
+def stream_body(max_tokens: int) -> dict[str, Any]:
+    return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "max_tokens": max_tokens,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Plan the refactoring, step by step."}]}
+
+
+# -- the 100k-token coding-assistant conversation -----------------------------------------
+
+_TOOLS = (
+    ("read_file", "Read a file of the workspace.", {"path": "string", "start_line": "integer"}),
+    ("write_file", "Create or overwrite a file.", {"path": "string", "content": "string"}),
+    ("apply_patch", "Apply a unified diff to one file.", {"path": "string", "patch": "string"}),
+    ("run_shell", "Run a shell command in the workspace.", {"command": "string",
+                                                           "timeout_s": "integer"}),
+    ("run_tests", "Run pytest on a path.", {"path": "string", "verbose": "boolean"}),
+    ("grep", "Search files for a regular expression.", {"pattern": "string", "glob": "string"}),
+    ("glob", "List files matching a glob.", {"pattern": "string"}),
+    ("list_dir", "List a directory.", {"path": "string", "recursive": "boolean"}),
+    ("git_status", "Show the working tree status.", {}),
+    ("git_diff", "Show the diff of a path.", {"path": "string", "staged": "boolean"}),
+    ("git_log", "Show recent commits.", {"count": "integer"}),
+    ("create_dir", "Create a directory.", {"path": "string"}),
+    ("delete_file", "Delete a file.", {"path": "string"}),
+    ("move_file", "Move or rename a file.", {"source": "string", "target": "string"}),
+    ("python_eval", "Evaluate a Python expression.", {"expression": "string"}),
+    ("lint", "Run the linter on a path.", {"path": "string", "fix": "boolean"}),
+    ("format_code", "Format a file.", {"path": "string"}),
+    ("open_url", "Fetch a documentation page.", {"url": "string"}),
+    ("ask_user", "Ask the user a question.", {"question": "string"}),
+    ("todo", "Update the task list.", {"items": "array"}),
+)
+
+
+def coding_tools() -> list[dict[str, Any]]:
+    tools = []
+    for name, description, params in _TOOLS:
+        properties: dict[str, Any] = {
+            key: ({"type": kind, "items": {"type": "string"}} if kind == "array" else
+                  {"type": kind}) | {"description": f"The {key.replace('_', ' ')} to use."}
+            for key, kind in params.items()}
+        tools.append({"type": "function", "function": {
+            "name": name, "description": description,
+            "parameters": {"type": "object", "properties": properties,
+                           "required": list(params)[:1]}}})
+    return tools
+
+
+def _system_prompt(rules: int) -> str:
+    lines = ["You are a careful coding assistant working in a Python repository.", ""]
+    for n in range(rules):
+        lines.append(f"{n + 1}. When you touch module_{n % 17}.py, keep its public functions "
+                     f"typed, run `pytest tests/test_module_{n % 17}.py` afterwards, and explain "
+                     f"change {n} in one sentence.")
+    return "\n".join(lines)
+
+
+def _source_file(turn: int, functions: int) -> str:
+    lines = [f'"""Module {turn}: helpers for feature {turn}."""', "", "import json", ""]
+    for n in range(functions):
+        factor = n % 7 + 2
+        lines += [
+            f'def helper_{turn}_{n}(value: int, name: str = "item{n}") -> dict:',
+            f'    """Return the record for name, value scaled by {factor}."""',
+            f"    result = {{'name': name, 'value': value * {factor}, 'index': {n}}}",
+            f"    return json.loads(json.dumps(result))  # round trip {turn}.{n}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _call(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def coding_conversation_body(turns: int = 50, functions: int = 23, rules: int = 60
+                             ) -> dict[str, Any]:
+    """Long system prompt, 20 tools, ``turns`` turns each reading a file and patching it."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": _system_prompt(rules)}]
+    for turn in range(turns):
+        path = f"src/module_{turn}.py"
+        read, patch = f"call_read_{turn}", f"call_patch_{turn}"
+        messages += [
+            {"role": "user", "content": f"Turn {turn}: test_feature_{turn} fails; look at "
+                                        f"{path} and fix it."},
+            {"role": "assistant", "content": None,
+             "tool_calls": [_call(read, "read_file", {"path": path})]},
+            {"role": "tool", "tool_call_id": read, "content": _source_file(turn, functions)},
+            {"role": "assistant", "content": None, "tool_calls": [_call(patch, "apply_patch", {
+                "path": path,
+                "patch": f"--- a/{path}\n+++ b/{path}\n@@ -8 +8 @@\n-    result = {{'v': 0}}\n"
+                         f"+    result = {{'name': name, 'value': value * 2}}\n"})]},
+            {"role": "tool", "tool_call_id": patch, "content": "Patch applied."},
+            {"role": "assistant", "content": f"Fixed test_feature_{turn}: helper_{turn}_0 now "
+                                             "returns the scaled record."},
+        ]
+    messages.append({"role": "user", "content": "Now run the whole test suite."})
+    return {"model": GPT_OSS, "seed": CODING_SEED, "messages": messages,
+            "tools": coding_tools()}
