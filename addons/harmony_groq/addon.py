@@ -245,7 +245,7 @@ class Gateway:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         record_of(flow)["started"] = flow.request.timestamp_start
         length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.config.max_body_size:
+        if self.settings.config and length.isdigit() and int(length) > self.config.max_body_size:
             answer(flow, self._too_large())
 
     def _too_large(self) -> ProxyError:
@@ -254,6 +254,10 @@ class Gateway:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
+            return
+        if self.settings.config is None:  # never forward anything while unconfigured
+            answer(flow, ProxyError(503, "The proxy's settings did not load; see its log.",
+                                    code="not_configured"))
             return
         if flow.is_replay == "request":
             _restore_client_request(flow)
