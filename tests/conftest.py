@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from fakes_backends import FakeLlamaCpp, FakeVllm
 from proxy_process import ProxyProcess
 
 PINNED_DATE = "2026-01-15"
@@ -25,6 +26,20 @@ def transformers_server() -> Iterator[FakeTransformers]:
 @pytest.fixture(scope="session")
 def groq_server() -> Iterator[FakeGroq]:
     server = FakeGroq()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_server() -> Iterator[FakeVllm]:
+    server = FakeVllm()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def llamacpp_server() -> Iterator[FakeLlamaCpp]:
+    server = FakeLlamaCpp()
     yield server
     server.close()
 

@@ -116,14 +116,19 @@ class ProxyProcess:
             time.sleep(0.05)
 
     def stop(self) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return terminate(self.process)
+
+
+def terminate(process: subprocess.Popen) -> int | None:
+    """SIGTERM (mitmproxy shuts down cleanly on it), then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+    return process.returncode
 
 
 def run_to_exit(tmp: Path, args: list[str], env: dict[str, str] | None = None,

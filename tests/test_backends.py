@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -246,18 +245,6 @@ def test_echo_table_values() -> None:
 
 # -- describe ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def vllm_server() -> Iterator[FakeVllm]:
-    server = FakeVllm()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def llamacpp_server() -> Iterator[FakeLlamaCpp]:
-    server = FakeLlamaCpp()
-    yield server
-    server.close()
 
 
 def describe(backend: Any, url: str) -> dict[str, Any]:

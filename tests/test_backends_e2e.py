@@ -102,18 +102,6 @@ VARIANTS = [
 
 # -- fixtures: one fake server and one proxy per backend, for the module ---------------------
 
-@pytest.fixture(scope="module")
-def vllm_server() -> Iterator[FakeVllm]:
-    server = FakeVllm()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def llamacpp_server() -> Iterator[FakeLlamaCpp]:
-    server = FakeLlamaCpp()
-    yield server
-    server.close()
 
 
 def _proxy(tmp: Path, server: Any, backend: str, transformers: FakeTransformers,

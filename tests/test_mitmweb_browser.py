@@ -15,7 +15,6 @@ import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from harmony_groq.views import split_messages
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from proxy_process import terminate
 
 pytestmark = pytest.mark.browser
 
@@ -239,13 +239,7 @@ class RunShWeb:
 
     def stop(self) -> None:
         self.api.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
 
 
 @dataclass

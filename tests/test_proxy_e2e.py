@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import stat
 
 import httpx
@@ -262,7 +263,8 @@ def test_regular_proxy_mode(start_proxy, fake_transformers: FakeTransformers,
         assert passthrough.status_code == 200 and passthrough.json()["data"]
         assert http_client.get(f"{fake_groq.base_url}/models").status_code == 401
     ca = proxy.tmp / "confdir" / "mitmproxy-ca-cert.pem"
-    with httpx.Client(proxy=proxy_url, verify=str(ca), timeout=10) as https_client:
+    trust = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(proxy=proxy_url, verify=trust, timeout=10) as https_client:
         client = openai.OpenAI(base_url="https://api.openai.invalid/v1", api_key=CLIENT_KEY,
                                http_client=https_client, max_retries=0)
         reply = client.chat.completions.create(model="gpt-oss-20b", messages=HI)
