@@ -101,9 +101,19 @@ def _token_ids(value: Any) -> list[int] | None:
     raise BackendFormatError("the model server's token ids are not a list of integers")
 
 
-def _sampling(request: ChatRequest) -> dict[str, Any]:
-    return {key: value for key in ("temperature", "top_p", "seed")
-            if (value := getattr(request, key)) is not None}
+def _request_body(prompt: Any, request: ChatRequest, stream: bool, model: str,
+                  max_tokens: tuple[str, int | None], **extra: Any) -> dict[str, Any]:
+    """What every adapter sends: the prompt, ``stream``, ``model`` only when one is pinned,
+    the token limit under the server's own name, the sampling options the client set."""
+    body: dict[str, Any] = {"prompt": prompt, "stream": stream, **extra}
+    if model:
+        body["model"] = model
+    name, limit = max_tokens
+    if limit is not None:
+        body[name] = limit
+    body.update({key: value for key in ("temperature", "top_p", "seed")
+                 if (value := getattr(request, key)) is not None})
+    return body
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> tuple[int | str, Any]:
@@ -146,13 +156,8 @@ class TransformersBackend:
 
     def request_body(self, prompt: HarmonyPrompt, request: ChatRequest, stream: bool,
                      model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {"prompt": prompt.text, "stream": stream}
-        if model:
-            body["model"] = model
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
-        body.update(_sampling(request))
-        return body
+        return _request_body(prompt.text, request, stream, model,
+                             ("max_tokens", request.max_tokens))
 
     def read_response(self, body: Any) -> BackendOutput:
         choice = _first_choice(body)
@@ -197,18 +202,11 @@ class VllmBackend:
 
     def request_body(self, prompt: HarmonyPrompt, request: ChatRequest, stream: bool,
                      model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "prompt": list(prompt.token_ids),
-            "max_tokens": self._max_tokens(prompt, request),
-            "stream": stream,
-            "stop_token_ids": list(STOP_TOKEN_IDS),
-            "return_token_ids": True,
-            "skip_special_tokens": False,
-            "spaces_between_special_tokens": False,
-        }
-        if model:
-            body["model"] = model
-        body.update(_sampling(request))
+        body = _request_body(
+            list(prompt.token_ids), request, stream, model,
+            ("max_tokens", self._max_tokens(prompt, request)),
+            stop_token_ids=list(STOP_TOKEN_IDS), return_token_ids=True,
+            skip_special_tokens=False, spaces_between_special_tokens=False)
         if stream:  # vLLM rejects stream_options on a non-streamed request
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
@@ -290,18 +288,9 @@ class LlamaCppBackend:
 
     def request_body(self, prompt: HarmonyPrompt, request: ChatRequest, stream: bool,
                      model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "prompt": list(prompt.token_ids),
-            "stream": stream,
-            "return_tokens": True,
-            "cache_prompt": True,
-        }
-        if model:
-            body["model"] = model
-        if request.max_tokens is not None:
-            body["n_predict"] = request.max_tokens
-        body.update(_sampling(request))
-        return body
+        return _request_body(list(prompt.token_ids), request, stream, model,
+                             ("n_predict", request.max_tokens),
+                             return_tokens=True, cache_prompt=True)
 
     def read_response(self, body: Any) -> BackendOutput:
         if not isinstance(body, dict):
