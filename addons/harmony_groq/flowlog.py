@@ -27,12 +27,15 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.failing = False
+        self.position = 0
         super().__init__(*args, **kwargs)
 
     def _open(self):  # noqa: ANN202 - signature of the stdlib method
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # never chmod a device such as /dev/null
+        status = os.fstat(fd)
+        if stat.S_ISREG(status.st_mode):  # never chmod a device such as /dev/null
             os.fchmod(fd, 0o600)
+        self.position = status.st_size
         # A lone surrogate (JSON "\ud800" from a client) is written as its escape, not lost.
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
@@ -43,13 +46,13 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
                 if self.stream is not None:
                     self.stream.close()
                 self.stream = self._open()
-            position = self.stream.tell()
-            if self.maxBytes and position and position + len(line) >= self.maxBytes:
+            if self.maxBytes and self.position and self.position + len(line) >= self.maxBytes:
                 self.doRollover()
                 if self.stream is None:
                     self.stream = self._open()
             self.stream.write(line)
             self.stream.flush()
+            self.position += len(line)  # characters, near enough to bytes for rotation
         except Exception as exc:
             self._failed(exc)
             return
