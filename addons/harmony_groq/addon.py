@@ -656,6 +656,12 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     ended = time.time()
     record["started"] = started
     record["method"] = flow.request.method
+    upstream = record.get("upstream_request")
+    if upstream and record.get("prompt") is not None and upstream["body"].get(
+            "prompt") is record["prompt"]:
+        # The rendered prompt is logged once, under "prompt" (100k tokens are ~400 KB).
+        record["upstream_request"] = {**upstream, "body": {**upstream["body"],
+                                                           "prompt": "<see prompt>"}}
     record["path"] = flow.request.path if record.get("route") in ("local", None) else (
         record.get("client_path") or flow.request.path)
     response = flow.response
