@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from httpclient import Connection, Response, Target
 
@@ -59,6 +60,18 @@ def check(response: Response, target: Target, expect: bytes) -> None:
         raise LoadError(f"{target.name}: HTTP {response.status}: {response.body[:300]!r}")
 
 
+async def _drive(connections: list[Connection], worker: Any, result: LoadResult) -> None:
+    """Run one worker per connection to the end, close them, record elapsed and reopened."""
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in connections))
+    finally:
+        for connection in connections:
+            connection.close()
+    result.elapsed = time.perf_counter() - started
+    result.reopened = sum(connection.reopened for connection in connections)
+
+
 async def run_load(target: Target, body: bytes, expect: bytes, *, concurrency: int,
                    count: int, seconds: float) -> LoadResult:
     """Non-streaming requests: latency of each and requests/s over the run."""
@@ -76,14 +89,7 @@ async def run_load(target: Target, body: bytes, expect: bytes, *, concurrency: i
             check(response, target, expect)
             result.latencies.append(response.seconds)
 
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(worker(c) for c in connections))
-    finally:
-        for connection in connections:
-            connection.close()
-    result.elapsed = time.perf_counter() - started
-    result.reopened = sum(connection.reopened for connection in connections)
+    await _drive(connections, worker, result)
     return result
 
 
@@ -131,12 +137,5 @@ async def run_streams(target: Target, body: bytes, *, concurrency: int, count: i
             budget[0] -= 1
             await one(connection)
 
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(worker(c) for c in connections))
-    finally:
-        for connection in connections:
-            connection.close()
-    result.elapsed = time.perf_counter() - started
-    result.reopened = sum(connection.reopened for connection in connections)
+    await _drive(connections, worker, result)
     return result

@@ -116,6 +116,16 @@ def _request_body(prompt: Any, request: ChatRequest, stream: bool, model: str,
     return body
 
 
+def _completion_output(body: Any, with_ids: bool) -> BackendOutput:
+    """An OpenAI-shaped ``/v1/completions`` answer or stream event (transformers, vLLM)."""
+    choice = _first_choice(body)
+    prompt_tokens, completion_tokens = _usage(body)
+    return BackendOutput(text=_text(choice.get("text")),
+                         token_ids=_token_ids(choice.get("token_ids")) if with_ids else None,
+                         finish_reason=choice.get("finish_reason"),
+                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+
 async def _get(client: httpx.AsyncClient, url: str) -> tuple[int | str, Any]:
     """``(status, JSON body or None)``, or ``(exception name, None)`` when nothing answered."""
     try:
@@ -160,11 +170,7 @@ class TransformersBackend:
                              ("max_tokens", request.max_tokens))
 
     def read_response(self, body: Any) -> BackendOutput:
-        choice = _first_choice(body)
-        prompt_tokens, completion_tokens = _usage(body)
-        return BackendOutput(text=_text(choice.get("text")),
-                             finish_reason=choice.get("finish_reason"),
-                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return _completion_output(body, with_ids=False)
 
     def read_event(self, data: Any) -> BackendOutput:
         error = _error_of(data)
@@ -220,12 +226,7 @@ class VllmBackend:
         return VLLM_FALLBACK_MAX_TOKENS
 
     def read_response(self, body: Any) -> BackendOutput:
-        choice = _first_choice(body)
-        prompt_tokens, completion_tokens = _usage(body)
-        return BackendOutput(text=_text(choice.get("text")),
-                             token_ids=_token_ids(choice.get("token_ids")),
-                             finish_reason=choice.get("finish_reason"),
-                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        return _completion_output(body, with_ids=True)
 
     def read_event(self, data: Any) -> BackendOutput:
         error = _error_of(data)
