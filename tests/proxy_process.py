@@ -30,7 +30,8 @@ class ProxyProcess:
 
     def __init__(self, tmp: Path, *, upstream: str, options: dict[str, str] | None = None,
                  env: dict[str, str] | None = None, mode: str | None = None,
-                 program: str = "mitmdump", extra_args: list[str] | None = None) -> None:
+                 program: str = "mitmdump", extra_args: list[str] | None = None,
+                 script: Path = ADDON) -> None:
         self.tmp = tmp
         # Each option once: mitmdump silently ignores the script's deferred options when one
         # is given twice.
@@ -40,7 +41,7 @@ class ProxyProcess:
         confdir.mkdir(exist_ok=True)
         self.output: list[str] = []
         args = [
-            tool(program), "-s", str(ADDON),
+            tool(program), "-s", str(script),
             "--mode", mode or f"reverse:{upstream}@127.0.0.1:0",
             "--set", "connection_strategy=lazy",
             "--set", f"confdir={confdir}",

@@ -277,3 +277,36 @@ def test_bad_setting_fails_startup(tmp_path) -> None:
     assert result.returncode == 1
     assert "reasoning_field='thoughts': choose one of" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_hot_reload_keeps_one_addon_and_one_log_record(start_proxy,
+                                                       fake_transformers: FakeTransformers,
+                                                       fake_groq: FakeGroq, tmp_path) -> None:
+    """mitmproxy re-runs the script when it changes: no doubled handlers, hooks or records."""
+    import shutil
+    import time
+
+    from proxy_process import ADDON
+
+    script = tmp_path / "addons" / "harmony.py"
+    shutil.copytree(ADDON.parent, script.parent, ignore=shutil.ignore_patterns("__pycache__"))
+    proxy = start_proxy(script=script, env={"GROQ_API_KEY": GROQ_KEY})
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0)
+    assert client.chat.completions.create(model="gpt-oss-20b", messages=HI).choices
+    script.write_text(script.read_text() + "\n# touched\n")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum(
+            "Loading script" in line for line in proxy.output) < 2:
+        time.sleep(0.1)
+    assert sum("Loading script" in line for line in proxy.output) == 2, "".join(proxy.output)
+    time.sleep(0.5)
+    before = len(proxy.log_records())
+    reply = client.chat.completions.create(model="gpt-oss-20b", messages=HI)
+    assert reply.choices[0].message.content == "Hello!"
+    reply = client.chat.completions.create(model="llama-3.3-70b-versatile", messages=HI)
+    assert reply.choices[0].message.content == "groq says: hi"
+    assert fake_groq.requests[-1]["headers"]["authorization"] == f"Bearer {GROQ_KEY}"
+    time.sleep(0.5)
+    records = proxy.log_records(wait_for=before + 2)
+    assert len(records) == before + 2, "one record per flow after a reload"
+    assert "Traceback" not in "".join(proxy.output)
