@@ -159,6 +159,10 @@ def test_gateway_rewrites_groq_flow_and_strips_client_key(gateway) -> None:
     assert flow.response is None
     assert flow.request.url == "http://127.0.0.1:9/openai/v1/chat/completions"
     assert "authorization" not in flow.request.headers  # not while mitmweb may publish it
+    flow.intercept()  # held in mitmweb: still no key while a person looks at it
+    gw.injector.update([flow])
+    assert "authorization" not in flow.request.headers
+    flow.resume()
     gw.injector.update([flow])  # the last step before mitmproxy sends the request
     assert flow.request.headers["authorization"] == "Bearer gsk_unit0123456789abcdef"
     gw.injector.update([flow])

@@ -174,7 +174,9 @@ class GroqKeyInjector:
     def update(self, flows: list) -> None:
         config = self.settings.config
         for flow in flows:
+            # An intercepted flow waits in mitmweb: inject on the update its resume triggers.
             if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
+                    and not flow.intercepted
                     and flow.metadata.get(META, {}).pop("inject_key", False)):
                 flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"
 
