@@ -240,3 +240,31 @@ def test_injection_attempt_stays_text(client: openai.OpenAI,
     structural = [harmony_encoding().decode([t]) for t in ids if t >= 199998]
     assert structural == ["<|start|>", "<|message|>", "<|end|>"] * 3 + ["<|start|>"]
     assert attack.replace("|", "\uff5c") in prompt
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("tool_choice", "prefill", "completion"), [
+    ({"type": "function", "function": {"name": "get-weather"}},
+     "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
+     '{"city":"Oslo"}<|call|>'),
+    ("required", "<|channel|>commentary to=functions.",
+     'get_weather <|constrain|>json<|message|>{"city":"Oslo"}<|call|>'),
+])
+def test_forced_tool_call(client: openai.OpenAI, fake_transformers: FakeTransformers,
+                          tool_choice: Any, prefill: str, completion: str, stream: bool) -> None:
+    """tool_choice named or required: the call's header is written for the model."""
+    fake_transformers.script(completion)
+    kwargs = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "Oslo?"}],
+              "tools": [WEATHER_TOOL], "tool_choice": tool_choice}
+    if stream:
+        content, _, calls, finish = collect(client.chat.completions.create(**kwargs,
+                                                                           stream=True))
+    else:
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        content, calls, finish = (choice.message.content, choice.message.tool_calls,
+                                  choice.finish_reason)
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get-weather", '{"city":"Oslo"}')]
+    assert (content or "", finish) == ("", "tool_calls")
+    assert fake_transformers.prompts == [system(tools=True) + TOOLS_DEV + user("Oslo?") + GEN
+                                         + prefill]

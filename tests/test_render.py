@@ -455,3 +455,24 @@ def test_message_token_cache_is_exact_and_bounded() -> None:
         assert got == expected
         assert cache.size <= cache.budget
     assert 0 < len(cache.entries) < len(messages)
+
+
+@pytest.mark.parametrize(("tool_choice", "tools", "prefill"), [
+    ("auto", True, ""),
+    ("none", True, ""),
+    ("required", False, ""),
+    ("required", True, "<|channel|>commentary to=functions."),
+    ({"type": "function", "function": {"name": "web-search"}}, True,
+     "<|channel|>commentary to=functions.web_search <|constrain|>json<|message|>"),
+])
+def test_forced_call_prefill(tool_choice, tools: bool, prefill: str) -> None:
+    from harmony_groq.chat_request import parse_chat_request
+    from harmony_groq.render import render_prompt
+
+    body = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "go"}],
+            "tool_choice": tool_choice}
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": "web-search"}}]
+    prompt = render_prompt(parse_chat_request(body), "2026-01-15")
+    assert prompt.text.endswith("<|start|>assistant" + prefill)
+    assert harmony_encoding().decode(list(prompt.prefill_ids)) == prefill

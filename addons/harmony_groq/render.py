@@ -72,6 +72,7 @@ class HarmonyPrompt:
     text: str
     tool_names: ToolNames
     declared_tools: frozenset[str]
+    prefill_ids: tuple[int, ...] = ()  # the start of the reply, written for the model
 
 
 def neutralize_special_tokens(text: str) -> str:
@@ -394,9 +395,25 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
         ids += _completion_start()
     except (ValueError, HarmonyError) as exc:  # e.g. a number JSON allows but Rust cannot hold
         raise bad_request(f"The conversation cannot be rendered for gpt-oss: {exc}") from None
+    prefill = forced_call_prefill(request, names)
+    prefill_ids = tuple(encoding.encode(prefill, allowed_special="all")) if prefill else ()
+    ids += prefill_ids
     return HarmonyPrompt(
         token_ids=ids,
         text=encoding.decode_utf8(ids),
         tool_names=names,
         declared_tools=frozenset(names.add(t.name) for t in request.tools),
+        prefill_ids=prefill_ids,
     )
+
+
+def forced_call_prefill(request: ChatRequest, names: ToolNames) -> str:
+    """The reply's header when ``tool_choice`` demands a call: a text backend has no grammar,
+    so the call's header is written for the model (it skips its reasoning), which then only
+    chooses the arguments (named) or the function and the arguments (``required``)."""
+    if request.tool_choice == "named" and request.forced_tool:
+        return (f"<|channel|>commentary to=functions.{names.add(request.forced_tool)} "
+                "<|constrain|>json<|message|>")
+    if request.tool_choice == "required" and request.tools:
+        return "<|channel|>commentary to=functions."
+    return ""

@@ -35,7 +35,7 @@ class HarmonyExchange:
         return reasoning_keys(self.reasoning_field, self.request.hide_reasoning)
 
     def new_decoder(self) -> HarmonyDecoder:
-        return HarmonyDecoder(
+        decoder = HarmonyDecoder(
             harmony_encoding(),
             tool_names=self.prompt.tool_names,
             declared_tools=self.prompt.declared_tools,
@@ -43,6 +43,9 @@ class HarmonyExchange:
             single_tool_call=not self.request.parallel_tool_calls,
             stop=self.request.stop,
         )
+        for token in self.prompt.prefill_ids:  # a forced call's header: part of the reply
+            decoder.feed(token)
+        return decoder
 
     def usage(self, output_prompt_tokens: int | None, completion_tokens: int,
               reasoning_tokens: int) -> dict[str, Any]:
