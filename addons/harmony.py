@@ -10,8 +10,10 @@ from mitmproxy import contentviews
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harmony_groq.addon import FlowLog, Gateway, Settings  # noqa: E402
+from harmony_groq.addon import Gateway  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
+from harmony_groq.records import FlowLog  # noqa: E402
+from harmony_groq.settings import Settings  # noqa: E402
 from harmony_groq.views import HarmonyContentview  # noqa: E402
 
 contentviews.add(HarmonyContentview)

@@ -11,12 +11,13 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 
-from harmony_groq.addon import FlowLog, Gateway, Settings, flow_record
+from harmony_groq.addon import Gateway
 from harmony_groq.errors import ProxyError
 from harmony_groq.groq import sanitize_body
+from harmony_groq.records import FlowLog, flow_record
 from harmony_groq.redact import REDACTED, redact_headers, redact_text, redact_value
 from harmony_groq.routing import Endpoint, Route, choose_route, classify_path
-from harmony_groq.settings import OPTIONS, build_config, env_default
+from harmony_groq.settings import OPTIONS, Settings, build_config, env_default
 
 SUBSTRINGS = ("gpt-oss", "harmony")
 

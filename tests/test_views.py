@@ -18,11 +18,13 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
 from openai_harmony import StreamableParser
 
-from harmony_groq.addon import Gateway, Settings, flow_record
+from harmony_groq.addon import Gateway
 from harmony_groq.chat_request import parse_chat_request
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.labels import MARKERS, FlowLabels, StreamCopy, flow_label
+from harmony_groq.records import flow_record
 from harmony_groq.render import render_prompt
+from harmony_groq.settings import Settings
 from harmony_groq.views import OUTSIDE, HarmonyContentview, HarmonyMessage, split_messages
 
 from fakes import FakeTransformers, token_pieces

@@ -1,10 +1,10 @@
-"""The mitmproxy addons, one per concern, wired together by ``addons/harmony.py``.
+"""The gateway: answers the local endpoints and routes chat completions.
 
-``Settings`` declares and validates the options; ``Gateway`` answers local endpoints and
-routes chat completions (Groq URL + key, or harmony prompt → model server) in ``request``,
-installs stream translators in ``responseheaders`` and translates whole replies in
-``response``; ``FlowLog`` writes one record per flow. Per-flow state lives in
-``flow.metadata["harmony_groq"]`` (plain JSON data, so flows stay savable).
+``Gateway`` answers ``/health``, ``/v1/models`` and errors itself and routes chat completions
+(Groq URL, or harmony prompt → model server) in ``request``, installs stream translators in
+``responseheaders`` and translates whole replies in ``response``; ``GroqKeyInjector`` adds the
+Groq key at the last moment. ``addons/harmony.py`` wires them with ``Settings`` (settings.py)
+and ``FlowLog`` (records.py).
 """
 
 from __future__ import annotations
@@ -13,25 +13,21 @@ import asyncio
 import contextlib
 import functools
 import hmac
-import ipaddress
 import json
 import logging
-import os
 import re
 import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+from mitmproxy import ctx, http
+from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .backends import BackendFormatError, make_backend
 from .chat_request import parse_chat_request, parse_json_body, require_model_and_messages
 from .completion import reasoning_keys
-from .encoding import EncodingUnavailable, harmony_encoding
 from .errors import ProxyError
-from .flowlog import FlowLogWriter
 from .groq import (
     DROP_HEADERS,
     GroqModels,
@@ -40,6 +36,7 @@ from .groq import (
     sanitize_body,
 )
 from .parse import StrippedOutputError
+from .records import META, header_pairs, record_of
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
 from .routing import (
@@ -50,21 +47,15 @@ from .routing import (
     classify_path,
     is_chat_completions_path,
 )
-from .settings import OPTIONS, Config, build_config, env_default
+from .settings import Config, Settings
 from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
 from .translate import HarmonyExchange, translate_completion
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
-META = "harmony_groq"
 NO_RETRY = {"x-should-retry": "false"}
 MAX_WORD = 32_768
 _LONG_WORD = re.compile(rf"[^\W\d_]{{{MAX_WORD}}}")
-
-
-def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The flow's log record, filled in by the hooks as the flow progresses."""
-    return flow.metadata.setdefault(META, {"id": flow.id})
 
 
 def answer(flow: http.HTTPFlow, error: ProxyError, headers: dict[str, str] | None = None) -> None:
@@ -72,15 +63,6 @@ def answer(flow: http.HTTPFlow, error: ProxyError, headers: dict[str, str] | Non
     record = record_of(flow)
     record["error"] = error.message
     record.setdefault("route", "local")
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _has_long_word(value: Any) -> bool:
@@ -93,68 +75,6 @@ def _has_long_word(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_long_word(v) for v in value)
     return False
-
-
-class Settings:
-    """Declares the options (defaults from the environment) and validates them."""
-
-    def __init__(self) -> None:
-        self.config: Config | None = None
-        self.env_errors: list[str] = []
-
-    def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
-        for spec in OPTIONS:
-            try:
-                default = env_default(spec, os.environ)
-            except exceptions.OptionsError as exc:
-                self.env_errors.append(str(exc))
-                default = spec.default
-            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
-
-    def configure(self, updated: set[str]) -> None:
-        try:
-            self.config = self._validated()
-        except exceptions.OptionsError as exc:
-            if self.config is not None:
-                raise  # a live change (mitmweb): mitmproxy reports it and keeps the old value
-            # At start-up one clear line, not a traceback; any error aborts mitmdump's start.
-            logger.error("gpt-oss-harmony-groq cannot start: %s", exc)
-
-    def _validated(self) -> Config:
-        if self.env_errors:
-            raise exceptions.OptionsError(self.env_errors[0])
-        values = {spec.name: getattr(ctx.options, spec.name) for spec in OPTIONS}
-        config = build_config(values, os.environ)
-        self._check_exposure(config)
-        try:
-            harmony_encoding()
-        except EncodingUnavailable as exc:
-            raise exceptions.OptionsError(str(exc)) from None
-        return config
-
-    @staticmethod
-    def _check_exposure(config: Config) -> None:
-        """A key-injecting proxy on a non-loopback address must require a key of its own."""
-        for spec in ctx.options.mode:
-            try:
-                mode = ProxyMode.parse(spec)
-            except ValueError:
-                continue
-            host = mode.listen_host(ctx.options.listen_host)
-            if _is_loopback(host):
-                continue
-            where = host or "all interfaces"
-            if isinstance(mode, ReverseMode) and not config.proxy_api_key:
-                raise exceptions.OptionsError(
-                    f"refusing to listen on {where} without PROXY_API_KEY: anyone who can reach "
-                    "it could use your Groq key. Set PROXY_API_KEY=<a long random string> (clients "
-                    "send it as their API key) or listen on 127.0.0.1."
-                )
-            if not isinstance(mode, ReverseMode) and not ctx.options.proxyauth:
-                raise exceptions.OptionsError(
-                    f"refusing to run an open {mode.type_name} proxy on {where}: set mitmproxy's "
-                    "proxy authentication (--set proxyauth=user:pass) or listen on 127.0.0.1."
-                )
 
 
 class GroqKeyInjector:
@@ -328,7 +248,7 @@ class Gateway:
         body = parse_json_body(content)
         record = record_of(flow)
         record["client_path"] = flow.request.path
-        record["client_request"] = {"headers": redact_headers(_header_pairs(flow.request)),
+        record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
                                     "body": body}
         model = require_model_and_messages(body)
         record["model"] = model
@@ -567,10 +487,6 @@ def _unreachable(url: str) -> ProxyError:
                       code="upstream_unavailable")
 
 
-def _header_pairs(message: http.Message) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in message.headers.items(multi=True)]
-
-
 def _is_local(flow: http.HTTPFlow) -> bool:
     return flow.server_conn.timestamp_start is None
 
@@ -608,109 +524,3 @@ def _prepare_sse(flow: http.HTTPFlow) -> None:
     headers["x-accel-buffering"] = "no"
     if not (flow.request.is_http2 or flow.request.is_http3):
         headers["transfer-encoding"] = "chunked"
-
-
-class FlowLog:
-    """Writes one JSON record per flow to ``log_file`` once the flow is over."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.writer: FlowLogWriter | None = None
-
-    def configure(self, updated: set[str]) -> None:
-        config = self.settings.config
-        if config is None:
-            return
-        if self.writer is None or updated & {"log_file", "log_max_bytes", "log_backups"}:
-            self.done()
-            if config.log_file:
-                self.writer = FlowLogWriter(
-                    config.log_file, config.log_max_bytes, config.log_backups,
-                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s))
-                self.writer.write({"event": "config", "options": {
-                    spec.name: getattr(config, spec.name) for spec in OPTIONS}})
-
-    def done(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._write(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._write(flow)
-
-    def _write(self, flow: http.HTTPFlow) -> None:
-        if self.writer is None:
-            return
-        try:
-            self.writer.write(flow_record(flow))
-        except Exception:  # the log must never break a flow
-            logger.exception("could not build the flow log record")
-
-
-def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The finished log record of a flow."""
-    record = dict(record_of(flow))
-    record["event"] = "flow"
-    started = flow.request.timestamp_start
-    ended = time.time()
-    record["started"] = started
-    record["method"] = flow.request.method
-    upstream = record.get("upstream_request")
-    if upstream and record.get("prompt") is not None and upstream["body"].get(
-            "prompt") is record["prompt"]:
-        # The rendered prompt is logged once, under "prompt" (100k tokens are ~400 KB).
-        record["upstream_request"] = {**upstream, "body": {**upstream["body"],
-                                                           "prompt": "<see prompt>"}}
-    record["path"] = flow.request.path if record.get("route") in ("local", None) else (
-        record.get("client_path") or flow.request.path)
-    response = flow.response
-    stream: dict[str, Any] | None = record.pop("stream_summary", None)
-    first_token = None
-    if response is not None:
-        record["status"] = response.status_code
-        headers = _header_pairs(response)
-        record["upstream_response"] = {
-            **record.get("upstream_response", {}),
-            "headers": redact_headers(headers),
-        }
-        if stream is not None:
-            if stream.get("upstream_text") is not None:
-                record["upstream_response"]["text"] = stream["upstream_text"]
-            record["client_response"] = {"stream": True, "message": stream["message"],
-                                         "finish_reason": stream["finish_reason"]}
-            record["usage"] = stream["usage"]
-            if stream.get("repairs"):
-                record["repairs"] = stream["repairs"]
-            if stream["error"]:
-                record["error"] = stream["error"]
-            first_token = stream["first_token_at"]
-        else:
-            body = _body_json(response)
-            record["client_response"] = {"body": body}
-            if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-                record["usage"] = body["usage"]
-        if response.timestamp_start:
-            record["ttfb_ms"] = round((response.timestamp_start - started) * 1000, 1)
-    if flow.error is not None:
-        record["error"] = flow.error.msg
-        record.setdefault("status", None)
-    if first_token:
-        record["ttft_ms"] = round((first_token - started) * 1000, 1)
-    record["total_ms"] = round((ended - started) * 1000, 1)
-    record.pop("response_headers_at", None)
-    return record
-
-
-def _body_json(message: http.Message) -> Any:
-    try:
-        text = message.get_text(strict=False) or ""
-    except Exception:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text[:2000]
-

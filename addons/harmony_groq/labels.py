@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-from .addon import flow_record
+from .records import flow_record
 
 KEEP_BYTES = 256 * 1024
 MARKERS = {"gpt-oss": ":robot:", "groq": ":zap:", "local": ":house:"}

@@ -1,4 +1,5 @@
-"""Settings: mitmproxy options whose defaults come from environment variables.
+"""Settings: mitmproxy options whose defaults come from environment variables, and the
+``Settings`` addon that declares and validates them.
 
 Every setting is a ``--set name=value`` option so it can be changed live in mitmweb; secrets
 (``GROQ_API_KEY``, ``PROXY_API_KEY``) are read from the environment only, because option values
@@ -8,12 +9,20 @@ are shown on mitmweb's options page.
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import exceptions
+from mitmproxy import ctx, exceptions
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
+
+from .encoding import EncodingUnavailable, harmony_encoding
+
+logger = logging.getLogger(__name__)
 
 REASONING_FIELDS = ("both", "reasoning", "reasoning_content", "none")
 BACKENDS = ("transformers", "vllm", "llamacpp")
@@ -146,3 +155,74 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings:
+    """Declares the options (defaults from the environment) and validates them."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.env_errors: list[str] = []
+
+    def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
+        for spec in OPTIONS:
+            try:
+                default = env_default(spec, os.environ)
+            except exceptions.OptionsError as exc:
+                self.env_errors.append(str(exc))
+                default = spec.default
+            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            self.config = self._validated()
+        except exceptions.OptionsError as exc:
+            if self.config is not None:
+                raise  # a live change (mitmweb): mitmproxy reports it and keeps the old value
+            # At start-up one clear line, not a traceback; any error aborts mitmdump's start.
+            logger.error("gpt-oss-harmony-groq cannot start: %s", exc)
+
+    def _validated(self) -> Config:
+        if self.env_errors:
+            raise exceptions.OptionsError(self.env_errors[0])
+        values = {spec.name: getattr(ctx.options, spec.name) for spec in OPTIONS}
+        config = build_config(values, os.environ)
+        self._check_exposure(config)
+        try:
+            harmony_encoding()
+        except EncodingUnavailable as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+        return config
+
+    @staticmethod
+    def _check_exposure(config: Config) -> None:
+        """A key-injecting proxy on a non-loopback address must require a key of its own."""
+        for spec in ctx.options.mode:
+            try:
+                mode = ProxyMode.parse(spec)
+            except ValueError:
+                continue
+            host = mode.listen_host(ctx.options.listen_host)
+            if _is_loopback(host):
+                continue
+            where = host or "all interfaces"
+            if isinstance(mode, ReverseMode) and not config.proxy_api_key:
+                raise exceptions.OptionsError(
+                    f"refusing to listen on {where} without PROXY_API_KEY: anyone who can reach "
+                    "it could use your Groq key. Set PROXY_API_KEY=<a long random string> (clients "
+                    "send it as their API key) or listen on 127.0.0.1."
+                )
+            if not isinstance(mode, ReverseMode) and not ctx.options.proxyauth:
+                raise exceptions.OptionsError(
+                    f"refusing to run an open {mode.type_name} proxy on {where}: set mitmproxy's "
+                    "proxy authentication (--set proxyauth=user:pass) or listen on 127.0.0.1."
+                )

@@ -4,7 +4,7 @@ mitmweb shows what went over the wire to the model server (a JSON body holding o
 string; generated text). This view lays the harmony out message by message (author, channel,
 recipient, content type, content) next to the OpenAI request the client sent and the response
 it got, with the parser's repairs. mitmweb does not expose ``flow.metadata``, but a content view
-gets the flow, so it reads the record ``addon.py`` keeps there (through ``flow_record``, the same
+gets the flow, so it reads the record ``records.py`` keeps there (through ``flow_record``, the same
 summary the flow log writes). Registered with ``contentviews.add`` by ``addons/harmony.py``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from mitmproxy import contentviews, http
 
-from .addon import META, flow_record
+from .records import META, flow_record
 from .routing import Route
 from .sse import SSEFramer
 

@@ -1,0 +1,136 @@
+"""Per-flow records: the state the hooks fill in as a flow progresses, and the flow log.
+
+The record lives in ``flow.metadata["harmony_groq"]`` as plain data (so flows stay savable);
+``flow_record`` turns it into the finished log record, which the flow log writes and the
+mitmweb view and labels read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from mitmproxy import http
+
+from .flowlog import FlowLogWriter
+from .redact import redact_headers
+from .settings import OPTIONS, Settings
+
+logger = logging.getLogger(__name__)
+META = "harmony_groq"
+
+
+def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The flow's log record, filled in by the hooks as the flow progresses."""
+    return flow.metadata.setdefault(META, {"id": flow.id})
+
+
+def header_pairs(message: http.Message) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in message.headers.items(multi=True)]
+
+
+class FlowLog:
+    """Writes one JSON record per flow to ``log_file`` once the flow is over."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer: FlowLogWriter | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        config = self.settings.config
+        if config is None:
+            return
+        if self.writer is None or updated & {"log_file", "log_max_bytes", "log_backups"}:
+            self.done()
+            if config.log_file:
+                self.writer = FlowLogWriter(
+                    config.log_file, config.log_max_bytes, config.log_backups,
+                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s))
+                self.writer.write({"event": "config", "options": {
+                    spec.name: getattr(config, spec.name) for spec in OPTIONS}})
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._write(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._write(flow)
+
+    def _write(self, flow: http.HTTPFlow) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write(flow_record(flow))
+        except Exception:  # the log must never break a flow
+            logger.exception("could not build the flow log record")
+
+
+def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The finished log record of a flow."""
+    record = dict(record_of(flow))
+    record["event"] = "flow"
+    started = flow.request.timestamp_start
+    ended = time.time()
+    record["started"] = started
+    record["method"] = flow.request.method
+    upstream = record.get("upstream_request")
+    if upstream and record.get("prompt") is not None and upstream["body"].get(
+            "prompt") is record["prompt"]:
+        # The rendered prompt is logged once, under "prompt" (100k tokens are ~400 KB).
+        record["upstream_request"] = {**upstream, "body": {**upstream["body"],
+                                                           "prompt": "<see prompt>"}}
+    record["path"] = flow.request.path if record.get("route") in ("local", None) else (
+        record.get("client_path") or flow.request.path)
+    response = flow.response
+    stream: dict[str, Any] | None = record.pop("stream_summary", None)
+    first_token = None
+    if response is not None:
+        record["status"] = response.status_code
+        headers = header_pairs(response)
+        record["upstream_response"] = {
+            **record.get("upstream_response", {}),
+            "headers": redact_headers(headers),
+        }
+        if stream is not None:
+            if stream.get("upstream_text") is not None:
+                record["upstream_response"]["text"] = stream["upstream_text"]
+            record["client_response"] = {"stream": True, "message": stream["message"],
+                                         "finish_reason": stream["finish_reason"]}
+            record["usage"] = stream["usage"]
+            if stream.get("repairs"):
+                record["repairs"] = stream["repairs"]
+            if stream["error"]:
+                record["error"] = stream["error"]
+            first_token = stream["first_token_at"]
+        else:
+            body = _body_json(response)
+            record["client_response"] = {"body": body}
+            if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+                record["usage"] = body["usage"]
+        if response.timestamp_start:
+            record["ttfb_ms"] = round((response.timestamp_start - started) * 1000, 1)
+    if flow.error is not None:
+        record["error"] = flow.error.msg
+        record.setdefault("status", None)
+    if first_token:
+        record["ttft_ms"] = round((first_token - started) * 1000, 1)
+    record["total_ms"] = round((ended - started) * 1000, 1)
+    record.pop("response_headers_at", None)
+    return record
+
+
+def _body_json(message: http.Message) -> Any:
+    try:
+        text = message.get_text(strict=False) or ""
+    except Exception:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text[:2000]
