@@ -56,6 +56,13 @@ class Generation:
     stop_id: int | None
 
 
+def returned_ids(generation: Generation, echo_stop: bool) -> list[int]:
+    """The ids a server returns: the stop token dropped when it does not echo it."""
+    if generation.stop_id is not None and not echo_stop:
+        return generation.ids[:-1]
+    return generation.ids
+
+
 def generate(script: str, stops: frozenset[int], limit: int) -> Generation:
     ids: list[int] = []
     for token in harmony_encoding().encode(script, allowed_special="all"):
@@ -240,10 +247,7 @@ class _VllmHandler(_BackendHandler):
 
     @staticmethod
     def _visible_ids(fake: FakeVllm, generation: Generation) -> list[int]:
-        """Ids as returned: the stop token dropped only when the fake is set not to echo it."""
-        if generation.stop_id is not None and not fake.echo_stop:
-            return generation.ids[:-1]
-        return generation.ids
+        return returned_ids(generation, fake.echo_stop)
 
     @staticmethod
     def _text_ids(generation: Generation) -> list[int]:
@@ -397,9 +401,7 @@ class _LlamaCppHandler(_BackendHandler):
 
     @staticmethod
     def _returned_ids(fake: FakeLlamaCpp, generation: Generation) -> list[int]:
-        if generation.stop_id is not None and not fake.echo_eog:
-            return generation.ids[:-1]
-        return generation.ids
+        return returned_ids(generation, fake.echo_eog)
 
     @staticmethod
     def _final(fake: FakeLlamaCpp, body: dict[str, Any], prompt: list[int],

@@ -150,15 +150,21 @@ def test_stop_string_cuts_the_stream(client: openai.OpenAI,
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def test_backend_error_event_mid_stream(proxy: ProxyProcess, client: openai.OpenAI,
-                                        fake_transformers: FakeTransformers) -> None:
-    marker = unique()
-    fake_transformers.script(Scripted(LONG, token_delay=0.01, error_after=6))
-    received = []
+def stream_until_error(client: openai.OpenAI, marker: str) -> tuple[list, Any]:
+    """The chunks a streamed request delivered before the openai SDK raised, and the error."""
+    received: list = []
     with pytest.raises(openai.APIError) as info:
         for chunk in client.chat.completions.create(model="gpt-oss-20b",
                                                     messages=messages(marker), stream=True):
             received.append(chunk)
+    return received, info
+
+
+def test_backend_error_event_mid_stream(proxy: ProxyProcess, client: openai.OpenAI,
+                                        fake_transformers: FakeTransformers) -> None:
+    marker = unique()
+    fake_transformers.script(Scripted(LONG, token_delay=0.01, error_after=6))
+    received, info = stream_until_error(client, marker)
     assert "CUDA out of memory (scripted)" in info.value.message
     assert "".join(reasoning_of(c.choices[0].delta) for c in received) == "zero one two"
     record = record_for(proxy, marker)
@@ -181,11 +187,7 @@ def test_upstream_reset_mid_stream_ends_with_an_error_event(
 
     marker = unique()
     fake_transformers.script(Scripted(LONG, token_delay=0.01, reset_after=6))
-    received = []
-    with pytest.raises(openai.APIError) as info:
-        for chunk in client.chat.completions.create(model="gpt-oss-20b",
-                                                    messages=messages(marker), stream=True):
-            received.append(chunk)
+    received, info = stream_until_error(client, marker)
     assert not isinstance(info.value, openai.APIConnectionError)
     assert "interrupted" in info.value.message
     assert "".join(reasoning_of(c.choices[0].delta) for c in received) == "zero one two"
