@@ -404,3 +404,32 @@ def test_groq_key_is_never_sent_to_the_browser(session: Session) -> None:
 def test_flows_can_be_saved(session: Session) -> None:
     saved = session.web.api.get("/flows/dump")
     assert saved.status_code == 200 and len(saved.content) > 1000
+
+
+def test_replay_resends_the_clients_request(session: Session,
+                                            transformers_server: FakeTransformers) -> None:
+    """mitmweb's Replay sends the client's original OpenAI request through the proxy again (not
+    the rewritten prompt, which the proxy would refuse), and the flow gets the new answer."""
+    flow = session.chats[0]
+    before = len(transformers_server.prompts)
+    transformers_server.script(ANSWER)
+    # As a person would: select the flow, then Flow → Replay.
+    _open_flow(session.browser, flow, "Request", "HARMONY PROMPT")
+    session.browser.click("[...document.querySelectorAll('a, button')]"
+                          ".find(e => e.innerText.trim() === 'Flow')")
+    session.browser.click("[...document.querySelectorAll('button, a')]"
+                          ".find(e => e.innerText.trim() === 'Replay')")
+    deadline = time.monotonic() + 10
+    while len(transformers_server.prompts) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert transformers_server.prompts[before:] == [session.prompt]
+    body = {}
+    while time.monotonic() < deadline:
+        content = session.web.api.get(f"/flows/{flow['id']}/response/content.data")
+        if content.status_code == 200 and '"chat.completion"' in content.text:
+            body = content.json()
+            break
+        time.sleep(0.1)
+    original = session.answer.choices[0]
+    assert body["choices"][0]["message"]["content"] == original.message.content
+    assert body["choices"][0]["finish_reason"] == original.finish_reason
