@@ -140,6 +140,21 @@ def _prompt_ids(prompt: Any) -> list[int] | None:
 
 
 class _BackendHandler(_Handler):
+    def take_script(self, prompt: list[int], body: dict[str, Any],
+                    failure: Callable[[int], dict[str, Any]]) -> Scripted | None:
+        """Record the request and take the next script; a scripted HTTP failure is answered
+        here (``failure(status)`` is the body) and gives None."""
+        fake = self.fake
+        fake.prompts.append(prompt)
+        fake.bodies.append(body)
+        script = fake.next_script()
+        if script.delay_headers:
+            time.sleep(script.delay_headers)
+        if script.status != 200:
+            self.send_json(script.status, failure(script.status))
+            return None
+        return script
+
     def send_event(self, payload: Any) -> None:
         self.send_chunk(f"data: {json.dumps(payload)}\n\n".encode())
 
@@ -224,13 +239,9 @@ class _VllmHandler(_BackendHandler):
             self.send_json(problem["error"]["code"], problem)
             return
         assert prompt is not None
-        fake.prompts.append(prompt)
-        fake.bodies.append(body)
-        script = fake.next_script()
-        if script.delay_headers:
-            time.sleep(script.delay_headers)
-        if script.status != 200:
-            self.send_json(script.status, vllm_error(script.status, "scripted failure"))
+        script = self.take_script(prompt, body,
+                                  lambda status: vllm_error(status, "scripted failure"))
+        if script is None:
             return
         stops = frozenset(body.get("stop_token_ids") or ()) | {RETURN}
         generation = generate(script.text, stops, max_tokens)
@@ -366,14 +377,10 @@ class _LlamaCppHandler(_BackendHandler):
                                                "size, try increasing it",
                                                "exceed_context_size_error"))
             return
-        fake.prompts.append(prompt)
-        fake.bodies.append(body)
-        script = fake.next_script()
-        if script.delay_headers:
-            time.sleep(script.delay_headers)
-        if script.status != 200:
-            self.send_json(script.status, llamacpp_error(script.status, "scripted failure",
-                                                         "server_error"))
+        script = self.take_script(prompt, body,
+                                  lambda status: llamacpp_error(status, "scripted failure",
+                                                                "server_error"))
+        if script is None:
             return
         n_predict = body.get("n_predict", -1)
         room = fake.n_ctx - len(prompt)

@@ -160,17 +160,24 @@ def stream_until_error(client: openai.OpenAI, marker: str) -> tuple[list, Any]:
     return received, info
 
 
+def assert_partial_stream(proxy: ProxyProcess, marker: str, received: list,
+                          error: str) -> None:
+    """Six tokens of LONG got through before the failure: the client saw them, the log has
+    them, and the log says what went wrong."""
+    assert "".join(reasoning_of(c.choices[0].delta) for c in received) == "zero one two"
+    record = record_for(proxy, marker)
+    assert error in record["error"]
+    assert record["upstream_response"]["text"] == "".join(token_pieces(LONG)[:6])
+    assert record["client_response"]["message"]["reasoning"] == "zero one two"
+
+
 def test_backend_error_event_mid_stream(proxy: ProxyProcess, client: openai.OpenAI,
                                         fake_transformers: FakeTransformers) -> None:
     marker = unique()
     fake_transformers.script(Scripted(LONG, token_delay=0.01, error_after=6))
     received, info = stream_until_error(client, marker)
     assert "CUDA out of memory (scripted)" in info.value.message
-    assert "".join(reasoning_of(c.choices[0].delta) for c in received) == "zero one two"
-    record = record_for(proxy, marker)
-    assert "CUDA out of memory" in record["error"]
-    assert record["upstream_response"]["text"] == "".join(token_pieces(LONG)[:6])
-    assert record["client_response"]["message"]["reasoning"] == "zero one two"
+    assert_partial_stream(proxy, marker, received, "CUDA out of memory")
 
 
 def test_upstream_reset_mid_stream_ends_with_an_error_event(
@@ -190,11 +197,7 @@ def test_upstream_reset_mid_stream_ends_with_an_error_event(
     received, info = stream_until_error(client, marker)
     assert not isinstance(info.value, openai.APIConnectionError)
     assert "interrupted" in info.value.message
-    assert "".join(reasoning_of(c.choices[0].delta) for c in received) == "zero one two"
-    record = record_for(proxy, marker)
-    assert "incomplete chunked read" in record["error"]
-    assert record["upstream_response"]["text"] == "".join(token_pieces(LONG)[:6])
-    assert record["client_response"]["message"]["reasoning"] == "zero one two"
+    assert_partial_stream(proxy, marker, received, "incomplete chunked read")
 
 
 def disconnect_after(client: openai.OpenAI, chunks: int, marker: str = "hi") -> float:

@@ -149,8 +149,8 @@ class HarmonyStreamTranslator:
             self._finish(output, out)
 
     def _emit(self, events: list[Event], out: list[bytes]) -> None:
+        self.result.message.add(events)
         for event in events:
-            self.result.message.add([event])
             chunk = self.builder.for_event(event)
             if chunk is not None:
                 out.append(encode_event(chunk))
