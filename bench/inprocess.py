@@ -17,6 +17,7 @@ from workloads import DATE
 
 from harmony_groq.backends import TransformersBackend
 from harmony_groq.chat_request import parse_chat_request, parse_json_body
+from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.render import render_prompt
 from harmony_groq.translate import HarmonyExchange, translate_completion
 
@@ -44,7 +45,7 @@ def _once(raw: bytes, backend_answer: bytes) -> tuple[list[float], dict[str, Any
     marks.append(time.perf_counter())
     prompt = render_prompt(request, DATE, backend.text_transport)
     marks.append(time.perf_counter())
-    exchange = HarmonyExchange(request, prompt, backend, "both")
+    exchange = HarmonyExchange(request, prompt, backend, ChatReply.for_request(request, "both"))
     json.dumps(backend.request_body(prompt, request, request.stream, ""),
                ensure_ascii=False).encode()
     marks.append(time.perf_counter())

@@ -22,6 +22,7 @@ from harmony_groq.backends import (
     make_backend,
 )
 from harmony_groq.chat_request import ChatRequest, parse_chat_request
+from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.render import HarmonyPrompt, render_prompt
 from harmony_groq.translate import HarmonyExchange, translate_completion
@@ -206,7 +207,8 @@ def test_make_backend() -> None:
 def translated(script: str, echo: bool, truncated_at: int | None = None) -> dict[str, Any]:
     request = chat(tools=[WEATHER])
     backend = VllmBackend()
-    exchange = HarmonyExchange(request, prompt_for(request), backend, "both")
+    exchange = HarmonyExchange(request, prompt_for(request), backend,
+                               ChatReply.for_request(request, "both"))
     generated = ids(script)
     finish = "stop"
     if truncated_at is not None:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from harmony_groq.backends import BackendOutput, TransformersBackend
 from harmony_groq.chat_request import parse_chat_request
 from harmony_groq.completion import ChunkBuilder
+from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.parse import (
     ContentDelta,
@@ -41,7 +42,7 @@ def exchange(reasoning_field: str = "both", **body: Any) -> HarmonyExchange:
     request = parse_chat_request({"model": "gpt-oss-20b", "messages": ASK, "tools": [WEATHER],
                                   **body})
     return HarmonyExchange(request, render_prompt(request, PINNED_DATE), TransformersBackend(),
-                           reasoning_field)
+                           ChatReply.for_request(request, reasoning_field))
 
 
 def call(name: str, arguments: str) -> dict[str, Any]:
@@ -266,7 +267,7 @@ def test_stripped_output_is_detected() -> None:
 def stream_message(ex: HarmonyExchange, text: str, truncated: bool) -> tuple[dict, list[dict]]:
     """Feed the text one detokenised piece at a time, as the streaming path does."""
     decoder = ex.new_decoder()
-    builder = ChunkBuilder(ex.completion_id, "gpt-oss-20b", ex.keys)
+    builder = ChunkBuilder(ex.reply.completion_id, "gpt-oss-20b", ex.reply.keys)
     events = [e for piece in token_pieces(text) for e in decoder.feed_text(piece)]
     events += decoder.finish(truncated)
     chunks = [c for c in map(builder.for_event, events) if c is not None]

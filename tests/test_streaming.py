@@ -19,6 +19,7 @@ from mitmproxy.test import taddons, tflow
 
 from harmony_groq.backends import BackendOutput, TransformersBackend, make_backend
 from harmony_groq.chat_request import parse_chat_request
+from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.render import render_prompt
 from harmony_groq.sse import DONE, KEEPALIVE, SSEFramer
@@ -47,7 +48,7 @@ def make_exchange(reasoning_field: str = "both", **body: Any) -> HarmonyExchange
         "stream": True, **body})
     backend = TransformersBackend()
     return HarmonyExchange(request, render_prompt(request, DATE, backend.text_transport), backend,
-                           reasoning_field)
+                           ChatReply.for_request(request, reasoning_field))
 
 
 def backend_event(text: str, finish: str | None = None, usage: dict | None = None) -> bytes:
@@ -121,7 +122,7 @@ def check_sequence(run: Run, exchange: HarmonyExchange) -> list[dict[str, Any]]:
     for chunk in chunks:
         assert chunk["object"] == "chat.completion.chunk"
         assert (chunk["id"], chunk["model"], chunk["created"]) == (
-            exchange.completion_id, "gpt-oss-20b", chunks[0]["created"])
+            exchange.reply.completion_id, "gpt-oss-20b", chunks[0]["created"])
     body = chunks
     if exchange.request.include_usage:
         *body, usage_chunk = chunks
@@ -132,7 +133,7 @@ def check_sequence(run: Run, exchange: HarmonyExchange) -> list[dict[str, Any]]:
                                  "logprobs": None, "finish_reason": None}]
     assert last["choices"][0]["delta"] == {}
     assert last["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
-    keys = exchange.keys
+    keys = exchange.reply.keys
     call_indexes = []
     for chunk in middle:
         (choice,) = chunk["choices"]
@@ -186,7 +187,7 @@ def without_ids(message: dict[str, Any]) -> dict[str, Any]:
 def assert_matches_non_stream(run: Run, exchange: HarmonyExchange, output: BackendOutput
                               ) -> dict[str, Any]:
     chunks = check_sequence(run, exchange)
-    streamed = assemble(chunks, exchange.keys)
+    streamed = assemble(chunks, exchange.reply.keys)
     translated = translate_completion(exchange, output)
     choice = translated.body["choices"][0]
     assert without_ids(streamed["message"]) == without_ids(choice["message"])
@@ -358,7 +359,7 @@ def test_id_streams_concatenate_to_the_non_streamed_message(kind: str) -> None:
                                   "content": "Hi"}], "stream": True, "tools": [WEATHER]})
     backend = make_backend(kind)
     exchange = HarmonyExchange(request, render_prompt(request, DATE, backend.text_transport),
-                               backend, "both")
+                               backend, ChatReply.for_request(request, "both"))
     encoding = harmony_encoding()
     ids = encoding.encode(f"{A}Need it.{CALL}{{\"city\":\"Oslo\"}}", allowed_special="all")
     ids.append(200012)  # <|call|>, a stop token both servers return as an id
@@ -396,7 +397,7 @@ def recorded(name: str) -> tuple[HarmonyExchange, list[bytes], BackendOutput]:
     request = parse_chat_request(case["request"])
     backend = TransformersBackend()
     exchange = HarmonyExchange(request, render_prompt(request, DATE, backend.text_transport),
-                               backend, "both")
+                               backend, ChatReply.for_request(request, "both"))
     pieces = [p.encode() for p in case["network_pieces"]]
     return exchange, pieces, backend.read_response(case["completion"])
 
@@ -496,7 +497,7 @@ def test_backend_error_event_mid_stream() -> None:
                              *backend_stream("ignored"))
     error = error_of(run)
     assert error["code"] == "upstream_error" and "CUDA out of memory" in error["message"]
-    sent = assemble(run.chunks[:-1], exchange.keys)["message"]
+    sent = assemble(run.chunks[:-1], exchange.reply.keys)["message"]
     assert sent["reasoning"] == "Thinking hard"
     assert run.result.error == error["message"] and run.result.finish_reason is None
     assert run.outputs[-1] == []  # nothing after the error, even at the end of the body

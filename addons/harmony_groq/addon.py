@@ -1,16 +1,15 @@
-"""The gateway: answers the local endpoints and routes chat completions.
+"""The gateway: answers the local endpoints and routes each client API's requests.
 
-``Gateway`` answers ``/health``, ``/v1/models`` and errors itself and routes chat completions
-(Groq URL, or harmony prompt → model server) in ``request``, installs stream translators in
-``responseheaders`` and translates whole replies in ``response``; ``GroqKeyInjector`` adds the
-Groq key at the last moment. ``addons/harmony.py`` wires them with ``Settings`` (settings.py)
-and ``FlowLog`` (records.py).
+``Gateway`` picks the endpoint from the path and the dialect (Chat Completions, Responses,
+Anthropic Messages) that speaks it; it routes by model (Groq, or harmony prompt → model server)
+in ``request``, installs stream translators in ``responseheaders`` and translates whole replies
+in ``response``. ``GroqKeyInjector`` adds the Groq key at the last moment. ``addons/harmony.py``
+wires them with ``Settings`` (settings.py) and ``FlowLog`` (records.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hmac
 import json
@@ -20,21 +19,18 @@ import time
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import httpx
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .backends import BackendFormatError, make_backend
-from .chat_request import parse_chat_request, parse_json_body, require_model_and_messages
+from .chat_request import parse_json_body
 from .completion import reasoning_keys
+from .dialects.base import Conversation, Dialect, GroqCall
+from .dialects.chat import ChatDialect
 from .errors import ProxyError
-from .groq import (
-    DROP_HEADERS,
-    GroqModels,
-    GroqStreamRelay,
-    apply_reasoning_keys,
-    sanitize_body,
-)
+from .groq import DROP_HEADERS, GroqStreamRelay, apply_reasoning_keys
+from .groq_translate import GroqChatTranslator, groq_error, translate_whole
+from .local import LocalEndpoints
 from .parse import StrippedOutputError
 from .records import META, header_pairs, record_of
 from .redact import REDACTED, redact_headers
@@ -43,23 +39,28 @@ from .routing import (
     ALLOWED_METHODS,
     Endpoint,
     Route,
+    bare_path,
     choose_route,
     classify_path,
-    is_chat_completions_path,
+    forward_endpoint,
 )
 from .settings import Config, Settings
 from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
 from .translate import HarmonyExchange, translate_completion
+from .upstream import ModelServerClient
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 NO_RETRY = {"x-should-retry": "false"}
 MAX_WORD = 32_768
 _LONG_WORD = re.compile(rf"[^\W\d_]{{{MAX_WORD}}}")
+# Groq's answer headers a translated error keeps (the client's retry logic reads them).
+_KEPT_ERROR_HEADERS = ("retry-after",)
 
 
-def answer(flow: http.HTTPFlow, error: ProxyError, headers: dict[str, str] | None = None) -> None:
-    flow.response = error.to_response(headers)
+def answer(flow: http.HTTPFlow, error: ProxyError, dialect: Dialect,
+           headers: dict[str, str] | None = None) -> None:
+    flow.response = error.to_response(headers, dialect.error_body(error))
     record = record_of(flow)
     record["error"] = error.message
     record.setdefault("route", "local")
@@ -102,19 +103,19 @@ class GroqKeyInjector:
 
 
 class Gateway:
-    """Answers local endpoints and routes chat completions to Groq or the gpt-oss backend."""
+    """Answers local endpoints and routes each dialect's requests to Groq or gpt-oss."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.models = GroqModels()
+        self.upstream = ModelServerClient()
+        self.local = LocalEndpoints(settings, self.upstream.client)
+        chat = ChatDialect()
+        self.dialects: dict[Endpoint, Dialect] = {Endpoint.CHAT: chat}
         self.exchanges: dict[str, HarmonyExchange] = {}
+        self.groq_calls: dict[str, GroqCall] = {}
+        self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
-        self.translators: dict[str, HarmonyStreamTranslator] = {}
-        self._client: httpx.AsyncClient | None = None
-        self._health: tuple[float, dict[str, Any]] | None = None
-        self._health_task: asyncio.Task | None = None
         self.injector = GroqKeyInjector(settings)
-        self.server_info: dict[str, Any] = {}
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -122,18 +123,17 @@ class Gateway:
         # Set by Settings.configure before any flow; mitmproxy may read this attribute earlier.
         return cast(Config, self.settings.config)
 
-    def http_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(trust_env=False,
-                                             limits=httpx.Limits(max_connections=256))
-        return self._client
+    def dialect_of(self, endpoint: Endpoint) -> Dialect:
+        """The dialect whose shape the flow's answers (errors included) take."""
+        return self.dialects.get(endpoint) or self.dialects[Endpoint.CHAT]
+
+    def flow_dialect(self, flow: http.HTTPFlow) -> Dialect:
+        name = record_of(flow).get("dialect")
+        return next((d for d in self.dialects.values() if d.name == name),
+                    self.dialects[Endpoint.CHAT])
 
     def configure(self, updated: set[str]) -> None:
-        if "models_cache_seconds" in updated or "groq_base_url" in updated:
-            self.models = GroqModels()
-        if updated & {"backend", "transformers_url"}:
-            self.server_info = {}
-        self._health = None
+        self.local.configure(updated)
 
     def running(self) -> None:
         # The key injector must see flows after every other addon (mitmweb's view included),
@@ -141,35 +141,29 @@ class Gateway:
         if self.injector not in ctx.master.addons.chain:
             ctx.master.addons.add(self.injector)
         if self.settings.config is not None:
-            self._startup_check = asyncio.get_running_loop().create_task(self._check_server())
-
-    async def _check_server(self) -> None:
-        """Say at start-up what the model server is, or what is wrong with it."""
-        await self._refresh_health()
-        config, info = self.config, self.server_info
-        if info.get("problem"):
-            logger.warning("gpt-oss model server %s (BACKEND=%s): %s", config.transformers_url,
-                           config.backend, info["problem"])
-        else:
-            logger.info("gpt-oss model server: %s %s, model %s, context %s", info.get("kind"),
-                        info.get("version") or "(version not reported)", info.get("model"),
-                        info.get("context_length"))
+            self._startup_check = asyncio.get_running_loop().create_task(
+                self.local.check_server())
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
             ctx.master.addons.remove(self.injector)
-        if self._client is not None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(self._client.aclose())
-            self._client = None
+        self.upstream.close()
 
     # -- request --------------------------------------------------------------------------
+
+    def _endpoint(self, flow: http.HTTPFlow) -> Endpoint | None:
+        """The endpoint in reverse mode; in regular mode the client API, or None to pass."""
+        if isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return classify_path(flow.request.path)
+        return forward_endpoint(flow.request.method, flow.request.path)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         record_of(flow)["started"] = flow.request.timestamp_start
         length = flow.request.headers.get("content-length", "")
         if self.settings.config and length.isdigit() and int(length) > self.config.max_body_size:
-            answer(flow, self._too_large())
+            endpoint = self._endpoint(flow)
+            if endpoint is not None:
+                answer(flow, self._too_large(), self.dialect_of(endpoint))
 
     def _too_large(self) -> ProxyError:
         return ProxyError(413, f"The request body is larger than {self.config.max_body_size} "
@@ -178,50 +172,52 @@ class Gateway:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        if self.settings.config is None:  # never forward anything while unconfigured
-            answer(flow, ProxyError(503, "The proxy's settings did not load; see its log.",
-                                    code="not_configured"))
-            return
         if flow.is_replay == "request":
             _restore_client_request(flow)
-        reverse = isinstance(flow.client_conn.proxy_mode, ReverseMode)
-        path = flow.request.path
-        if not reverse and not (flow.request.method == "POST" and is_chat_completions_path(path)):
+        endpoint = self._endpoint(flow)
+        dialect = self.dialect_of(endpoint or Endpoint.UNKNOWN)
+        if self.settings.config is None:  # never forward anything while unconfigured
+            answer(flow, ProxyError(503, "The proxy's settings did not load; see its log.",
+                                    code="not_configured"), dialect)
+            return
+        if endpoint is None:
             record_of(flow)["route"] = "passthrough"
             return
-        endpoint = classify_path(path) if reverse else Endpoint.CHAT
         try:
-            await self._answer_or_route(flow, endpoint)
+            await self._answer_or_route(flow, endpoint, dialect)
         except ProxyError as exc:
-            answer(flow, exc, NO_RETRY if exc.status < 500 else None)
+            answer(flow, exc, dialect, NO_RETRY if exc.status < 500 else None)
         except RecursionError:
             answer(flow, ProxyError(400, "The request body is nested too deeply.",
-                                    code="invalid_request"), NO_RETRY)
+                                    code="invalid_request"), dialect, NO_RETRY)
         except Exception as exc:
-            logger.exception("unexpected failure handling %s %s", flow.request.method, path)
+            logger.exception("unexpected failure handling %s %s", flow.request.method,
+                             flow.request.path)
             answer(flow, ProxyError(500, f"Internal proxy error ({type(exc).__name__}); "
-                                    "see the proxy's log.", code="internal_error"))
+                                    "see the proxy's log.", code="internal_error"), dialect)
 
-    async def _answer_or_route(self, flow: http.HTTPFlow, endpoint: Endpoint) -> None:
+    async def _answer_or_route(self, flow: http.HTTPFlow, endpoint: Endpoint,
+                               dialect: Dialect) -> None:
+        path = bare_path(flow.request.path)
         if endpoint is Endpoint.UNKNOWN:
-            raise ProxyError(404, f"Unknown path {flow.request.path.split('?')[0]!r}: this proxy "
-                             "serves /v1/chat/completions, /v1/models and /health.",
-                             code="not_found")
+            raise ProxyError(404, f"Unknown path {path!r}: this proxy serves "
+                             "/v1/chat/completions, /v1/responses, /v1/messages, /v1/models "
+                             "and /health.", code="not_found")
         allowed = ALLOWED_METHODS[endpoint]
-        if flow.request.method != allowed:
-            answer(flow, ProxyError(405, f"Use {allowed} for {flow.request.path.split('?')[0]}.",
-                                    code="method_not_allowed"), {"allow": allowed})
+        if flow.request.method not in allowed:
+            answer(flow, ProxyError(405, f"Use {' or '.join(allowed)} for {path}.",
+                                    code="method_not_allowed"), dialect,
+                   {"allow": ", ".join(allowed)})
             return
+        record_of(flow)["route"] = "local"
         if endpoint is Endpoint.HEALTH:
-            record_of(flow)["route"] = "local"
-            flow.response = _json_response(200, await self.health())
+            flow.response = _json_response(200, await self.local.health())
             return
         self._check_proxy_key(flow)
         if endpoint is Endpoint.MODELS:
-            record_of(flow)["route"] = "local"
-            flow.response = _json_response(200, await self.model_list())
+            flow.response = _json_response(200, await self.local.model_list())
             return
-        await self.chat(flow)
+        await self._route(flow, dialect)
 
     def _check_proxy_key(self, flow: http.HTTPFlow) -> None:
         expected = self.config.proxy_api_key
@@ -236,7 +232,7 @@ class Gateway:
             raise ProxyError(401, "Missing or wrong API key for this proxy (PROXY_API_KEY).",
                              code="invalid_api_key")
 
-    async def chat(self, flow: http.HTTPFlow) -> None:
+    def _body(self, flow: http.HTTPFlow) -> dict[str, Any]:
         raw = flow.request.raw_content or b""
         if len(raw) > self.config.max_body_size:
             raise self._too_large()
@@ -245,48 +241,51 @@ class Gateway:
         except ValueError:
             raise ProxyError(400, "The request body's content-encoding cannot be decoded.",
                              code="invalid_encoding") from None
-        body = parse_json_body(content)
+        return parse_json_body(content)
+
+    async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:
+        body = self._body(flow)
         record = record_of(flow)
+        record["dialect"] = dialect.name
         record["client_path"] = flow.request.path
         record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
                                     "body": body}
-        model = require_model_and_messages(body)
+        model = dialect.model(body, self.config)
         record["model"] = model
         choice = choose_route(model, self.config.harmony_models)
         record["route"] = choice.route.value
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
-            self._to_groq(flow, body, choice.upstream_model)
+            self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
         else:
-            await self._to_harmony(flow, body)
+            await self._to_harmony(flow, dialect.conversation(body, self.config))
 
-    def _to_groq(self, flow: http.HTTPFlow, body: dict[str, Any], model: str) -> None:
-        key = self.config.groq_api_key
-        if not key:
+    def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
+        if not self.config.groq_api_key:
             raise ProxyError(503, "GROQ_API_KEY is not configured on the proxy, so non-gpt-oss "
                              "models are unavailable. Set it in the proxy's environment.",
                              code="groq_key_missing")
-        upstream = sanitize_body(body, model)
-        url = f"{self.config.groq_base_url}/chat/completions"
-        _rewrite(flow, url, upstream)
+        url = self.config.groq_base_url + call.path
+        _rewrite(flow, url, call.body)
         record = record_of(flow)
-        record["upstream_request"] = {"url": url, "body": upstream}
+        record["upstream_request"] = {"url": url, "body": call.body}
         record["inject_key"] = True
+        self.groq_calls[flow.id] = call
 
-    async def _to_harmony(self, flow: http.HTTPFlow, body: dict[str, Any]) -> None:
-        config = self.config
-        if config.backend == "vllm" and "context_length" not in self.server_info:
-            await self._refresh_health()  # vLLM needs the context length for its max_tokens
-        if _has_long_word(body):
+    async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
+        config, local = self.config, self.local
+        if config.backend == "vllm" and "context_length" not in local.server_info:
+            await local.refresh_health()  # vLLM needs the context length for its max_tokens
+        if _has_long_word(conversation.body):
             # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
             # CPU on the event loop. Refuse instead of stalling every other client.
             raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
                              "without spaces; gpt-oss cannot tokenize it in reasonable time.",
                              code="word_too_long")
-        backend = make_backend(config.backend, self.server_info.get("context_length"))
-        request = parse_chat_request(body)
+        backend = make_backend(config.backend, local.server_info.get("context_length"))
+        request = conversation.chat
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)
-        exchange = HarmonyExchange(request, prompt, backend, config.reasoning_field)
+        exchange = HarmonyExchange(request, prompt, backend, conversation.reply)
         upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
         url = config.transformers_url + backend.completions_path
         record = record_of(flow)
@@ -295,41 +294,11 @@ class Gateway:
         record["upstream_request"] = {"url": url, "body": upstream}
         _rewrite(flow, url, upstream)
         if request.stream:
-            # mitmproxy forwards streams itself; its connect-failure page is HTML, so probe first.
-            await self._probe(url)
+            await self.upstream.probe(url)
             self.exchanges[flow.id] = exchange
             return
-        flow.response = await self._call_backend(url, upstream)
+        flow.response = await self.upstream.complete(url, upstream, config.upstream_timeout)
         self.exchanges[flow.id] = exchange
-
-    async def _probe(self, url: str) -> None:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), timeout=5)
-        except (OSError, TimeoutError):
-            raise _unreachable(url) from None
-        writer.close()
-
-    async def _call_backend(self, url: str, body: dict[str, Any]) -> http.Response:
-        """Non-streamed backend call, made here so a timeout can become a JSON 504."""
-        try:
-            response = await self.http_client().post(url, json=body,
-                                              timeout=self.config.upstream_timeout)
-        except httpx.ConnectError:
-            raise _unreachable(url) from None
-        except httpx.TimeoutException:
-            raise ProxyError(504, f"The model server did not answer within "
-                             f"{self.config.upstream_timeout} s (UPSTREAM_TIMEOUT).",
-                             code="upstream_timeout") from None
-        except httpx.HTTPError as exc:
-            raise ProxyError(502, f"The model server's answer was unreadable "
-                             f"({type(exc).__name__}).", code="upstream_error") from None
-        headers = {k: v for k, v in response.headers.items()
-                   if k.lower() not in ("content-length", "transfer-encoding",
-                                        "content-encoding", "connection")}
-        return http.Response.make(response.status_code, response.content, headers)
 
     # -- response -------------------------------------------------------------------------
 
@@ -339,43 +308,59 @@ class Gateway:
         record.setdefault("response_headers_at", time.time())
         if "authorization" in flow.request.headers and record.get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
-        exchange = self.exchanges.get(flow.id)
-        ok = flow.response.status_code == 200
-        if exchange is not None and exchange.request.stream and ok and not _is_local(flow):
-            def store(result: StreamResult) -> None:
-                record["stream_summary"] = {
-                    "upstream_text": "".join(result.upstream_text),
-                    "message": result.client_message(),
-                    "finish_reason": result.finish_reason, "usage": result.usage,
-                    "error": result.error, "repairs": result.repairs,
-                    "first_token_at": result.first_token_at,
-                    "keepalives": result.keepalives,
-                }
+        if flow.response.status_code != 200 or _is_local(flow):
+            return
 
-            translator = HarmonyStreamTranslator(exchange, self.config.keepalive_seconds, store)
-            _prepare_sse(flow)
-            flow.response.stream = translator
-            self.translators[flow.id] = translator
-        elif record.get("route") == "groq" and "text/event-stream" in flow.response.headers.get(
-                "content-type", ""):
+        def store(summary: dict[str, Any]) -> None:
+            record["stream_summary"] = summary
+
+        exchange = self.exchanges.get(flow.id)
+        call = self.groq_calls.get(flow.id)
+        sse = "text/event-stream" in flow.response.headers.get("content-type", "")
+        if exchange is not None and exchange.request.stream:
+            stream: HarmonyStreamTranslator | GroqChatTranslator = HarmonyStreamTranslator(
+                exchange, self.config.keepalive_seconds, lambda r: store(_stream_summary(r)))
+        elif call is not None and sse and call.reply is not None:
+            stream = GroqChatTranslator(call, store)
+        elif call is not None and sse and record.get("dialect") == "chat":
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
             self.relays[flow.id] = relay
             flow.response.stream = relay
+            return
+        else:
+            if sse:
+                flow.response.stream = True  # a stream relayed as it is
+            return
+        _prepare_sse(flow)
+        flow.response.stream = stream
+        self.streams[flow.id] = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
         exchange = self.exchanges.pop(flow.id, None)
-        self.translators.pop(flow.id, None)
+        call = self.groq_calls.pop(flow.id, None)
+        self.streams.pop(flow.id, None)
         relay = self.relays.pop(flow.id, None)
         record = record_of(flow)
         if relay is not None:
             record["stream_summary"] = relay.summary()
-        if record.get("route") == "groq" and flow.response is not None and not (
-                flow.response.stream):
-            self._groq_reasoning(flow)
-        if exchange is None or flow.response is None or flow.response.stream:
+        response = flow.response
+        if response is None or response.stream:
             return
+        if call is not None:
+            self._groq_response(flow, call)
+        elif exchange is not None:
+            self._harmony_response(flow, exchange)
+
+    def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
+        assert flow.response is not None
+        record = record_of(flow)
+        dialect = self.flow_dialect(flow)
         if flow.response.status_code != 200:
-            self._backend_error(flow)
+            status = flow.response.status_code
+            excerpt = (flow.response.get_text(strict=False) or "")[:500]
+            record["upstream_response"] = {"status": status, "body": excerpt}
+            answer(flow, ProxyError(502, f"The model server answered {status}: {excerpt}",
+                                    code="upstream_error"), dialect)
             return
         try:
             payload = json.loads(flow.response.content or b"")
@@ -384,20 +369,47 @@ class Gateway:
                                            "finish_reason": output.finish_reason}
             translated = translate_completion(exchange, output)
         except StrippedOutputError as exc:
-            answer(flow, stripped_error(exc))
+            answer(flow, stripped_error(exc), dialect)
             return
         except (json.JSONDecodeError, UnicodeDecodeError, BackendFormatError) as exc:
             answer(flow, ProxyError(502, f"The model server's answer was unreadable: {exc}",
-                                    code="upstream_error"))
+                                    code="upstream_error"), dialect)
             return
         record["repairs"] = translated.repairs
+        record["usage"] = translated.outcome.usage()
         flow.response = _json_response(200, translated.body)
 
-    def _groq_reasoning(self, flow: http.HTTPFlow) -> None:
-        """Groq answers ``message.reasoning``; offer it under the configured field names."""
+    def _groq_response(self, flow: http.HTTPFlow, call: GroqCall) -> None:
+        """Groq's whole answer: reasoning renamed (chat), or translated into the dialect."""
         assert flow.response is not None
-        content = flow.response.content or b""
-        if flow.response.status_code != 200 or b'"reasoning"' not in content:
+        response = flow.response
+        if call.reply is None:
+            if record_of(flow).get("dialect") == "chat":
+                self._groq_reasoning(response)
+            return
+        dialect = self.flow_dialect(flow)
+        if response.status_code != 200:
+            error = groq_error(response.status_code, response.content or b"")
+            kept = {k: v for k, v in response.headers.items()
+                    if k.lower() in _KEPT_ERROR_HEADERS or k.lower().startswith("x-ratelimit-")}
+            answer(flow, error, dialect, kept)
+            return
+        try:
+            body, _, outcome = translate_whole(call, json.loads(response.content or b""))
+        except ProxyError as exc:
+            answer(flow, exc, dialect)
+            return
+        except ValueError:
+            answer(flow, ProxyError(502, "Groq's answer was not JSON.", code="upstream_error"),
+                   dialect)
+            return
+        record_of(flow)["usage"] = outcome.usage()
+        flow.response = _json_response(200, body)
+
+    def _groq_reasoning(self, response: http.Response) -> None:
+        """Groq answers ``message.reasoning``; offer it under the configured field names."""
+        content = response.content or b""
+        if response.status_code != 200 or b'"reasoning"' not in content:
             return
         try:
             body = json.loads(content)
@@ -406,85 +418,43 @@ class Gateway:
         except (ValueError, KeyError, TypeError):
             return
         if changed:
-            flow.response.content = json.dumps(body, ensure_ascii=False).encode()
-
-    def _backend_error(self, flow: http.HTTPFlow) -> None:
-        assert flow.response is not None
-        status = flow.response.status_code
-        excerpt = (flow.response.get_text(strict=False) or "")[:500]
-        record_of(flow)["upstream_response"] = {"status": status, "body": excerpt}
-        answer(flow, ProxyError(502, f"The model server answered {status}: {excerpt}",
-                                code="upstream_error"))
+            response.content = json.dumps(body, ensure_ascii=False).encode()
 
     def error(self, flow: http.HTTPFlow) -> None:
         self.exchanges.pop(flow.id, None)
-        translator = self.translators.pop(flow.id, None)
-        if translator is not None and flow.error is not None:
+        self.groq_calls.pop(flow.id, None)
+        stream = self.streams.pop(flow.id, None)
+        if stream is not None and flow.error is not None:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream
             # with an error event instead of a truncated body.
-            send_last_chunk(flow, translator.abort(flow.error.msg))
+            send_last_chunk(flow, stream.abort(flow.error.msg))
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()
         if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
 
-    # -- local answers --------------------------------------------------------------------
 
-    async def health(self) -> dict[str, Any]:
-        """Answered from a cache refreshed in the background, so it stays fast under load."""
-        if self._health is None:
-            await self._refresh_health()
-        elif time.monotonic() - self._health[0] > 2 and (
-                self._health_task is None or self._health_task.done()):
-            self._health_task = asyncio.create_task(self._refresh_health())
-        assert self._health is not None
-        return self._health[1]
-
-    async def _refresh_health(self) -> None:
-        config = self.config
-        info = await make_backend(config.backend).describe(self.http_client(),
-                                                           config.transformers_url)
-        self.server_info = info
-        body = {
-            "status": "ok",
-            "transformers": {"url": config.transformers_url, "backend": config.backend, **info},
-            "groq": {"base_url": config.groq_base_url,
-                     "key_configured": bool(config.groq_api_key)},
-        }
-        self._health = (time.monotonic(), body)
-
-    async def model_list(self) -> dict[str, Any]:
-        config = self.config
-        data: list[dict[str, Any]] = [
-            {"id": mid, "object": "model", "created": 0, "owned_by": "gpt-oss-harmony-groq"}
-            for mid in config.harmony_model_ids
-        ]
-        groq = await self.models.get(self.http_client(), config.groq_base_url, config.groq_api_key,
-                                     config.models_cache_seconds)
-        for model in groq:
-            # A Groq id that would route locally (openai/gpt-oss-20b) is offered as groq/<id>.
-            if choose_route(model["id"], config.harmony_models).route is Route.HARMONY:
-                model = {**model, "id": f"groq/{model['id']}"}
-            data.append(model)
-        return {"object": "list", "data": data}
+def _stream_summary(result: StreamResult) -> dict[str, Any]:
+    return {
+        "upstream_text": "".join(result.upstream_text),
+        "message": result.client_message(),
+        "finish_reason": result.finish_reason, "usage": result.usage,
+        "error": result.error, "repairs": result.repairs,
+        "first_token_at": result.first_token_at,
+        "keepalives": result.keepalives,
+    }
 
 
 def _restore_client_request(flow: http.HTTPFlow) -> None:
     """mitmweb's Replay re-sends the request as rewritten for the upstream; send the client's
-    original OpenAI request through the proxy again instead."""
+    original request through the proxy again instead."""
     original = flow.metadata.get(META, {})
     if "client_request" not in original:
         return
     flow.request.path = original.get("client_path", "/v1/chat/completions")
     flow.request.content = json.dumps(original["client_request"]["body"]).encode()
     flow.metadata[META] = {"id": flow.id, "replay_of": original.get("id")}
-
-
-def _unreachable(url: str) -> ProxyError:
-    return ProxyError(503, f"The gpt-oss model server at {url} is unreachable. Start it "
-                      "(see README: transformers serve) or set TRANSFORMERS_URL.",
-                      code="upstream_unavailable")
 
 
 def _is_local(flow: http.HTTPFlow) -> bool:

@@ -112,7 +112,7 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
             body = _body_json(response)
             record["client_response"] = {"body": body}
             if isinstance(body, dict) and isinstance(body.get("usage"), dict):
-                record["usage"] = body["usage"]
+                record.setdefault("usage", body["usage"])
         if response.timestamp_start:
             record["ttfb_ms"] = round((response.timestamp_start - started) * 1000, 1)
     if flow.error is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 
@@ -10,6 +11,10 @@ class Endpoint(enum.Enum):
     HEALTH = "health"
     MODELS = "models"
     CHAT = "chat"
+    RESPONSES = "responses"
+    RESPONSE_ITEM = "response_item"  # GET / DELETE /v1/responses/{id}
+    MESSAGES = "messages"
+    COUNT_TOKENS = "count_tokens"
     UNKNOWN = "unknown"
 
 
@@ -25,22 +30,52 @@ _PATHS = {
     "/models": Endpoint.MODELS,
     "/v1/chat/completions": Endpoint.CHAT,
     "/chat/completions": Endpoint.CHAT,
+    "/v1/responses": Endpoint.RESPONSES,
+    "/responses": Endpoint.RESPONSES,
+    "/v1/messages": Endpoint.MESSAGES,
+    "/messages": Endpoint.MESSAGES,
+    "/v1/messages/count_tokens": Endpoint.COUNT_TOKENS,
+    "/messages/count_tokens": Endpoint.COUNT_TOKENS,
 }
+_RESPONSE_ITEM = re.compile(r"^(?:/v1)?/responses/([A-Za-z0-9_-]+)$")
 
-ALLOWED_METHODS = {Endpoint.HEALTH: "GET", Endpoint.MODELS: "GET", Endpoint.CHAT: "POST"}
+ALLOWED_METHODS = {
+    Endpoint.HEALTH: ("GET",), Endpoint.MODELS: ("GET",), Endpoint.CHAT: ("POST",),
+    Endpoint.RESPONSES: ("POST",), Endpoint.RESPONSE_ITEM: ("GET", "DELETE"),
+    Endpoint.MESSAGES: ("POST",), Endpoint.COUNT_TOKENS: ("POST",),
+}
+# The client APIs that regular (forward) proxy mode intercepts on any host, by path suffix.
+_FORWARD_SUFFIXES = (("/chat/completions", Endpoint.CHAT), ("/responses", Endpoint.RESPONSES),
+                     ("/messages", Endpoint.MESSAGES))
 
 GROQ_PREFIX = "groq/"
 
 
+def bare_path(path: str) -> str:
+    return path.split("?", 1)[0].rstrip("/") or "/"
+
+
 def classify_path(path: str) -> Endpoint:
     """Map a request path (query ignored, trailing slash tolerated) to an endpoint."""
-    bare = path.split("?", 1)[0].rstrip("/") or "/"
-    return _PATHS.get(bare, Endpoint.UNKNOWN)
+    bare = bare_path(path)
+    endpoint = _PATHS.get(bare)
+    if endpoint is None:
+        return Endpoint.RESPONSE_ITEM if _RESPONSE_ITEM.match(bare) else Endpoint.UNKNOWN
+    return endpoint
 
 
-def is_chat_completions_path(path: str) -> bool:
-    """True for any ``…/chat/completions`` path: used for flows to other hosts in regular mode."""
-    return path.split("?", 1)[0].rstrip("/").endswith("/chat/completions")
+def response_item_id(path: str) -> str:
+    match = _RESPONSE_ITEM.match(bare_path(path))
+    return match.group(1) if match else ""
+
+
+def forward_endpoint(method: str, path: str) -> Endpoint | None:
+    """The client API of a flow to another host in regular mode, or None to pass it through."""
+    if method != "POST":
+        return None
+    bare = bare_path(path)
+    return next((endpoint for suffix, endpoint in _FORWARD_SUFFIXES if bare.endswith(suffix)),
+                None)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Per-token translation of a model server's SSE stream into ``chat.completion.chunk`` events.
+"""Per-token translation of a model server's SSE stream into the client API's stream.
 
 Installed as ``flow.response.stream`` in the ``responseheaders`` hook. mitmproxy calls it with
 each network chunk as it arrives and once with ``b""`` at the end; it returns the bytes to send
 (``[]`` to hold back; never ``b""`` mid-stream, which would end the body). An exception here
-would silently drop a chunk, so every failure becomes an OpenAI error event instead.
+would silently drop a chunk, so every failure becomes the dialect's error event instead.
 
 When the upstream connection breaks mid-body (reset, crash), mitmproxy never calls the stream
 again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
@@ -22,11 +22,11 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from .backends import BackendFormatError, BackendOutput
-from .completion import AssembledMessage, ChunkBuilder, finish_reason
+from .completion import AssembledMessage
 from .encoding import harmony_encoding
 from .errors import ProxyError
 from .parse import Event, StrippedOutputError
-from .sse import DONE, KEEPALIVE, SSEFramer, encode_event
+from .sse import SSEFramer
 from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
@@ -63,18 +63,18 @@ class StreamResult:
 
 
 class HarmonyStreamTranslator:
-    """Backend SSE bytes in, OpenAI chunk SSE bytes out."""
+    """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``)."""
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.exchange = exchange
         self.decoder = exchange.new_decoder()
-        self.builder = ChunkBuilder(exchange.completion_id, exchange.request.model, exchange.keys)
+        self.reply = exchange.reply
         self.framer = SSEFramer()
         self.keepalive_seconds = keepalive_seconds
         self.on_done = on_done
-        self.result = StreamResult(keys=exchange.keys)
+        self.result = StreamResult(keys=exchange.reply.keys)
         self.started = False
         self.done = False
         self.completion_tokens = 0
@@ -87,7 +87,7 @@ class HarmonyStreamTranslator:
         out: list[bytes] = []
         if not self.started:
             self.started = True
-            out.append(encode_event(self.builder.first()))
+            out.extend(self.reply.start())
         try:
             if not data:
                 raise ProxyError(502, "The model server ended the stream before the completion "
@@ -107,7 +107,7 @@ class HarmonyStreamTranslator:
         now = self.clock()
         if not out and now - self.last_sent >= self.keepalive_seconds:
             # Hidden reasoning (or a long header) sends nothing: keep idle clients from timing out.
-            out.append(KEEPALIVE)
+            out.append(self.reply.keepalive())
             self.result.keepalives += 1
         if out:
             self.last_sent = now
@@ -150,29 +150,19 @@ class HarmonyStreamTranslator:
 
     def _emit(self, events: list[Event], out: list[bytes]) -> None:
         self.result.message.add(events)
-        for event in events:
-            chunk = self.builder.for_event(event)
-            if chunk is not None:
-                out.append(encode_event(chunk))
+        out.extend(self.reply.events(events))
 
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
         message = self.result.message
-        finish = finish_reason(truncated=output.truncated and not self.decoder.stopped,
-                               stopped=self.decoder.stopped, tool_calls=len(message.tool_calls))
-        completion_tokens = output.completion_tokens or self.completion_tokens
-        usage = self.exchange.usage(output.prompt_tokens, completion_tokens,
-                                    self.decoder.reasoning_tokens)
-        out.append(encode_event(self.builder.last(finish)))
-        if self.exchange.request.include_usage:
-            out.append(encode_event(self.builder.usage(usage)))
-        out.append(DONE)
-        self.result.finish_reason, self.result.usage = finish, usage
+        outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
+        out.extend(self.reply.finish(message, outcome))
+        self.result.finish_reason, self.result.usage = outcome.finish, outcome.usage()
         self._close()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
-        logger.warning("gpt-oss stream %s failed: %s", self.exchange.completion_id,
+        logger.warning("gpt-oss stream to %s failed: %s", self.exchange.request.model,
                        error.message)
-        out.append(error.sse_event())
+        out.extend(self.reply.fail(error))
         self.result.error = error.message
         self._close()
 

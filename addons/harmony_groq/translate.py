@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .backends import Backend, BackendOutput
 from .chat_request import ChatRequest
-from .completion import (
-    AssembledMessage,
-    completion_dict,
-    finish_reason,
-    reasoning_keys,
-    usage_dict,
-)
+from .completion import AssembledMessage, finish_reason
+from .dialects.base import Outcome, ReplyWriter
 from .encoding import harmony_encoding
 from .parse import Event, HarmonyDecoder
 from .render import HarmonyPrompt
@@ -27,12 +21,7 @@ class HarmonyExchange:
     request: ChatRequest
     prompt: HarmonyPrompt
     backend: Backend
-    reasoning_field: str
-    completion_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return reasoning_keys(self.reasoning_field, self.request.hide_reasoning)
+    reply: ReplyWriter  # the client API's writer of this reply
 
     def new_decoder(self) -> HarmonyDecoder:
         decoder = HarmonyDecoder(
@@ -47,10 +36,14 @@ class HarmonyExchange:
             decoder.feed(token)
         return decoder
 
-    def usage(self, output_prompt_tokens: int | None, completion_tokens: int,
-              reasoning_tokens: int) -> dict[str, Any]:
-        prompt_tokens = output_prompt_tokens or len(self.prompt.token_ids)
-        return usage_dict(prompt_tokens, completion_tokens, reasoning_tokens)
+    def outcome(self, decoder: HarmonyDecoder, message: AssembledMessage, output: BackendOutput,
+                completion_tokens: int) -> Outcome:
+        """How the reply ended; token counts as the backend reported them when it did."""
+        finish = finish_reason(truncated=output.truncated and not decoder.stopped,
+                               stopped=decoder.stopped, tool_calls=len(message.tool_calls))
+        return Outcome(finish, output.prompt_tokens or len(self.prompt.token_ids),
+                       output.completion_tokens or completion_tokens, decoder.reasoning_tokens,
+                       decoder.stopped)
 
 
 def feed_output(decoder: HarmonyDecoder, output: BackendOutput) -> list[Event]:
@@ -67,10 +60,12 @@ def feed_output(decoder: HarmonyDecoder, output: BackendOutput) -> list[Event]:
 class TranslatedCompletion:
     body: dict[str, Any]
     repairs: list[str]
+    message: AssembledMessage
+    outcome: Outcome
 
 
 def translate_completion(exchange: HarmonyExchange, output: BackendOutput) -> TranslatedCompletion:
-    """A whole (non-streamed) backend completion → an OpenAI ``chat.completion``."""
+    """A whole (non-streamed) backend completion → the client API's reply body."""
     decoder = exchange.new_decoder()
     message = AssembledMessage()
     message.add(feed_output(decoder, output))
@@ -78,10 +73,6 @@ def translate_completion(exchange: HarmonyExchange, output: BackendOutput) -> Tr
     completion_tokens = output.completion_tokens
     if completion_tokens is None:
         completion_tokens = len(harmony_encoding().encode(output.text, allowed_special="all"))
-    finish = finish_reason(truncated=output.truncated, stopped=decoder.stopped,
-                           tool_calls=len(message.tool_calls))
-    body = completion_dict(
-        exchange.completion_id, exchange.request.model, message.to_message(exchange.keys),
-        finish, exchange.usage(output.prompt_tokens, completion_tokens, decoder.reasoning_tokens),
-    )
-    return TranslatedCompletion(body, decoder.repairs)
+    outcome = exchange.outcome(decoder, message, output, completion_tokens)
+    return TranslatedCompletion(exchange.reply.whole(message, outcome), decoder.repairs,
+                                message, outcome)

@@ -1,0 +1,1 @@
+"""The client APIs the proxy speaks, one module each (see ``base.Dialect``)."""

@@ -1,0 +1,186 @@
+"""Groq chat completions read back as decoder events, for the dialects that reach Groq through
+its chat API: the reply is then written by the same dialect writer as a gpt-oss reply."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .completion import AssembledMessage
+from .dialects.base import GroqCall, Outcome, ReplyWriter
+from .errors import ProxyError
+from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
+from .sse import SSEFramer
+
+
+def _reasoning(container: dict[str, Any]) -> str:
+    value = container.get("reasoning") or container.get("reasoning_content")
+    return value if isinstance(value, str) else ""
+
+
+def message_events(message: dict[str, Any], names: dict[str, str] | None) -> list[Event]:
+    """A whole Groq assistant message as events: reasoning, content, then the calls."""
+    events: list[Event] = []
+    if reasoning := _reasoning(message):
+        events.append(ReasoningDelta(reasoning))
+    if isinstance(message.get("content"), str) and message["content"]:
+        events.append(ContentDelta(message["content"]))
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call.get("function") or {}
+        name = function.get("name") or ""
+        events.append(ToolCall(index, call.get("id") or "", (names or {}).get(name, name),
+                               function.get("arguments") or "{}"))
+    return events
+
+
+def outcome_of(finish_reason: str | None, usage: dict[str, Any] | None,
+               message: AssembledMessage) -> Outcome:
+    usage = usage or {}
+    details = usage.get("completion_tokens_details") or {}
+    finish = "length" if finish_reason == "length" else (
+        "tool_calls" if message.tool_calls else "stop")
+    return Outcome(finish, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
+                   details.get("reasoning_tokens") or 0)
+
+
+def translate_whole(call: GroqCall, body: Any) -> tuple[dict[str, Any], AssembledMessage,
+                                                        Outcome]:
+    """Groq's ``chat.completion`` → the dialect's reply body."""
+    assert call.reply is not None
+    try:
+        choice = body["choices"][0]
+        events = message_events(choice["message"], call.tool_names)
+    except (KeyError, IndexError, TypeError):
+        raise ProxyError(502, "Groq's answer was not a chat completion.",
+                         code="upstream_error") from None
+    message = AssembledMessage()
+    message.add(events)
+    outcome = outcome_of(choice.get("finish_reason"), body.get("usage"), message)
+    return call.reply.whole(message, outcome), message, outcome
+
+
+def groq_error(status: int, content: bytes) -> ProxyError:
+    """Groq's OpenAI-shaped error as a ProxyError with the same status, code and message."""
+    try:
+        error = json.loads(content)["error"]
+        message, code = str(error.get("message") or ""), error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        message, code = content.decode("utf-8", "replace")[:500], None
+    return ProxyError(status, message or f"Groq answered {status}.",
+                      code=code if isinstance(code, str) else None)
+
+
+@dataclass
+class _PendingCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class GroqChatTranslator:
+    """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
+
+    def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None]) -> None:
+        assert call.reply is not None
+        self.reply: ReplyWriter = call.reply
+        self.names = call.tool_names or {}
+        self.on_done = on_done
+        self.framer = SSEFramer()
+        self.message = AssembledMessage()
+        self.calls: dict[int, _PendingCall] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.first_token_at: float | None = None
+        self.started = self.done = False
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        if self.done:
+            return []
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.extend(self.reply.start())
+        try:
+            for payload in self.framer.feed(data):
+                self._event(payload, out)
+                if self.done:
+                    return out
+            if not data:
+                if self.finish_reason is None:
+                    raise ProxyError(502, "Groq ended the stream before the reply finished.",
+                                     code="upstream_incomplete")
+                self._finish(out)
+        except ProxyError as exc:
+            self._fail(exc, out)
+        return out
+
+    def abort(self, reason: str) -> bytes:
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
+                              code="stream_interrupted"), out)
+        return b"".join(out)
+
+    def _event(self, payload: str, out: list[bytes]) -> None:
+        if payload.strip() == "[DONE]":
+            self._finish(out)
+            return
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise ProxyError(502, f"Groq sent an unreadable event: {payload[:200]!r}",
+                             code="upstream_error") from None
+        error = chunk.get("error") or (chunk.get("x_groq") or {}).get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise ProxyError(502, f"Groq failed mid-stream: {message}", code="upstream_error")
+        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
+        if usage:
+            self.usage = usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            events: list[Event] = []
+            if reasoning := _reasoning(delta):
+                events.append(ReasoningDelta(reasoning))
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                events.append(ContentDelta(delta["content"]))
+            for part in delta.get("tool_calls") or []:
+                pending = self.calls.setdefault(part.get("index", len(self.calls)),
+                                                _PendingCall())
+                function = part.get("function") or {}
+                pending.id = part.get("id") or pending.id
+                pending.name = function.get("name") or pending.name
+                pending.arguments.append(function.get("arguments") or "")
+            if events:
+                self.first_token_at = self.first_token_at or time.time()
+                self._emit(events, out)
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def _emit(self, events: list[Event], out: list[bytes]) -> None:
+        self.message.add(events)
+        out.extend(self.reply.events(events))
+
+    def _finish(self, out: list[bytes]) -> None:
+        calls = [ToolCall(n, c.id, self.names.get(c.name, c.name), "".join(c.arguments) or "{}")
+                 for n, c in enumerate(self.calls[i] for i in sorted(self.calls))]
+        if calls:
+            self.first_token_at = self.first_token_at or time.time()
+            self._emit(list(calls), out)
+        outcome = outcome_of(self.finish_reason, self.usage, self.message)
+        out.extend(self.reply.finish(self.message, outcome))
+        self._close({"finish_reason": outcome.finish, "usage": outcome.usage(), "error": None})
+
+    def _fail(self, error: ProxyError, out: list[bytes]) -> None:
+        out.extend(self.reply.fail(error))
+        self._close({"finish_reason": None, "usage": None, "error": error.message})
+
+    def _close(self, summary: dict[str, Any]) -> None:
+        self.done = True
+        self.on_done({"upstream_text": None, "message": self.message.to_message(self.reply.keys),
+                      "repairs": [], "first_token_at": self.first_token_at, "keepalives": 0,
+                      **summary})

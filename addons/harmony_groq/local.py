@@ -1,0 +1,94 @@
+"""What the proxy answers itself: ``/health`` and the model lists, from caches kept fresh in
+the background so they stay fast under load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import httpx
+
+from .backends import make_backend
+from .groq import GroqModels
+from .routing import Route, choose_route
+from .settings import Config, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class LocalEndpoints:
+    """``/health`` and ``/v1/models``; also what the model server is (``server_info``)."""
+
+    def __init__(self, settings: Settings, client: Callable[[], httpx.AsyncClient]) -> None:
+        self.settings = settings
+        self.client = client
+        self.models = GroqModels()
+        self.server_info: dict[str, Any] = {}
+        self._health: tuple[float, dict[str, Any]] | None = None
+        self._health_task: asyncio.Task | None = None
+
+    @property
+    def config(self) -> Config:
+        return cast(Config, self.settings.config)
+
+    def configure(self, updated: set[str]) -> None:
+        if "models_cache_seconds" in updated or "groq_base_url" in updated:
+            self.models = GroqModels()
+        if updated & {"backend", "transformers_url"}:
+            self.server_info = {}
+        self._health = None
+
+    async def check_server(self) -> None:
+        """Say at start-up what the model server is, or what is wrong with it."""
+        await self.refresh_health()
+        config, info = self.config, self.server_info
+        if info.get("problem"):
+            logger.warning("gpt-oss model server %s (BACKEND=%s): %s", config.transformers_url,
+                           config.backend, info["problem"])
+        else:
+            logger.info("gpt-oss model server: %s %s, model %s, context %s", info.get("kind"),
+                        info.get("version") or "(version not reported)", info.get("model"),
+                        info.get("context_length"))
+
+    async def health(self) -> dict[str, Any]:
+        if self._health is None:
+            await self.refresh_health()
+        elif time.monotonic() - self._health[0] > 2 and (
+                self._health_task is None or self._health_task.done()):
+            self._health_task = asyncio.create_task(self.refresh_health())
+        assert self._health is not None
+        return self._health[1]
+
+    async def refresh_health(self) -> None:
+        config = self.config
+        info = await make_backend(config.backend).describe(self.client(), config.transformers_url)
+        self.server_info = info
+        body = {
+            "status": "ok",
+            "transformers": {"url": config.transformers_url, "backend": config.backend, **info},
+            "groq": {"base_url": config.groq_base_url,
+                     "key_configured": bool(config.groq_api_key)},
+        }
+        self._health = (time.monotonic(), body)
+
+    async def model_ids(self) -> list[dict[str, Any]]:
+        """The gpt-oss ids, then Groq's live list (a Groq id that would route locally, such as
+        ``openai/gpt-oss-20b``, is offered as ``groq/<id>``)."""
+        config = self.config
+        data: list[dict[str, Any]] = [
+            {"id": mid, "object": "model", "created": 0, "owned_by": "gpt-oss-harmony-groq"}
+            for mid in config.harmony_model_ids
+        ]
+        groq = await self.models.get(self.client(), config.groq_base_url, config.groq_api_key,
+                                     config.models_cache_seconds)
+        for model in groq:
+            if choose_route(model["id"], config.harmony_models).route is Route.HARMONY:
+                model = {**model, "id": f"groq/{model['id']}"}
+            data.append(model)
+        return data
+
+    async def model_list(self) -> dict[str, Any]:
+        return {"object": "list", "data": await self.model_ids()}
