@@ -299,7 +299,7 @@ class _GroqHandler(_Handler):
     def do_POST(self) -> None:  # noqa: N802
         fake: FakeGroq = self.fake
         body = self.read_json()
-        if self.path != "/openai/v1/chat/completions":
+        if self.path not in ("/openai/v1/chat/completions", "/openai/v1/responses"):
             self.send_json(404, groq_error("Unknown request URL", "unknown_url"))
             return
         if not self._authorized():
@@ -309,9 +309,16 @@ class _GroqHandler(_Handler):
             self.send_json(status, groq_error(f"scripted {status}", "rate_limit_exceeded",
                                               "tokens"), {**RATE_HEADERS, **headers})
             return
+        if self.path == "/openai/v1/responses":
+            self._responses(body)
+            return
         problem = self._validate(body)
         if problem:
             self.send_json(400, groq_error(problem))
+            return
+        calls = self._tool_calls(body)
+        if calls is not None:
+            self._send_calls(body, calls)
             return
         last_user = next((m.get("content") for m in reversed(body["messages"])
                           if m.get("role") == "user"), "")
@@ -357,6 +364,90 @@ class _GroqHandler(_Handler):
         self.end_chunks()
 
     @staticmethod
+    def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """A user message ``call NAME {json}`` makes the model call that tool (if declared)."""
+        last = body["messages"][-1]
+        text = last.get("content") if last.get("role") == "user" else None
+        if not isinstance(text, str) or not text.startswith("call "):
+            return None
+        name, _, arguments = text[5:].partition(" ")
+        declared = [t["function"]["name"] for t in body.get("tools") or []]
+        if name not in declared:
+            return None
+        return [{"index": 0, "id": "call_groq0001", "type": "function",
+                 "function": {"name": name, "arguments": arguments or "{}"}}]
+
+    def _send_calls(self, body: dict[str, Any], calls: list[dict[str, Any]]) -> None:
+        usage = {"prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29}
+        base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"]}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None,
+                       "tool_calls": [{k: v for k, v in c.items() if k != "index"}
+                                      for c in calls]}
+            self.send_json(200, {**base, "object": "chat.completion", "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                "usage": usage}, RATE_HEADERS)
+            return
+        self.start_sse(RATE_HEADERS)
+        chunk = {**base, "object": "chat.completion.chunk"}
+        for call in calls:  # Groq sends the name first, then the arguments in pieces
+            arguments = call["function"]["arguments"]
+            head = {**call, "function": {"name": call["function"]["name"], "arguments": ""}}
+            for delta in ({"tool_calls": [head]}, *(
+                    {"tool_calls": [{"index": call["index"],
+                                     "function": {"arguments": arguments[i:i + 4]}}]}
+                    for i in range(0, len(arguments), 4))):
+                event = {**chunk, "choices": [{"index": 0, "delta": delta,
+                                               "finish_reason": None}]}
+                self.send_chunk(f"data: {json.dumps(event)}\n\n".encode())
+        last = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+                "x_groq": {"id": "req_01fake", "usage": usage}}
+        self.send_chunk(f"data: {json.dumps(last)}\n\n".encode())
+        self.send_chunk(b"data: [DONE]\n\n")
+        self.end_chunks()
+
+    def _responses(self, body: Any) -> None:
+        """Groq's Responses endpoint, following its published schema (additionalProperties:
+        false, function tools only, no reasoning/custom items, typed assistant messages
+        refused)."""
+        problem = _responses_problem(body)
+        if problem:
+            self.send_json(400, groq_error(problem))
+            return
+        items = body["input"] if isinstance(body["input"], list) else [
+            {"role": "user", "content": body["input"]}]
+        last = next((i.get("content") for i in reversed(items) if i.get("role") == "user"), "")
+        if isinstance(last, list):
+            last = " ".join(p.get("text", "") for p in last)
+        text = f"groq responses says: {last}"
+        message = {"type": "message", "id": "msg_groq1", "role": "assistant",
+                   "status": "completed",
+                   "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        usage = {"input_tokens": 11, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": 17}
+        response = {"id": "resp_groq1", "object": "response", "created_at": int(time.time()),
+                    "status": "completed", "model": body["model"], "output": [message],
+                    "previous_response_id": None, "usage": usage}
+        if not body.get("stream"):
+            self.send_json(200, response, RATE_HEADERS)
+            return
+        self.start_sse(RATE_HEADERS)
+        events = [("response.created", {"response": {**response, "status": "in_progress",
+                                                      "output": [], "usage": None}}),
+                  ("response.output_item.added", {"output_index": 0, "item": {
+                      **message, "status": "in_progress", "content": []}}),
+                  *(("response.output_text.delta", {"item_id": "msg_groq1", "output_index": 0,
+                                                    "content_index": 0, "delta": word + " "})
+                    for word in text.split(" ")),
+                  ("response.output_item.done", {"output_index": 0, "item": message}),
+                  ("response.completed", {"response": response})]
+        for n, (kind, payload) in enumerate(events):
+            data = json.dumps({"type": kind, "sequence_number": n, **payload})
+            self.send_chunk(f"event: {kind}\ndata: {data}\n\n".encode())
+        self.end_chunks()
+
+    @staticmethod
     def _validate(body: Any) -> str | None:
         if not isinstance(body, dict):
             return "invalid JSON"
@@ -375,6 +466,44 @@ class _GroqHandler(_Handler):
                 return (f"'messages.{n}' : for 'role:assistant' the following must be satisfied"
                         f"[('messages.{n}' : property 'reasoning_content' is unsupported)]")
         return None
+
+
+GROQ_RESPONSES_FIELDS = {
+    "model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools",
+    "tool_choice", "text", "reasoning", "metadata", "parallel_tool_calls", "store", "stream",
+    "user", "service_tier", "truncation",
+}
+
+
+def _responses_problem(body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "invalid JSON"
+    for key in body:
+        if key not in GROQ_RESPONSES_FIELDS:
+            return f"property '{key}' is unsupported"
+    if body.get("store") not in (None, False):
+        return "'store' : currently only supports false or null"
+    if set(body.get("reasoning") or {}) - {"effort"}:
+        return "'reasoning.summary' : not supported"
+    if set(body.get("text") or {}) - {"format"}:
+        return "'text' : property 'verbosity' is unsupported"
+    for tool in body.get("tools") or []:
+        if tool.get("type") != "function":
+            return f"'tools' : type {tool.get('type')!r} is not supported"
+    items = body.get("input")
+    if not isinstance(items, str | list):
+        return "'input' : value must be a string or an array"
+    for n, item in enumerate(items if isinstance(items, list) else []):
+        kind = item.get("type")
+        if kind not in (None, "message", "function_call", "function_call_output",
+                        "item_reference"):
+            return f"'input.{n}' : type {kind!r} is not supported"
+        if kind == "message" and item.get("role") == "assistant":
+            return f"'input.{n}' : assistant role is not supported with explicit type"
+        content = item.get("content")
+        if isinstance(content, list) and any(p.get("type") != "input_text" for p in content):
+            return f"'input.{n}.content' : only input_text parts are supported"
+    return None
 
 
 class FakeGroq(FakeServer):

@@ -27,6 +27,7 @@ from .chat_request import parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.chat import ChatDialect
+from .dialects.responses import ResponsesDialect
 from .errors import ProxyError
 from .groq import DROP_HEADERS, GroqStreamRelay, apply_reasoning_keys
 from .groq_translate import GroqChatTranslator, groq_error, translate_whole
@@ -43,8 +44,9 @@ from .routing import (
     choose_route,
     classify_path,
     forward_endpoint,
+    response_item_id,
 )
-from .settings import Config, Settings
+from .settings import OPTION_DEFAULTS, Config, Settings
 from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
 from .translate import HarmonyExchange, translate_completion
 from .upstream import ModelServerClient
@@ -109,8 +111,10 @@ class Gateway:
         self.settings = settings
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
-        chat = ChatDialect()
-        self.dialects: dict[Endpoint, Dialect] = {Endpoint.CHAT: chat}
+        self.responses = ResponsesDialect(OPTION_DEFAULTS["responses_store_bytes"])
+        self.dialects: dict[Endpoint, Dialect] = {
+            Endpoint.CHAT: ChatDialect(), Endpoint.RESPONSES: self.responses,
+            Endpoint.RESPONSE_ITEM: self.responses}
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
@@ -134,6 +138,8 @@ class Gateway:
 
     def configure(self, updated: set[str]) -> None:
         self.local.configure(updated)
+        if self.settings.config is not None:
+            self.responses.store.budget = self.config.responses_store_bytes
 
     def running(self) -> None:
         # The key injector must see flows after every other addon (mitmweb's view included),
@@ -215,7 +221,11 @@ class Gateway:
             return
         self._check_proxy_key(flow)
         if endpoint is Endpoint.MODELS:
-            flow.response = _json_response(200, await self.local.model_list())
+            flow.response = _json_response(200, await self.local.model_list(flow.request))
+            return
+        if endpoint is Endpoint.RESPONSE_ITEM:
+            flow.response = _json_response(200, self.responses.stored(
+                flow.request.method, response_item_id(flow.request.path)))
             return
         await self._route(flow, dialect)
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from .chat_request import ChatRequest
+
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 DROP_HEADERS = CLIENT_KEY_HEADERS + (
     "cookie", "openai-organization", "openai-project", "accept-encoding", "proxy-authorization",
@@ -176,3 +178,54 @@ class GroqModels:
         self.fetched_at = time.monotonic()
         self.last_error = None
         return self.cached
+
+
+_GROQ_NAME = re.compile(r"[^A-Za-z0-9_-]")
+GROQ_NAME_MAX = 64
+
+
+def groq_tool_names(names: list[str]) -> dict[str, str]:
+    """Client tool name → a name Groq takes (``[A-Za-z0-9_-]{1,64}``), unique."""
+    safe: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in names:
+        base = _GROQ_NAME.sub("_", name)[:GROQ_NAME_MAX] or "_"
+        candidate, n = base, 2
+        while candidate in taken:
+            suffix = f"_{n}"
+            candidate, n = base[:GROQ_NAME_MAX - len(suffix)] + suffix, n + 1
+        safe[name] = candidate
+        taken.add(candidate)
+    return safe
+
+
+def groq_chat_body(chat: ChatRequest, model: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A parsed conversation as a Groq chat-completions body, and the Groq-safe tool names
+    mapped back to the client's (for dialects that reach Groq through its chat API)."""
+    names = groq_tool_names([tool.name for tool in chat.tools] + [
+        call["function"]["name"] for message in chat.messages
+        for call in message.get("tool_calls") or []])
+    messages = []
+    for message in chat.messages:
+        if message.get("tool_calls"):
+            message = {**message, "tool_calls": [
+                {**call, "function": {**call["function"],
+                                      "name": names[call["function"]["name"]]}}
+                for call in message["tool_calls"]]}
+        messages.append(message)
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": chat.stream}
+    if chat.stream:
+        body["stream_options"] = {"include_usage": True}
+    if chat.tools and chat.tool_choice != "none":
+        body["tools"] = [{"type": "function", "function": {
+            "name": names[tool.name], "description": tool.description,
+            "parameters": tool.parameters or {"type": "object", "properties": {}}}}
+            for tool in chat.tools]
+        body["tool_choice"] = {"type": "function", "function": {
+            "name": names[chat.forced_tool]}} if chat.forced_tool else chat.tool_choice
+        body["parallel_tool_calls"] = chat.parallel_tool_calls
+    optional = {"max_completion_tokens": chat.max_tokens, "temperature": chat.temperature,
+                "top_p": chat.top_p, "seed": chat.seed, "response_format": chat.response_format,
+                "stop": list(chat.stop) or None}
+    body.update({key: value for key, value in optional.items() if value is not None})
+    return sanitize_body(body, model), {safe: name for name, safe in names.items()}

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
+from mitmproxy import http
 
 from .backends import make_backend
 from .groq import GroqModels
@@ -17,6 +18,7 @@ from .routing import Route, choose_route
 from .settings import Config, Settings
 
 logger = logging.getLogger(__name__)
+DEFAULT_CONTEXT_WINDOW = 131_072  # gpt-oss-20b and -120b
 
 
 class LocalEndpoints:
@@ -90,5 +92,27 @@ class LocalEndpoints:
             data.append(model)
         return data
 
-    async def model_list(self) -> dict[str, Any]:
+    async def model_list(self, request: http.Request) -> dict[str, Any]:
+        """OpenAI's list; Codex's catalog when it asks with ``client_version``."""
+        if "client_version" in request.query:
+            return {"models": [codex_model(mid, self.server_info.get("context_length"))
+                               for mid in self.config.harmony_model_ids]}
         return {"object": "list", "data": await self.model_ids()}
+
+
+def codex_model(slug: str, context_window: int | None) -> dict[str, Any]:
+    """A Codex ``ModelInfo`` for a gpt-oss id: the real context window (Codex's fallback is
+    272k, so it would compact too late), low/medium/high reasoning, and the freeform
+    ``apply_patch`` tool that newer Codex versions only offer to catalogued models."""
+    return {
+        "slug": slug, "display_name": slug,
+        "supported_reasoning_levels": [{"effort": effort, "description": f"{effort} reasoning"}
+                                       for effort in ("low", "medium", "high")],
+        "default_reasoning_level": "medium",
+        "shell_type": "unified_exec", "visibility": "list", "supported_in_api": True,
+        "priority": 1, "support_verbosity": False,
+        "truncation_policy": {"mode": "bytes", "limit": 10_000},
+        "experimental_supported_tools": [], "base_instructions": "",
+        "apply_patch_tool_type": "freeform",
+        "context_window": context_window or DEFAULT_CONTEXT_WINDOW,
+    }

@@ -69,7 +69,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "SSE keep-alive comment interval while hidden reasoning streams."),
     OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
                "How long Groq's model list is cached."),
+    OptionSpec("responses_store_bytes", "RESPONSES_STORE_BYTES", int, 64 * 1024 * 1024,
+               "Memory for stored Responses (previous_response_id), least recently used out."),
 )
+
+OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Config:
     upstream_timeout: int
     keepalive_seconds: int
     models_cache_seconds: int
+    responses_store_bytes: int
     groq_api_key: str
     proxy_api_key: str
 
@@ -152,6 +157,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         upstream_timeout=values["upstream_timeout"],
         keepalive_seconds=values["keepalive_seconds"],
         models_cache_seconds=values["models_cache_seconds"],
+        responses_store_bytes=values["responses_store_bytes"],
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

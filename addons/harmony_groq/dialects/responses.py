@@ -1,0 +1,161 @@
+"""The OpenAI Responses API (``/v1/responses``): Codex CLI and ``client.responses``.
+
+gpt-oss requests are parsed into the chat form (responses_request) and answered by
+``ResponsesReply``; ``store`` keeps the reply for ``previous_response_id`` and
+``GET``/``DELETE /v1/responses/{id}``. Groq takes what its strict Responses schema allows
+directly; anything else (reasoning items, custom or namespace tools, chained or stored
+responses) goes through Groq's chat API and is translated back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ProxyError, bad_request
+from ..groq import groq_chat_body
+from ..response_store import ResponseStore
+from ..settings import Config
+from .base import Conversation, GroqCall
+from .responses_reply import ResponsesReply
+from .responses_request import (
+    ResponsesConversation,
+    input_items,
+    parse_responses_request,
+)
+
+# Groq's Responses schema (additionalProperties: false), responses-api.md §4: what it takes.
+GROQ_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p",
+               "tools", "tool_choice", "text", "reasoning", "metadata", "parallel_tool_calls",
+               "store", "stream", "user", "service_tier", "truncation")
+GROQ_SERVICE_TIERS = ("auto", "default", "flex")
+GROQ_EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
+                "high": "high", "xhigh": "high", "max": "high"}
+GROQ_ITEMS = ("message", "function_call", "function_call_output")
+GROQ_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
+
+
+def groq_can_take(body: dict[str, Any]) -> bool:
+    """Whether Groq's Responses endpoint can serve the request as it is (after sanitising)."""
+    if body.get("store") is not False or body.get("previous_response_id"):
+        return False  # kept here, so it must be answered here
+    tools = body.get("tools") or []
+    if any(isinstance(t, dict) and t.get("type") in ("custom", "namespace") for t in tools):
+        return False
+    for item in input_items(body):
+        kind = item.get("type", "message") if isinstance(item, dict) else "message"
+        if kind not in GROQ_ITEMS:
+            return False
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") not in ("input_text", "output_text")
+                for p in content):
+            return False
+    return True
+
+
+def _groq_item(item: Any) -> Any:
+    """Assistant messages in Groq's easy form (it refuses typed assistant messages and
+    ``output_text`` parts); tool outputs as strings."""
+    if not isinstance(item, dict):
+        return item
+    kind = item.get("type", "message")
+    if kind == "message" and isinstance(item.get("content"), list):
+        texts = [p.get("text", "") for p in item["content"] if isinstance(p, dict)]
+        if item.get("role") == "assistant":
+            return {"role": "assistant", "content": "\n".join(texts)}
+        return {**item, "content": [{"type": "input_text", "text": t} for t in texts]}
+    if kind == "function_call_output" and isinstance(item.get("output"), list):
+        texts = [p.get("text", "") for p in item["output"] if isinstance(p, dict)]
+        return {**item, "output": "\n".join(texts)}
+    if kind == "function_call":
+        return {k: item[k] for k in ("type", "call_id", "name", "arguments") if k in item}
+    return item
+
+
+def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """Keep what Groq's schema allows; drop the rest (``include``, ``prompt_cache_key``,
+    ``reasoning.summary``, ``text.verbosity``, hosted tools)."""
+    out = {key: body[key] for key in GROQ_FIELDS if body.get(key) is not None}
+    out["model"] = model
+    out["store"] = False
+    if isinstance(out.get("input"), list):
+        out["input"] = [_groq_item(item) for item in out["input"]]
+    reasoning = out.pop("reasoning", None)
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    if isinstance(effort, str) and effort.lower() in GROQ_EFFORTS:
+        out["reasoning"] = {"effort": GROQ_EFFORTS[effort.lower()]}
+    text = out.pop("text", None)
+    if isinstance(text, dict) and text.get("format"):
+        out["text"] = {"format": text["format"]}
+    if out.get("service_tier") not in GROQ_SERVICE_TIERS:
+        out.pop("service_tier", None)
+    tools = [{k: t[k] for k in GROQ_TOOL_FIELDS if k in t} for t in out.pop("tools", [])
+             if isinstance(t, dict) and t.get("type") == "function"]
+    if tools:
+        out["tools"] = tools
+    else:
+        out.pop("tool_choice", None)
+        out.pop("parallel_tool_calls", None)
+    return out
+
+
+class ResponsesDialect:
+    name = "responses"
+
+    def __init__(self, store_bytes: int) -> None:
+        self.store = ResponseStore(store_bytes)
+
+    def model(self, body: dict[str, Any], config: Config) -> str:
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise bad_request("'model' is required and must be a non-empty string.",
+                              param="model")
+        input_items(body)
+        return model
+
+    def _parse(self, body: dict[str, Any]) -> ResponsesConversation:
+        history: list[dict[str, Any]] = []
+        previous = body.get("previous_response_id")
+        if previous is not None:
+            stored = self.store.get(previous) if isinstance(previous, str) else None
+            if stored is None:
+                raise bad_request(f"previous_response_id {previous!r} is unknown here: it was "
+                                  "never stored (store: false), or evicted from the proxy's "
+                                  "in-memory store (RESPONSES_STORE_BYTES). Send the full "
+                                  "history in 'input' instead.",
+                                  param="previous_response_id",
+                                  code="previous_response_not_found")
+            history = stored.history
+        return parse_responses_request(body, history)
+
+    def _reply(self, body: dict[str, Any], parsed: ResponsesConversation) -> ResponsesReply:
+        def keep(response: dict[str, Any]) -> None:
+            self.store.put(response, parsed.items + response["output"])
+
+        return ResponsesReply(body, body["model"], parsed.tools,
+                              keep if body.get("store") is not False else None)
+
+    def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
+        parsed = self._parse(body)
+        return Conversation(parsed.chat, self._reply(body, parsed), body)
+
+    def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
+        if groq_can_take(body):
+            return GroqCall("/responses", groq_responses_body(body, model))
+        parsed = self._parse(body)
+        chat_body, names = groq_chat_body(parsed.chat, model)
+        return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names)
+
+    def error_body(self, error: ProxyError) -> dict[str, Any]:
+        return error.body()
+
+    def stored(self, method: str, response_id: str) -> dict[str, Any]:
+        """``GET`` or ``DELETE /v1/responses/{id}``."""
+        if method == "DELETE":
+            if self.store.delete(response_id):
+                return {"id": response_id, "object": "response", "deleted": True}
+        elif (stored := self.store.get(response_id)) is not None:
+            return stored.response
+        raise ProxyError(404, f"No stored response {response_id!r} (responses are kept in "
+                         "memory only, and not when sent with store: false).",
+                         code="response_not_found")

@@ -1,0 +1,330 @@
+"""OpenAI Responses request → the chat conversation form (and the tool kinds to answer with).
+
+Input items become chat messages: instructions and leading system/developer items the
+developer instructions, reasoning items the ``reasoning`` of the assistant turn they precede,
+``function_call``/``custom_tool_call`` items ``tool_calls`` (consecutive calls one turn), their
+outputs ``tool`` messages paired by ``call_id``. Namespace tools are flattened to
+``NS__name`` and custom (freeform) tools become a function with one string ``input``
+(``shared/reference/responses-api.md`` §2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..chat_request import ChatRequest, parse_chat_request
+from ..errors import bad_request
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE_SEPARATOR = "__"
+HOSTED_TOOLS = ("web_search", "web_search_preview", "image_generation", "tool_search",
+                "file_search", "code_interpreter", "computer_use_preview", "local_shell", "mcp")
+IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output", "web_search_call",
+                 "tool_search_call", "tool_search_output", "image_generation_call",
+                 "compaction", "compaction_summary", "ghost_snapshot")
+CUSTOM_INPUT_SCHEMA = {
+    "type": "object",
+    "properties": {"input": {"type": "string",
+                             "description": "The raw text input, not JSON-encoded."}},
+    "required": ["input"],
+}
+
+
+@dataclass(frozen=True)
+class ToolKind:
+    """How a tool the model sees is answered: a function (maybe in a namespace) or custom."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False
+
+
+@dataclass
+class ResponsesConversation:
+    """A parsed Responses request: the chat form, the tool kinds, the items to store."""
+
+    chat: ChatRequest
+    tools: dict[str, ToolKind]
+    items: list[dict[str, Any]]  # the full input history as Responses items
+    hosted_tools: list[str] = field(default_factory=list)
+    ignored_items: list[str] = field(default_factory=list)
+
+
+def _where(index: int) -> str:
+    return f"input[{index}]"
+
+
+def _flat_name(name: str, namespace: str | None) -> str:
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
+def _tool_entry(tool: dict[str, Any], where: str, namespace: str | None,
+                kinds: dict[str, ToolKind]) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad_request(f"{where} needs a 'name'.", param=where)
+    flat = _flat_name(name, namespace)
+    description = tool.get("description") or ""
+    if not isinstance(description, str):
+        raise bad_request(f"{where}.description must be a string.", param=where)
+    if tool.get("type") == "custom":
+        kinds[flat] = ToolKind(name, namespace, custom=True)
+        fmt = tool.get("format")
+        if isinstance(fmt, dict) and isinstance(fmt.get("definition"), str):
+            description += (f"\n\nThe input follows this {fmt.get('syntax', '')} grammar; pass "
+                            f"it as the raw string `input`:\n{fmt['definition']}")
+        parameters: Any = CUSTOM_INPUT_SCHEMA
+    else:
+        kinds[flat] = ToolKind(name, namespace)
+        parameters = tool.get("parameters")
+    return {"type": "function",
+            "function": {"name": flat, "description": description, "parameters": parameters}}
+
+
+def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind], list[str]]:
+    """Responses tools → chat function tools, the kind of each, and the hosted ones dropped."""
+    if tools is None:
+        return [], {}, []
+    if not isinstance(tools, list):
+        raise bad_request("'tools' must be an array.", param="tools")
+    chat_tools: list[dict[str, Any]] = []
+    kinds: dict[str, ToolKind] = {}
+    hosted: list[str] = []
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind in ("function", "custom"):
+            chat_tools.append(_tool_entry(tool, where, None, kinds))
+        elif kind == "namespace":
+            namespace, members = tool.get("name"), tool.get("tools")
+            if not isinstance(namespace, str) or not namespace or not isinstance(members, list):
+                raise bad_request(f"{where}: a namespace tool needs 'name' and 'tools'.",
+                                  param=where)
+            for n, member in enumerate(members):
+                if not isinstance(member, dict) or member.get("type") not in ("function",
+                                                                               "custom"):
+                    raise bad_request(f"{where}.tools[{n}] must be a function or custom tool.",
+                                      param=where)
+                chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
+        elif isinstance(kind, str):
+            hosted.append(kind)  # hosted tools run on OpenAI's servers: gpt-oss has none here
+        else:
+            raise bad_request(f"{where} must be an object with a 'type'.", param=where)
+    if hosted:
+        logger.info("Responses request: hosted tools dropped (gpt-oss cannot run them): %s",
+                    ", ".join(hosted))
+    return chat_tools, kinds, hosted
+
+
+def _output_text(output: Any, where: str) -> str:
+    """A tool output: a string, or content parts whose text is joined (images noted)."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        texts = []
+        for part in output:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif kind in ("input_image", "input_file"):
+                texts.append(f"[{kind.removeprefix('input_')} omitted: gpt-oss is text-only]")
+            else:
+                raise bad_request(f"{where}.output: unsupported part {kind!r}.", param=where)
+        return "\n".join(texts)
+    raise bad_request(f"{where}.output must be a string or an array of parts.", param=where)
+
+
+def _message_text(content: Any, where: str) -> str:
+    """A message's text: a string, or its text parts joined by newlines (as render joins)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{where}: content must be a string or an array of parts.",
+                          param=where)
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "refusal" and isinstance(part.get("refusal"), str):
+            texts.append(part["refusal"])
+        else:
+            raise bad_request(f"{where}: content part type {kind!r} is not supported: gpt-oss "
+                              "is text-only (send text parts only).", param=where,
+                              code="unsupported_content_type")
+    return "\n".join(texts)
+
+
+def _reasoning_text(item: dict[str, Any]) -> str:
+    """The reasoning's own text (``content``), else its summary."""
+    for key in ("content", "summary"):
+        parts = item.get(key)
+        if isinstance(parts, list):
+            texts = [p["text"] for p in parts if isinstance(p, dict)
+                     and isinstance(p.get("text"), str)]
+            if texts:
+                return "\n".join(texts)
+    return ""
+
+
+class _History:
+    """Builds chat messages from input items, one assistant turn at a time."""
+
+    def __init__(self, kinds: dict[str, ToolKind]) -> None:
+        self.kinds = kinds
+        self.messages: list[dict[str, Any]] = []
+        self.turn: dict[str, Any] | None = None  # the open assistant turn
+        self.reasoning = ""
+        self.calls: set[str] = set()
+        self.ignored: list[str] = []
+
+    def _open_turn(self) -> dict[str, Any]:
+        if self.turn is None:
+            self.turn = {"role": "assistant", "content": ""}
+            if self.reasoning:
+                self.turn["reasoning"] = self.reasoning
+                self.reasoning = ""
+            self.messages.append(self.turn)
+        return self.turn
+
+    def _close_turn(self) -> None:
+        self.turn = None
+
+    def add(self, item: Any, index: int) -> None:
+        where = _where(index)
+        if isinstance(item, str):
+            item = {"type": "message", "role": "user", "content": item}
+        if not isinstance(item, dict):
+            raise bad_request(f"{where} must be an object.", param=where)
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            self._message(item, where)
+        elif kind == "reasoning":
+            self._close_turn()
+            self.reasoning = "\n".join(t for t in (self.reasoning, _reasoning_text(item)) if t)
+        elif kind in ("function_call", "custom_tool_call"):
+            self._call(item, where, custom=kind == "custom_tool_call")
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            self._output(item, where)
+        elif kind == "item_reference":
+            raise bad_request(f"{where}: item references are not supported; send the item "
+                              "itself or use previous_response_id.", param=where)
+        elif kind in IGNORED_ITEMS:
+            self.ignored.append(kind)
+        else:
+            raise bad_request(f"{where}: unknown input item type {kind!r}.", param=where)
+
+    def _message(self, item: dict[str, Any], where: str) -> None:
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise bad_request(f"{where}: unknown role {role!r}.", param=where)
+        content = _message_text(item.get("content"), where)
+        if role == "assistant":
+            turn = self._open_turn()
+            if turn.get("tool_calls"):  # text after a call opens a new turn
+                self._close_turn()
+                turn = self._open_turn()
+            turn["content"] = "\n".join(t for t in (turn["content"], content) if t)
+            return
+        self._close_turn()
+        self.reasoning = ""  # reasoning belongs to the assistant turn right after it
+        self.messages.append({"role": role, "content": content})
+
+    def _call(self, item: dict[str, Any], where: str, custom: bool) -> None:
+        call_id, name = item.get("call_id"), item.get("name")
+        if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+            raise bad_request(f"{where}: a tool call needs 'call_id' and 'name'.", param=where)
+        namespace = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+        if custom:
+            raw = item.get("input")
+            arguments = json.dumps({"input": raw if isinstance(raw, str) else ""},
+                                   ensure_ascii=False)
+        else:
+            arguments = item.get("arguments")
+            if not isinstance(arguments, str):
+                raise bad_request(f"{where}.arguments must be a JSON string.", param=where)
+        turn = self._open_turn()
+        turn.setdefault("tool_calls", []).append({
+            "id": call_id, "type": "function",
+            "function": {"name": _flat_name(name, namespace), "arguments": arguments}})
+        self.calls.add(call_id)
+
+    def _output(self, item: dict[str, Any], where: str) -> None:
+        call_id = item.get("call_id")
+        if not isinstance(call_id, str) or call_id not in self.calls:
+            raise bad_request(f"{where}: call_id {call_id!r} does not answer an earlier "
+                              "function_call or custom_tool_call in the input.", param=where,
+                              code="unknown_call_id")
+        self._close_turn()
+        self.messages.append({"role": "tool", "tool_call_id": call_id,
+                              "content": _output_text(item.get("output"), where)})
+
+
+def _tool_choice(choice: Any, kinds: dict[str, ToolKind]) -> Any:
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str):
+        flat = _flat_name(choice["name"], choice.get("namespace"))
+        if flat not in kinds:
+            raise bad_request("tool_choice names a tool that is not in 'tools'.",
+                              param="tool_choice")
+        return {"type": "function", "function": {"name": flat}}
+    if isinstance(choice, dict) and choice.get("type") in ("auto", "none", "required"):
+        return choice["type"]
+    raise bad_request("tool_choice must be 'none', 'auto', 'required' or a tool.",
+                      param="tool_choice")
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    return {"type": "json_schema", "json_schema": {
+        key: fmt[key] for key in ("name", "schema", "description", "strict") if key in fmt}}
+
+
+def input_items(body: dict[str, Any]) -> list[Any]:
+    value = body.get("input")
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    if isinstance(value, list):
+        return value
+    raise bad_request("'input' is required: a string or an array of items.", param="input")
+
+
+def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
+                            ) -> ResponsesConversation:
+    """Validate a Responses body; ``history`` is what ``previous_response_id`` stands for."""
+    items = history + input_items(body)
+    chat_tools, kinds, hosted = parse_tools(body.get("tools"))
+    builder = _History(kinds)
+    for index, item in enumerate(items):
+        builder.add(item, index - len(history))
+    messages = builder.messages
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise bad_request("'instructions' must be a string.", param="instructions")
+    if instructions:
+        messages = [{"role": "developer", "content": instructions}, *messages]
+    if not messages:
+        raise bad_request("'input' holds no message.", param="input")
+    reasoning = body.get("reasoning")
+    chat_body: dict[str, Any] = {
+        "model": body["model"],
+        "messages": messages,
+        "stream": body.get("stream") is True,
+        "tools": chat_tools or None,
+        "tool_choice": _tool_choice(body.get("tool_choice"), kinds) if chat_tools else None,
+        "parallel_tool_calls": body.get("parallel_tool_calls"),
+        "reasoning": reasoning if isinstance(reasoning, dict) else None,
+        "response_format": _response_format(body.get("text")),
+        "max_completion_tokens": body.get("max_output_tokens"),
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+    }
+    chat = parse_chat_request({k: v for k, v in chat_body.items() if v is not None})
+    return ResponsesConversation(chat, kinds, items, hosted, builder.ignored)
