@@ -60,6 +60,7 @@ class Scripted:
     reset_after: int | None = None  # tokens, then the connection is cut
     status: int = 200
     delay_headers: float = 0.0
+    prefill: float = 0.0  # seconds between the stream's headers and its first token
 
 
 class _Server(ThreadingHTTPServer):
@@ -202,6 +203,7 @@ class _TransformersHandler(_Handler):
                                                       "text": "".join(pieces)}], "usage": usage})
             return
         self.start_sse()
+        time.sleep(script.prefill)
         try:
             for n, piece in enumerate(pieces):
                 if script.reset_after is not None and n == script.reset_after:

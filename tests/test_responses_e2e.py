@@ -5,6 +5,7 @@ and what the client parsed; every stream is checked against the event grammar.""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -309,3 +310,24 @@ def test_groq_errors_pass_through(client: openai.OpenAI, fake_groq: FakeGroq) ->
         client.responses.create(model="llama-3.3-70b-versatile", input="hi")  # via chat
     assert error.value.response.headers["retry-after"] == "9"
     assert error.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_created_at_once_and_heartbeats_while_prefilling(
+        start_proxy, fake_transformers: FakeTransformers) -> None:
+    """Codex gives up after 300 s without an event; a long prefill sends none upstream."""
+    from fakes import Scripted
+    proxy = start_proxy({"keepalive_seconds": "1"})
+    fake_transformers.script(Scripted(THINK_AND_ANSWER, prefill=2.6))
+    arrivals: list[tuple[float, bytes]] = []
+    started = time.monotonic()
+    with httpx.stream("POST", f"{proxy.base_url}/responses", timeout=20, json={
+            "model": "gpt-oss-20b", "input": "hi", "stream": True}) as response:
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic() - started, chunk))
+    events = parse_sse(b"".join(chunk for _, chunk in arrivals))
+    check_grammar(events)
+    first_token = next(n for n, e in enumerate(events) if e["type"].endswith(".delta"))
+    heartbeats = [e for e in events[2:first_token] if e["type"] == "response.in_progress"]
+    assert len(heartbeats) >= 2, [e["type"] for e in events]
+    created_at = next(t for t, chunk in arrivals if b"response.created" in chunk)
+    assert created_at < 1.0  # long before the 2.6 s prefill ended

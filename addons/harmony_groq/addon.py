@@ -47,7 +47,13 @@ from .routing import (
     response_item_id,
 )
 from .settings import OPTION_DEFAULTS, Config, Settings
-from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
+from .streaming import (
+    HarmonyStreamTranslator,
+    StreamResult,
+    heartbeat,
+    send_last_chunk,
+    stripped_error,
+)
 from .translate import HarmonyExchange, translate_completion
 from .upstream import ModelServerClient
 
@@ -119,6 +125,7 @@ class Gateway:
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
+        self.heartbeats: dict[str, asyncio.Task] = {}
         self.injector = GroqKeyInjector(settings)
         self._startup_check: asyncio.Task | None = None
 
@@ -328,8 +335,11 @@ class Gateway:
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
         if exchange is not None and exchange.request.stream:
-            stream: HarmonyStreamTranslator | GroqChatTranslator = HarmonyStreamTranslator(
+            translator = HarmonyStreamTranslator(
                 exchange, self.config.keepalive_seconds, lambda r: store(_stream_summary(r)))
+            self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
+                heartbeat(flow, translator))
+            stream: HarmonyStreamTranslator | GroqChatTranslator = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)
         elif call is not None and sse and record.get("dialect") == "chat":
@@ -349,6 +359,7 @@ class Gateway:
         exchange = self.exchanges.pop(flow.id, None)
         call = self.groq_calls.pop(flow.id, None)
         self.streams.pop(flow.id, None)
+        self._stop_heartbeat(flow)
         relay = self.relays.pop(flow.id, None)
         record = record_of(flow)
         if relay is not None:
@@ -430,7 +441,13 @@ class Gateway:
         if changed:
             response.content = json.dumps(body, ensure_ascii=False).encode()
 
+    def _stop_heartbeat(self, flow: http.HTTPFlow) -> None:
+        task = self.heartbeats.pop(flow.id, None)
+        if task is not None:
+            task.cancel()
+
     def error(self, flow: http.HTTPFlow) -> None:
+        self._stop_heartbeat(flow)
         self.exchanges.pop(flow.id, None)
         self.groq_calls.pop(flow.id, None)
         stream = self.streams.pop(flow.id, None)

@@ -12,6 +12,7 @@ translation there and ``send_last_chunk`` delivers its error event before that c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -30,6 +31,7 @@ from .sse import SSEFramer
 from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
+HEAD_DELAY = 0.05
 
 STRIPPED_HELP = (
     "The model server removed harmony's control tokens (<|channel|>, <|message|>, …), so the "
@@ -113,6 +115,21 @@ class HarmonyStreamTranslator:
             self.last_sent = now
         return out
 
+    def tick(self) -> bytes:
+        """What to send while the backend is silent: the opening events, or a keep-alive."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.extend(self.reply.start())
+        elif self.clock() - self.last_sent >= self.keepalive_seconds:
+            out.append(self.reply.keepalive())
+            self.result.keepalives += 1
+        if out:
+            self.last_sent = self.clock()
+        return b"".join(out)
+
     def abort(self, reason: str) -> bytes:
         """The flow failed outside the stream (upstream reset, client gone): close the
         translation and return the terminal events the client should still get, if any."""
@@ -172,25 +189,50 @@ class HarmonyStreamTranslator:
         self.on_done(self.result)
 
 
-def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
-    """Write ``data`` and the end of the chunked body to an HTTP/1 client, from the ``error``
-    hook, whose connection mitmproxy is about to close.
+def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The HTTP/1 client's socket writer, when writing our own chunks to it is safe.
 
-    mitmproxy offers no way to add body data once the upstream broke off; without this the
-    client gets a truncated chunked body ("incomplete chunked read"). It reaches into mitmproxy
-    12's connection handler (``proxyserver.connections`` → ``transports`` → ``writer``), so
-    every step is checked and ``False`` means nothing was sent. HTTP/2 clients get a stream reset.
+    mitmproxy offers no way to add body data outside the stream callable; this reaches into
+    mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
+    ``writer``), so every step is checked and ``None`` means "don't". TLS clients (the bytes
+    would bypass encryption) and HTTP/2 clients (frames, not chunks) are never written to.
     """
     response = flow.response
-    if (not data or response is None or flow.request.is_http2 or flow.request.is_http3
+    if (response is None or flow.request.is_http2 or flow.request.is_http3
+            or flow.client_conn.tls_established
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
-        return False
+        return None
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
     io = getattr(handler, "transports", {}).get(flow.client_conn)
     writer = getattr(io, "writer", None)
     if writer is None or writer.is_closing():
+        return None
+    return writer
+
+
+def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
+    """Write ``data`` and the end of the chunked body to an HTTP/1 client, from the ``error``
+    hook, whose connection mitmproxy is about to close: without this the client gets a
+    truncated chunked body ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
+    writer = _client_writer(flow) if data else None
+    if writer is None:
         return False
     writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
     return True
+
+
+async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
+    """While the model server sends nothing (a long prompt being prefilled), write the
+    stream's opening events at once and then keep-alives, so clients with an idle timeout
+    (Codex: 300 s, counting events only) keep waiting. Runs until the translation ends."""
+    await asyncio.sleep(HEAD_DELAY)  # mitmproxy sends the response head once the hooks return
+    while not translator.done:
+        data = translator.tick()
+        if data:
+            writer = _client_writer(flow)
+            if writer is None:
+                return
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+        await asyncio.sleep(min(1.0, translator.keepalive_seconds))
