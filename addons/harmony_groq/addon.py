@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import json
@@ -36,6 +37,7 @@ from .groq import (
     sanitize_body,
 )
 from .parse import StrippedOutputError
+from .reasoning_memory import ReasoningMemory
 from .records import META, header_pairs, record_of
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
@@ -116,6 +118,7 @@ class Gateway:
         self.injector = GroqKeyInjector(settings)
         self.server_info: dict[str, Any] = {}
         self._startup_check: asyncio.Task | None = None
+        self.memory = ReasoningMemory()
 
     @property
     def config(self) -> Config:
@@ -133,6 +136,8 @@ class Gateway:
             self.models = GroqModels()
         if updated & {"backend", "transformers_url"}:
             self.server_info = {}
+        if "reasoning_memory_bytes" in updated and self.settings.config is not None:
+            self.memory = ReasoningMemory(self.config.reasoning_memory_bytes)
         self._health = None
 
     def running(self) -> None:
@@ -285,11 +290,16 @@ class Gateway:
                              code="word_too_long")
         backend = make_backend(config.backend, self.server_info.get("context_length"))
         request = parse_chat_request(body)
+        record = record_of(flow)
+        messages, restored = self.memory.restore(request.messages)
+        if restored:  # the client dropped the analysis before calls the proxy issued
+            request = dataclasses.replace(request, messages=messages)
+            record["restored_reasoning"] = restored
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)
-        exchange = HarmonyExchange(request, prompt, backend, config.reasoning_field)
+        exchange = HarmonyExchange(request, prompt, backend, config.reasoning_field,
+                                   memory=self.memory)
         upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
         url = config.transformers_url + backend.completions_path
-        record = record_of(flow)
         record["prompt"] = prompt.text
         record["prompt_tokens"] = len(prompt.token_ids)
         record["upstream_request"] = {"url": url, "body": upstream}

@@ -36,6 +36,7 @@ class OptionSpec:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    minimum: int = 1  # integers only
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -69,6 +70,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "SSE keep-alive comment interval while hidden reasoning streams."),
     OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
                "How long Groq's model list is cached."),
+    OptionSpec("reasoning_memory_bytes", "REASONING_MEMORY_BYTES", int, 16 * 1024 * 1024,
+               "Memory for the analysis before issued tool calls, restored when a client "
+               "sends the call back without it; 0 disables.", minimum=0),
 )
 
 
@@ -91,6 +95,7 @@ class Config:
     upstream_timeout: int
     keepalive_seconds: int
     models_cache_seconds: int
+    reasoning_memory_bytes: int
     groq_api_key: str
     proxy_api_key: str
 
@@ -125,8 +130,10 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
             raise exceptions.OptionsError(
                 f"{spec.name}={values[spec.name]!r}: choose one of {', '.join(spec.choices)}"
             )
-        if spec.type is int and values[spec.name] <= 0:
-            raise exceptions.OptionsError(f"{spec.name} must be a positive integer")
+        if spec.type is int and values[spec.name] < spec.minimum:
+            raise exceptions.OptionsError(f"{spec.name} must be a positive integer" if
+                                          spec.minimum == 1 else
+                                          f"{spec.name} must be at least {spec.minimum}")
     date = values["harmony_date"]
     if date:
         try:
@@ -152,6 +159,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         upstream_timeout=values["upstream_timeout"],
         keepalive_seconds=values["keepalive_seconds"],
         models_cache_seconds=values["models_cache_seconds"],
+        reasoning_memory_bytes=values["reasoning_memory_bytes"],
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

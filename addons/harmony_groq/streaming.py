@@ -167,6 +167,7 @@ class HarmonyStreamTranslator:
             out.append(encode_event(self.builder.usage(usage)))
         out.append(DONE)
         self.result.finish_reason, self.result.usage = finish, usage
+        self.exchange.remember(message)
         self._close()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:

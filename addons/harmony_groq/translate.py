@@ -17,6 +17,7 @@ from .completion import (
 )
 from .encoding import harmony_encoding
 from .parse import Event, HarmonyDecoder
+from .reasoning_memory import ReasoningMemory
 from .render import HarmonyPrompt
 
 
@@ -29,6 +30,7 @@ class HarmonyExchange:
     backend: Backend
     reasoning_field: str
     completion_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    memory: ReasoningMemory | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -46,6 +48,11 @@ class HarmonyExchange:
         for token in self.prompt.prefill_ids:  # a forced call's header: part of the reply
             decoder.feed(token)
         return decoder
+
+    def remember(self, message: AssembledMessage) -> None:
+        """A finished reply's analysis, kept for the calls its client may send back without it."""
+        if self.memory is not None:
+            self.memory.remember("".join(message.reasoning), message.tool_calls)
 
     def usage(self, output_prompt_tokens: int | None, completion_tokens: int,
               reasoning_tokens: int) -> dict[str, Any]:
@@ -75,6 +82,7 @@ def translate_completion(exchange: HarmonyExchange, output: BackendOutput) -> Tr
     message = AssembledMessage()
     message.add(feed_output(decoder, output))
     message.add(decoder.finish(output.truncated))
+    exchange.remember(message)
     completion_tokens = output.completion_tokens
     if completion_tokens is None:
         completion_tokens = len(harmony_encoding().encode(output.text, allowed_special="all"))
