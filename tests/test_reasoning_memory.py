@@ -163,8 +163,8 @@ def test_a_reused_id_replaces_its_turn() -> None:
 
 # -- filled by the real translation, rendered by the real renderer ---------------------------
 
-# A five-step tool chain with a final answer in the middle: the analysis before the answer is
-# dropped by harmony's rule, the analysis of the open chain must be there.
+# A tool chain (four replies with calls, one of them two calls) and a final answer in the middle:
+# the analysis before that answer is dropped by harmony's rule, the open chain's must be there.
 REPLIES = [
     analysis("Paris first.") + calls("Paris"),
     analysis("Now Lyon and Nice.") + calls("Lyon", "Nice"),
