@@ -1,4 +1,4 @@
-"""The four measurements of issue 8, each returning plain result rows for the report."""
+"""The measurements: issue 8's four through the proxy, and prefix reuse in-process (prefix.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastfake import Script
 from httpclient import Target
 from inprocess import StageTimes, time_stages
 from load import LoadResult, nth_chunk, run_load, run_streams
+from prefix import PrefixRow
 from procs import Monitor, Usage
 from spy import profiled
 
@@ -89,6 +90,7 @@ class Results:
     ttfd: tuple[LoadResult, LoadResult] | None = None  # through the proxy, backend direct
     streams: list[StreamRow] = field(default_factory=list)
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
+    prefix: list[PrefixRow] = field(default_factory=list)
 
 
 def encode(body: dict) -> bytes:

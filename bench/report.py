@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 from phases import GroqRow, Results, StreamRow
+from prefix import CARRIED, DROPS, SENDS, PrefixRow
 
 PROXY, FAKE, LOAD = "addon", "fakes", "load generator"  # names of the watched processes
 
@@ -165,6 +166,37 @@ def memory_section(results: Results) -> list[str]:
     return ["## 4. Memory (RSS)", "", *_table(["process", "MiB"], rows)]
 
 
+def prefix_section(rows: list[PrefixRow]) -> list[str]:
+    by = {r.client: r for r in rows}
+    turns = len(rows[0].tokens.lost)
+    table = [[r.client, r.tokens.total, r.tokens.reused, f"{100 * r.tokens.ratio:.1f} %",
+              f"{100 * r.chars.ratio:.1f} %", f"{r.tokens.lost_per_turn:.0f} "
+              f"({', '.join(map(str, r.tokens.lost))})", f"{100 * r.model_header.ratio:.1f} %",
+              f"{r.model_header.lost_per_turn:.0f}"] for r in rows]
+    lines = [f"## 5. Prefix reuse over a {turns}-step tool chain", "",
+             f"What a prefix cache can reuse of each of turns 2–{turns + 1}'s prompt: its common "
+             "prefix with the turn before's prompt + completion (in-process, bench/prefix.py).",
+             ""]
+    lines += _table(["client", "prompt tokens", "reused tokens", "share reused, tokens",
+                     "share reused, characters", "lost tokens per turn (each turn)",
+                     "share if history kept the model's call header", "lost per turn, then"],
+                    table)
+    sends, drops, carried = by[SENDS], by[DROPS], by[CARRIED]
+    header = sends.tokens.lost_per_turn - sends.model_header.lost_per_turn
+    lines += [
+        f"- Carry-over: a client that drops reasoning reuses "
+        f"{100 * carried.tokens.ratio:.1f} % ({carried.tokens.lost_per_turn:.0f} tokens lost "
+        f"per turn), against {100 * drops.tokens.ratio:.1f} % "
+        f"({drops.tokens.lost_per_turn:.0f}) without; "
+        + ("exactly as much as a client that sends it back" if carried.tokens == sends.tokens
+           else "**not** what a client that sends it back reuses"),
+        f"- The call header (history `assistant to=functions.x<|channel|>commentary json`, the "
+        f"model `<|channel|>commentary to=functions.x <|constrain|>json`) loses {header:.0f} "
+        f"tokens per turn: the header and the arguments after it, "
+        f"{100 * (sends.model_header.ratio - sends.tokens.ratio):.1f} points of share", ""]
+    return lines
+
+
 def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     lines = ["# Benchmark results" + (" (--quick: too short to quote)" if quick else ""), ""]
     lines += machine_lines
@@ -180,4 +212,5 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     lines += oss_section(results)
     lines += stream_section(results)
     lines += memory_section(results)
+    lines += prefix_section(results.prefix)
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from phases import (  # noqa: E402
     oss_phase,
     stream_phase,
 )
+from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
@@ -112,6 +113,7 @@ async def measure(setup: Setup) -> Results:
     await groq_phase(setup, results)
     await oss_phase(setup, results)
     await stream_phase(setup, results)
+    results.prefix = prefix_reuse()
     return results
 
 

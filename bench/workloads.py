@@ -150,3 +150,52 @@ def coding_conversation_body(turns: int = 50, functions: int = 23, rules: int = 
     messages.append({"role": "user", "content": "Now run the whole test suite."})
     return {"model": GPT_OSS, "seed": CODING_SEED, "messages": messages,
             "tools": coding_tools()}
+
+
+# -- a five-step tool chain (prefix reuse) ---------------------------------------------------
+
+def _chain_call(name: str, arguments: dict[str, Any]) -> str:
+    """A tool call's header as gpt-oss writes it (harmony-mapping.md §1), then its arguments."""
+    return (f"<|start|>assistant<|channel|>commentary to=functions.{name} <|constrain|>json"
+            f"<|message|>{json.dumps(arguments)}<|call|>")
+
+
+_CHAIN = (
+    ("The test of feature 3 fails. I should find where helper_3_0 is defined before reading "
+     "anything; grep for its definition.",
+     "grep", {"pattern": "def helper_3_0", "glob": "src/**/*.py"},
+     "src/module_3.py:5:def helper_3_0(value: int, name: str = \"item0\") -> dict:"),
+    ("It is in src/module_3.py, line 5. Read the file to see what the helper returns and "
+     "why the test would disagree.",
+     "read_file", {"path": "src/module_3.py"}, _source_file(3, 12)),
+    ("helper_3_0 scales by 2, as the test expects, but the round trip turns the index into a "
+     "float on some paths? No: the failing assertion is the name. Patch the default name.",
+     "apply_patch", {"path": "src/module_3.py", "patch": "--- a/src/module_3.py\n+++ "
+                     "b/src/module_3.py\n@@ -5 +5 @@\n-def helper_3_0(value: int, name: str = "
+                     "\"item0\") -> dict:\n+def helper_3_0(value: int, name: str = \"item\") "
+                     "-> dict:\n"},
+     "Patch applied."),
+    ("Patched. Run the feature's tests to check the fix before anything else.",
+     "run_tests", {"path": "tests/test_feature_3.py", "verbose": True},
+     "\n".join([f"tests/test_feature_3.py::test_case_{n} PASSED" for n in range(24)]
+               + ["", "24 passed in 0.41s"])),
+    ("All 24 pass. Show the diff so the answer can quote the change exactly.",
+     "git_diff", {"path": "src/module_3.py", "staged": False},
+     "diff --git a/src/module_3.py b/src/module_3.py\n@@ -5 +5 @@\n-def helper_3_0(value: int, "
+     "name: str = \"item0\") -> dict:\n+def helper_3_0(value: int, name: str = \"item\") -> "
+     "dict:"),
+)
+CHAIN_ANSWER = ("<|channel|>analysis<|message|>Diff is one line; answer.<|end|><|start|>assistant"
+                "<|channel|>final<|message|>Fixed: helper_3_0's default name is now \"item\"; "
+                "tests/test_feature_3.py passes (24 tests).<|return|>")
+
+
+def tool_chain() -> tuple[dict[str, Any], list[str], list[str]]:
+    """A coding agent's five-step chain: the request that starts it, the model's six replies
+    (analysis then one call each, then the answer) and the five tool results."""
+    body = {"model": GPT_OSS, "tools": coding_tools(), "messages": [
+        {"role": "system", "content": _system_prompt(60)},
+        {"role": "user", "content": "test_feature_3 fails; find the cause and fix it."}]}
+    replies = [f"<|channel|>analysis<|message|>{thought}<|end|>" + _chain_call(name, args)
+               for thought, name, args, _ in _CHAIN]
+    return body, replies + [CHAIN_ANSWER], [result for *_, result in _CHAIN]

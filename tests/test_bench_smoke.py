@@ -18,7 +18,8 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for heading in ("## 1. Groq route", "## 2. gpt-oss route, non-streaming",
-                    "## 3. gpt-oss route, streaming", "## 4. Memory"):
+                    "## 3. gpt-oss route, streaming", "## 4. Memory",
+                    "## 5. Prefix reuse over a 5-step tool chain"):
         assert heading in out
     for target in ("| direct | 32 |", "| bare mitmdump | 32 |", "| addon | 32 |"):
         assert target in out
@@ -31,4 +32,11 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
     assert [n for n, _ in stream_rows] == ["1", "16", "64"]
     assert all(int(rate.replace(",", "")) > 0 for _, rate in stream_rows)
     assert re.search(r"\| 100k-token coding \| (9\d{4}|1[01]\d{4}) \|", out)
+    # Prefix reuse: carry-over makes a client that drops reasoning reuse what one that sends
+    # it back reuses, and more than without it.
+    prefix = dict(re.findall(r"^\| ((?:sends|drops)[^|]*) \| (.*) \|$", out.split("## 5.")[1],
+                             re.MULTILINE))
+    assert prefix["drops it, with carry-over"] == prefix["sends reasoning_content back"]
+    lost = {client: int(cells.split(" | ")[4].split()[0]) for client, cells in prefix.items()}
+    assert 0 < lost["drops it, with carry-over"] < lost["drops it, no carry-over"]
     assert report.read_text().strip() == out.strip()

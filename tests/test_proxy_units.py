@@ -63,6 +63,7 @@ def _values(**overrides: object) -> dict:
     ({"reasoning_field": "thoughts"}, "reasoning_field='thoughts': choose one of"),
     ({"harmony_date": "25/11/2026"}, "harmony_date='25/11/2026' is not YYYY-MM-DD"),
     ({"upstream_timeout": 0}, "upstream_timeout must be a positive integer"),
+    ({"reasoning_memory_bytes": -1}, "reasoning_memory_bytes must be at least 0"),
     ({"harmony_models": " , "}, "harmony_models must name at least one substring"),
 ])
 def test_bad_settings_fail_with_one_clear_line(overrides: dict, message: str) -> None:
@@ -82,6 +83,7 @@ def test_settings_from_environment_and_secrets() -> None:
     assert config.transformers_url == "http://h:1"
     assert config.groq_api_key == "gsk_abc"
     assert config.harmony_models == ("gpt-oss", "harmony")
+    assert build_config(_values(reasoning_memory_bytes=0), {}).reasoning_memory_bytes == 0
 
 
 def test_redaction() -> None:

@@ -187,6 +187,38 @@ def test_view_lists_repairs(hooks, fake_transformers) -> None:
     assert "── [1] assistant · channel=analysis · no end token\n   hmm" in text
 
 
+def test_view_and_label_say_when_reasoning_was_restored(hooks, fake_transformers) -> None:
+    gateway, labels = hooks
+    fake_transformers.script("<|channel|>analysis<|message|>Need Paris.<|end|><|start|>assistant"
+                             "<|channel|>commentary to=functions.get_weather <|constrain|>json"
+                             '<|message|>{"city": "Paris"}<|call|>', GENERATED)
+    body = {"model": "gpt-oss-20b", "tools": [WEATHER_TOOL],
+            "messages": [{"role": "user", "content": "Paris?"}]}
+    first = _chat_flow(body)
+
+    async def agent() -> http.HTTPFlow:  # one loop: the gateway's HTTP client lives in it
+        await gateway.request(first)
+        gateway.response(first)
+        (call,) = json.loads(first.response.content)["choices"][0]["message"]["tool_calls"]
+        again = _chat_flow({**body, "messages": body["messages"] + [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]})
+        await gateway.request(again)
+        gateway.response(again)
+        return again
+
+    second = asyncio.run(agent())
+    labels.response(second)
+
+    text = contentviews.prettify_message(second.request, second).text
+    (line,) = flow_record(second)["restored_reasoning"]
+    assert f"REASONING RESTORED (1) from the proxy's memory\n   - {line}\n" in text
+    assert "── [4] assistant · channel=analysis\n   Need Paris." in text
+    assert " · reasoning restored ×1 · " in second.comment
+    first_text = contentviews.prettify_message(first.request, first).text
+    assert "REASONING RESTORED" not in first_text
+
+
 def _sse(text: str, fake: FakeTransformers) -> list[bytes]:
     """The events ``transformers serve`` streams for ``text``, one network chunk each."""
     events = [{"choices": [{"index": 0, "text": piece}]} for piece in token_pieces(text)]

@@ -10,6 +10,8 @@ wires them with ``Settings`` (settings.py) and ``FlowLog`` (records.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import hmac
 import json
@@ -33,6 +35,7 @@ from .groq import DROP_HEADERS, GroqStreamRelay, apply_reasoning_keys
 from .groq_translate import GroqChatTranslator, groq_error, translate_whole
 from .local import LocalEndpoints
 from .parse import StrippedOutputError
+from .reasoning_memory import ReasoningMemory
 from .records import META, header_pairs, record_of
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
@@ -126,6 +129,7 @@ class Gateway:
         self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
+        self.memory = ReasoningMemory()
         self.injector = GroqKeyInjector(settings)
         self._startup_check: asyncio.Task | None = None
 
@@ -147,6 +151,8 @@ class Gateway:
         self.local.configure(updated)
         if self.settings.config is not None:
             self.responses.store.budget = self.config.responses_store_bytes
+            if "reasoning_memory_bytes" in updated:
+                self.memory = ReasoningMemory(self.config.reasoning_memory_bytes)
 
     def running(self) -> None:
         # The key injector must see flows after every other addon (mitmweb's view included),
@@ -301,11 +307,15 @@ class Gateway:
                              code="word_too_long")
         backend = make_backend(config.backend, local.server_info.get("context_length"))
         request = conversation.chat
+        record = record_of(flow)
+        messages, restored = self.memory.restore(request.messages)
+        if restored:  # the client dropped the analysis before calls the proxy issued
+            request = dataclasses.replace(request, messages=messages)
+            record["restored_reasoning"] = restored
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)
-        exchange = HarmonyExchange(request, prompt, backend, conversation.reply)
+        exchange = HarmonyExchange(request, prompt, backend, conversation.reply, self.memory)
         upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
         url = config.transformers_url + backend.completions_path
-        record = record_of(flow)
         record["prompt"] = prompt.text
         record["prompt_tokens"] = len(prompt.token_ids)
         record["upstream_request"] = {"url": url, "body": upstream}
@@ -337,8 +347,9 @@ class Gateway:
         if exchange is not None and exchange.request.stream:
             translator = HarmonyStreamTranslator(
                 exchange, self.config.keepalive_seconds, lambda r: store(_stream_summary(r)))
-            self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
-                heartbeat(flow, translator))
+            with contextlib.suppress(RuntimeError):  # no loop: a hook called outside mitmproxy
+                self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
+                    heartbeat(flow, translator))
             stream: HarmonyStreamTranslator | GroqChatTranslator = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)

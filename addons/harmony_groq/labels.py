@@ -27,7 +27,8 @@ MAX_ERROR = 60
 
 
 def flow_label(summary: dict[str, Any]) -> str:
-    """``gpt-oss · gpt-oss-20b · 200 · 187→12 tok · TTFT 35 ms`` from a ``flow_record``."""
+    """``gpt-oss · gpt-oss-20b · 200 · 187→12 tok · TTFT 35 ms`` from a ``flow_record``
+    (``· reasoning restored ×1`` after the tokens when reasoning_memory.py restored some)."""
     parts = [summary.get("route") or "passthrough"]
     if summary.get("model"):
         parts.append(summary["model"])
@@ -37,6 +38,8 @@ def flow_label(summary: dict[str, Any]) -> str:
     tokens_out = usage.get("completion_tokens")
     if tokens_in is not None or tokens_out is not None:
         parts.append(f"{_count(tokens_in)}→{_count(tokens_out)} tok")
+    if summary.get("restored_reasoning"):
+        parts.append(f"reasoning restored ×{len(summary['restored_reasoning'])}")
     first = summary.get("ttft_ms")
     if first is None and summary.get("status") == 200 and not summary.get("stream"):
         first = summary.get("ttfb_ms")  # a whole reply: its first token came with it

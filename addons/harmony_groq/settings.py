@@ -36,6 +36,7 @@ class OptionSpec:
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    minimum: int = 1  # integers only
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -71,6 +72,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "How long Groq's model list is cached."),
     OptionSpec("responses_store_bytes", "RESPONSES_STORE_BYTES", int, 64 * 1024 * 1024,
                "Memory for stored Responses (previous_response_id), least recently used out."),
+    OptionSpec("reasoning_memory_bytes", "REASONING_MEMORY_BYTES", int, 16 * 1024 * 1024,
+               "Memory for the analysis before issued tool calls, restored when a client "
+               "sends the call back without it; 0 disables.", minimum=0),
 )
 
 OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
@@ -96,6 +100,7 @@ class Config:
     keepalive_seconds: int
     models_cache_seconds: int
     responses_store_bytes: int
+    reasoning_memory_bytes: int
     groq_api_key: str
     proxy_api_key: str
 
@@ -130,8 +135,10 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
             raise exceptions.OptionsError(
                 f"{spec.name}={values[spec.name]!r}: choose one of {', '.join(spec.choices)}"
             )
-        if spec.type is int and values[spec.name] <= 0:
-            raise exceptions.OptionsError(f"{spec.name} must be a positive integer")
+        if spec.type is int and values[spec.name] < spec.minimum:
+            raise exceptions.OptionsError(f"{spec.name} must be a positive integer" if
+                                          spec.minimum == 1 else
+                                          f"{spec.name} must be at least {spec.minimum}")
     date = values["harmony_date"]
     if date:
         try:
@@ -158,6 +165,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         keepalive_seconds=values["keepalive_seconds"],
         models_cache_seconds=values["models_cache_seconds"],
         responses_store_bytes=values["responses_store_bytes"],
+        reasoning_memory_bytes=values["reasoning_memory_bytes"],
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

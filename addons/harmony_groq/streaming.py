@@ -172,6 +172,7 @@ class HarmonyStreamTranslator:
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
         message = self.result.message
         outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
+        self.exchange.remember(message)
         out.extend(self.reply.finish(message, outcome))
         self.result.finish_reason, self.result.usage = outcome.finish, outcome.usage()
         self._close()

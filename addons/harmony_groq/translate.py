@@ -11,6 +11,7 @@ from .completion import AssembledMessage, finish_reason
 from .dialects.base import Outcome, ReplyWriter
 from .encoding import harmony_encoding
 from .parse import Event, HarmonyDecoder
+from .reasoning_memory import ReasoningMemory
 from .render import HarmonyPrompt
 
 
@@ -22,6 +23,7 @@ class HarmonyExchange:
     prompt: HarmonyPrompt
     backend: Backend
     reply: ReplyWriter  # the client API's writer of this reply
+    memory: ReasoningMemory | None = None  # where issued calls' analysis is remembered
 
     def new_decoder(self) -> HarmonyDecoder:
         decoder = HarmonyDecoder(
@@ -35,6 +37,11 @@ class HarmonyExchange:
         for token in self.prompt.prefill_ids:  # a forced call's header: part of the reply
             decoder.feed(token)
         return decoder
+
+    def remember(self, message: AssembledMessage) -> None:
+        """Keep the analysis before the reply's tool calls, for clients that drop it."""
+        if self.memory is not None:
+            self.memory.remember("".join(message.reasoning), message.tool_calls)
 
     def outcome(self, decoder: HarmonyDecoder, message: AssembledMessage, output: BackendOutput,
                 completion_tokens: int) -> Outcome:
@@ -70,6 +77,7 @@ def translate_completion(exchange: HarmonyExchange, output: BackendOutput) -> Tr
     message = AssembledMessage()
     message.add(feed_output(decoder, output))
     message.add(decoder.finish(output.truncated))
+    exchange.remember(message)
     completion_tokens = output.completion_tokens
     if completion_tokens is None:
         completion_tokens = len(harmony_encoding().encode(output.text, allowed_special="all"))

@@ -146,6 +146,10 @@ def render_request(data: bytes, record: dict[str, Any]) -> str:
     lines = [f"HARMONY PROMPT → POST {url} ({size})"]
     if params:
         lines.append(f"   {params}")
+    restored = record.get("restored_reasoning") or []
+    if restored:  # what the prompt holds that the client's request does not
+        lines += ["", f"REASONING RESTORED ({len(restored)}) from the proxy's memory"]
+        lines += [f"   - {line}" for line in restored]
     for number, message in enumerate(messages, 1):
         last = number == len(messages) and not message.has_body
         lines += [""] + format_message(number, message,
