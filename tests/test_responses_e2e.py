@@ -331,3 +331,21 @@ def test_created_at_once_and_heartbeats_while_prefilling(
     assert len(heartbeats) >= 2, [e["type"] for e in events]
     created_at = next(t for t, chunk in arrivals if b"response.created" in chunk)
     assert created_at < 1.0  # long before the 2.6 s prefill ended
+
+
+def test_reasoning_restored_for_a_function_call_without_its_reasoning_item(
+        client: openai.OpenAI, proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    """A Responses client that drops the reasoning item gets the prompt of one that keeps it."""
+    body = {"model": "gpt-oss-20b", "tools": [SHELL], "store": False}
+    prompts = []
+    for keep_reasoning in (True, False):
+        fake_transformers.script(CALL_SHELL, "<|channel|>final<|message|>Done.<|return|>")
+        first = client.responses.create(**body, input="What is here?")
+        reasoning, call = (item.model_dump(exclude_none=True) for item in first.output)
+        history = [{"role": "user", "content": "What is here?"},
+                   *([reasoning] if keep_reasoning else []), call,
+                   {"type": "function_call_output", "call_id": call["call_id"], "output": "a"}]
+        client.responses.create(**body, input=history)
+        prompts.append(last_prompt(fake_transformers))
+    assert prompts[0] == prompts[1] and "List the files first." in prompts[1]
+    assert proxy.log_records(wait_for=1)[-1]["restored_reasoning"]
