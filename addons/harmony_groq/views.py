@@ -133,6 +133,14 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
+API_NAMES = {"chat": "OPENAI", "responses": "OPENAI RESPONSES", "messages": "ANTHROPIC"}
+
+
+def api_name(record: dict[str, Any]) -> str:
+    """The client API a flow spoke, as the view's section titles name it."""
+    return API_NAMES.get(record.get("dialect") or "chat", "CLIENT")
+
+
 def render_request(data: bytes, record: dict[str, Any]) -> str:
     """The prompt sent to the model server, message by message, then the client's request."""
     upstream = _json_or_none(data)
@@ -155,7 +163,8 @@ def render_request(data: bytes, record: dict[str, Any]) -> str:
         lines += [""] + format_message(number, message,
                                        "← the model's reply starts here" if last else "")
     client = record.get("client_request") or {}
-    lines += ["", f"OPENAI REQUEST FROM THE CLIENT → POST {record.get('client_path', '')}",
+    lines += ["", f"{api_name(record)} REQUEST FROM THE CLIENT → POST "
+              f"{record.get('client_path', '')}",
               _pretty(client.get("body"))]
     return "\n".join(lines)
 
@@ -197,11 +206,11 @@ def _client_response(data: bytes, summary: dict[str, Any]) -> list[str]:
         assembled = {k: v for k, v in client.items() if k != "stream"}
         if summary.get("usage"):
             assembled["usage"] = summary["usage"]
-        return [f"OPENAI RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE events kept "
+        return [f"{api_name(summary)} RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE events kept "
                 "for the Raw view), assembled", _pretty(assembled)]
     body = _json_or_none(data)
     shown = _pretty(body) if body is not None else data.decode("utf-8", "replace")
-    return [f"OPENAI RESPONSE TO THE CLIENT ({status})", shown]
+    return [f"{api_name(summary)} RESPONSE TO THE CLIENT ({status})", shown]
 
 
 def harmony_record(flow: Any) -> dict[str, Any] | None:
