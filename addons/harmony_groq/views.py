@@ -206,8 +206,8 @@ def _client_response(data: bytes, summary: dict[str, Any]) -> list[str]:
         assembled = {k: v for k, v in client.items() if k != "stream"}
         if summary.get("usage"):
             assembled["usage"] = summary["usage"]
-        return [f"{api_name(summary)} RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE events kept "
-                "for the Raw view), assembled", _pretty(assembled)]
+        return [f"{api_name(summary)} RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE "
+                "events kept for the Raw view), assembled", _pretty(assembled)]
     body = _json_or_none(data)
     shown = _pretty(body) if body is not None else data.decode("utf-8", "replace")
     return [f"{api_name(summary)} RESPONSE TO THE CLIENT ({status})", shown]
