@@ -16,7 +16,8 @@ from typing import Any
 
 from httpclient import Connection, Response, Target
 
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
+# The completion's token count in the last event: chat's usage, or Responses'/Anthropic's.
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|output_tokens)":\s*(\d+)')
 
 
 class LoadError(RuntimeError):
@@ -126,7 +127,7 @@ async def run_streams(target: Target, body: bytes, *, concurrency: int, count: i
         response = await connection.post(body, on_chunk)
         tail = response.body[-2000:]
         tokens = _COMPLETION_TOKENS.findall(tail)
-        if response.status != 200 or not tokens or not seen or b'"error"' in tail:
+        if response.status != 200 or not tokens or not seen or b'"error": {' in tail:
             raise LoadError(f"{target.name}: HTTP {response.status}: {tail[-300:]!r}")
         result.tokens += int(tokens[-1])
         result.latencies.append(response.seconds)

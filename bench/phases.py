@@ -21,6 +21,8 @@ from harmony_groq.render import render_prompt
 
 from fakes import GROQ_KEY, token_pieces
 
+PROXY_NAME = "addon"
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -84,6 +86,15 @@ class StreamRow:
 
 
 @dataclass
+class DialectRow:
+    """One client API's stream: time to first delta alone, then 16 concurrent streams."""
+
+    dialect: str
+    ttfd: tuple[LoadResult, LoadResult]  # through the proxy, backend direct
+    streams: StreamRow
+
+
+@dataclass
 class Results:
     groq: list[GroqRow] = field(default_factory=list)
     oss: list[OssRow] = field(default_factory=list)
@@ -91,6 +102,7 @@ class Results:
     streams: list[StreamRow] = field(default_factory=list)
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     prefix: list[PrefixRow] = field(default_factory=list)
+    dialects: list[DialectRow] = field(default_factory=list)
 
 
 def encode(body: dict) -> bytes:
@@ -189,6 +201,36 @@ async def stream_phase(setup: Setup, results: Results) -> None:
     for streams in (1, 16, 64):
         count = max(streams * budget.streams_per_client, 2)
         results.streams.append(await measure(streams, count, profile=streams == 64))
+
+
+async def dialect_stream_phase(setup: Setup, results: Results) -> None:
+    """The same streams through the other client APIs: the dialect writers' own cost."""
+    budget = setup.budget
+    first_text = nth_chunk(len(token_pieces("<|channel|>analysis<|message|>")))
+    for dialect, (path, body_of, first_delta) in workloads.DIALECT_STREAMS.items():
+        target = Target(f"{PROXY_NAME} {dialect}", setup.proxy.port, path)
+
+        def is_first(data: bytes, index: int, pattern=first_delta) -> bool:
+            return pattern.search(data) is not None
+
+        ttfd_body = body_of(64)
+        proxy = await run_streams(target, encode(ttfd_body), concurrency=1,
+                                  count=budget.ttfd_streams, seconds=budget.seconds,
+                                  first_delta=is_first)
+        direct = await run_streams(setup.backend, upstream_body(workloads.stream_body(64)),
+                                   concurrency=1, count=budget.ttfd_streams,
+                                   seconds=budget.seconds, first_delta=first_text)
+        body = body_of(budget.stream_tokens)
+        count = max(16 * budget.streams_per_client, 2)
+        with Monitor(setup.pids) as usage:
+            streamed = await run_streams(target, encode(body), concurrency=16, count=count,
+                                         seconds=budget.seconds, first_delta=is_first)
+        direct16 = await run_streams(setup.backend,
+                                     upstream_body(workloads.stream_body(budget.stream_tokens)),
+                                     concurrency=16, count=count, seconds=budget.seconds,
+                                     first_delta=first_text)
+        results.dialects.append(DialectRow(dialect, (proxy, direct),
+                                           StreamRow(16, streamed, usage, direct16)))
 
 
 def groq_targets(direct_port: int, bare_port: int, proxy_port: int,

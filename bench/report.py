@@ -155,6 +155,33 @@ def stream_section(results: Results) -> list[str]:
     return lines + [""]
 
 
+def dialect_section(results: Results) -> list[str]:
+    """Each other client API's stream next to the chat stream's goals."""
+    table, verdicts = [], []
+    for row in results.dialects:
+        proxy, direct = row.ttfd
+        added = (statistics.median(proxy.first_delta) - statistics.median(direct.first_delta)
+                 ) * 1000
+        r = row.streams
+        cpu = r.proxy_usage.cpu_seconds[PROXY]
+        per_cpu = r.proxy.tokens / cpu if cpu else 0.0
+        table.append([row.dialect, f"{statistics.median(proxy.first_delta) * 1000:.2f}",
+                      f"{added:.2f}", f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
+                      f"{r.proxy_usage.cpu_percent(PROXY):.0f}", f"{per_cpu:,.0f}",
+                      f"{r.proxy_usage.others_percent:.0f}"])
+        verdicts.append(f"- {row.dialect}: added time to first delta {added:.2f} ms, goal < 5 ms "
+                        f"{_verdict(added < 5)}; {per_cpu:,.0f} tokens per proxy CPU-second, "
+                        f"goal ≥ 20,000 {_verdict(per_cpu >= 20000)}")
+    if not table:
+        return []
+    lines = ["## 3b. gpt-oss streaming through the other client APIs", "",
+             "The same replies as section 3, written as each API's events (first delta alone, "
+             "64-token replies; throughput with 16 concurrent streams):", ""]
+    lines += _table(["API", "first delta p50 ms", "added p50 ms", "tokens/s via proxy",
+                     "proxy CPU %", "tokens per proxy CPU-second", "CPU % others"], table)
+    return lines + verdicts + [""]
+
+
 def memory_section(results: Results) -> list[str]:
     stream64 = next(r for r in results.streams if r.streams == 64)
     long = results.oss[-1]
@@ -211,6 +238,7 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     lines += groq_section(results.groq)
     lines += oss_section(results)
     lines += stream_section(results)
+    lines += dialect_section(results)
     lines += memory_section(results)
     lines += prefix_section(results.prefix)
     return "\n".join(lines)

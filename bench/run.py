@@ -32,6 +32,7 @@ from phases import (  # noqa: E402
     QUICK,
     Results,
     Setup,
+    dialect_stream_phase,
     groq_phase,
     groq_targets,
     oss_phase,
@@ -113,6 +114,7 @@ async def measure(setup: Setup) -> Results:
     await groq_phase(setup, results)
     await oss_phase(setup, results)
     await stream_phase(setup, results)
+    await dialect_stream_phase(setup, results)
     results.prefix = prefix_reuse()
     return results
 

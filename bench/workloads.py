@@ -7,6 +7,7 @@ The fake transformers server picks its reply by the request's ``seed`` (the prox
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 GROQ_MODEL = "llama-3.3-70b-versatile"
@@ -51,10 +52,25 @@ def short_chat_body() -> dict[str, Any]:
         {"role": "user", "content": "What is 2+2?"}]}
 
 
+STREAM_PROMPT = "Plan the refactoring, step by step."
+
+
 def stream_body(max_tokens: int) -> dict[str, Any]:
     return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "max_tokens": max_tokens,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Plan the refactoring, step by step."}]}
+            "messages": [{"role": "user", "content": STREAM_PROMPT}]}
+
+
+def responses_stream_body(max_tokens: int) -> dict[str, Any]:
+    return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "store": False,
+            "max_output_tokens": max_tokens, "input": STREAM_PROMPT}
+
+
+# Each client API's stream through the proxy: path, body, and what its first delta looks like.
+DIALECT_STREAMS = {
+    "responses": ("/v1/responses", responses_stream_body,
+                  re.compile(rb'"type": "response\.(reasoning_text|output_text)\.delta"')),
+}
 
 
 # -- the 100k-token coding-assistant conversation -----------------------------------------

@@ -98,6 +98,7 @@ class ResponsesReply:
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.open_text: list[str] = []
+        self.delta_template: tuple[bytes, tuple[bytes, bytes]] = (b"", (b"", b""))
 
     # -- the response object ---------------------------------------------------------------
 
@@ -169,15 +170,18 @@ class ResponsesReply:
             if self.open is None or self.open["type"] != kind:
                 self._close(out)
                 self._open(kind, out)
-            assert self.open is not None
             self.open_text.append(event.text)
-            delta = "response.reasoning_text.delta" if kind == "reasoning" else (
-                "response.output_text.delta")
-            extra = {"logprobs": []} if kind == "message" else {}
-            out.append(self._event(delta, {"item_id": self.open["id"],
-                                           "output_index": len(self.output),
-                                           "content_index": 0, "delta": event.text, **extra}))
+            out.append(self._delta(event.text))
         return out
+
+    def _delta(self, text: str) -> bytes:
+        """A text delta event, from a template made when its item opened (the hot path: one
+        per token)."""
+        head, tail = self.delta_template
+        frame = b"%s%d%s%s%s" % (head, self.sequence, tail[0],
+                                 json.dumps(text, ensure_ascii=False).encode(), tail[1])
+        self.sequence += 1
+        return frame
 
     def _open(self, kind: str, out: list[bytes]) -> None:
         if kind == "reasoning":
@@ -188,6 +192,12 @@ class ResponsesReply:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         self.open_text = []
         index = len(self.output)
+        delta = f"response.{'reasoning_text' if kind == 'reasoning' else 'output_text'}.delta"
+        extra = ', "logprobs": []' if kind == "message" else ""
+        self.delta_template = (
+            f'event: {delta}\ndata: {{"type": "{delta}", "sequence_number": '.encode(),
+            (f', "item_id": "{self.open["id"]}", "output_index": {index}, '
+             '"content_index": 0, "delta": '.encode(), f"{extra}}}\n\n".encode()))
         out.append(self._event("response.output_item.added",
                                {"output_index": index, "item": self.open}))
         out.append(self._event("response.content_part.added", {

@@ -325,6 +325,7 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
         "max_completion_tokens": body.get("max_output_tokens"),
         "temperature": body.get("temperature"),
         "top_p": body.get("top_p"),
+        "seed": body.get("seed"),  # not in OpenAI's schema; vLLM's Responses takes it too
     }
     chat = parse_chat_request({k: v for k, v in chat_body.items() if v is not None})
     return ResponsesConversation(chat, kinds, items, hosted, builder.ignored)
