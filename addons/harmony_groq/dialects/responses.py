@@ -53,23 +53,30 @@ def groq_can_take(body: dict[str, Any]) -> bool:
     return True
 
 
+def _texts(parts: list[Any]) -> list[str]:
+    return [p.get("text", "") for p in parts if isinstance(p, dict)]
+
+
 def _groq_item(item: Any) -> Any:
-    """Assistant messages in Groq's easy form (it refuses typed assistant messages and
-    ``output_text`` parts); tool outputs as strings."""
+    """An input item with only the keys Groq's schema names (Codex echoes ``id`` and
+    ``status``); assistant messages in the easy form (Groq refuses typed assistant messages
+    and ``output_text`` parts); tool outputs as strings."""
     if not isinstance(item, dict):
         return item
     kind = item.get("type", "message")
-    if kind == "message" and isinstance(item.get("content"), list):
-        texts = [p.get("text", "") for p in item["content"] if isinstance(p, dict)]
-        if item.get("role") == "assistant":
-            return {"role": "assistant", "content": "\n".join(texts)}
-        return {**item, "content": [{"type": "input_text", "text": t} for t in texts]}
-    if kind == "function_call_output" and isinstance(item.get("output"), list):
-        texts = [p.get("text", "") for p in item["output"] if isinstance(p, dict)]
-        return {**item, "output": "\n".join(texts)}
     if kind == "function_call":
         return {k: item[k] for k in ("type", "call_id", "name", "arguments") if k in item}
-    return item
+    if kind == "function_call_output":
+        output = item.get("output")
+        return {"type": kind, "call_id": item.get("call_id"),
+                "output": "\n".join(_texts(output)) if isinstance(output, list) else output}
+    content = item.get("content")
+    if item.get("role") == "assistant":
+        return {"role": "assistant",
+                "content": "\n".join(_texts(content)) if isinstance(content, list) else content}
+    if isinstance(content, list):
+        content = [{"type": "input_text", "text": t} for t in _texts(content)]
+    return {"type": "message", "role": item.get("role"), "content": content}
 
 
 def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
