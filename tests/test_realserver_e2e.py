@@ -32,6 +32,7 @@ from conftest import PINNED_DATE
 from proxy_process import ProxyProcess
 from realserver import harness
 from realserver.build_tiny_model import FINAL_SCRIPT, TOOL_SCRIPT
+from responses_grammar import check_grammar, parse_sse
 
 pytestmark = pytest.mark.realserver
 
@@ -207,6 +208,30 @@ def test_streamed_final_answer(proxies: dict[str, ProxyProcess]) -> None:
     assert result["content_chunks"] > 1  # token by token, as the server streams
     assert result["reasoning"] == REASONING
     assert result["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_responses_api_tool_call_then_final_answer(proxies: dict[str, ProxyProcess],
+                                                   stream: bool) -> None:
+    """The Responses dialect over the real server: a function call, then the answer."""
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    body = {"model": MODEL, "input": "Weather in Paris?", "tools": [tool], "store": False}
+    if stream:
+        response = httpx.post(f"{proxies['tool'].base_url}/responses", timeout=60,
+                              json={**body, "stream": True})
+        events = parse_sse(response.content)
+        output = check_grammar(events)["output"]
+        assert sum(e["type"] == "response.reasoning_text.delta" for e in events) > 1
+    else:
+        output = sdk(proxies["tool"]).responses.create(**body).model_dump()["output"]
+    reasoning, call = output
+    assert reasoning["content"][0]["text"] == TOOL_REASONING
+    assert call["type"] == "function_call" and json.loads(call["arguments"]) == TOOL_ARGS
+    history = [{"role": "user", "content": "Weather in Paris?"}, reasoning, call,
+               {"type": "function_call_output", "call_id": call["call_id"],
+                "output": '{"temp_c": 21}'}]
+    final = sdk(proxies["final"]).responses.create(**{**body, "input": history})
+    assert final.output_text == ANSWER and final.status == "completed"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

@@ -12,31 +12,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import hmac
 import json
 import logging
-import re
 import time
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .backends import BackendFormatError, make_backend
-from .chat_request import parse_json_body
+from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.chat import ChatDialect
 from .dialects.responses import ResponsesDialect
 from .errors import ProxyError
-from .groq import DROP_HEADERS, GroqStreamRelay, apply_reasoning_keys
+from .flows import (
+    answer,
+    is_local,
+    json_response,
+    prepare_sse,
+    restore_client_request,
+    rewrite,
+)
+from .groq import GroqKeyInjector, GroqStreamRelay, apply_reasoning_keys
 from .groq_translate import GroqChatTranslator, groq_error, translate_whole
 from .local import LocalEndpoints
 from .parse import StrippedOutputError
 from .reasoning_memory import ReasoningMemory
-from .records import META, header_pairs, record_of
+from .records import header_pairs, record_of
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
 from .routing import (
@@ -52,7 +57,6 @@ from .routing import (
 from .settings import OPTION_DEFAULTS, Config, Settings
 from .streaming import (
     HarmonyStreamTranslator,
-    StreamResult,
     heartbeat,
     send_last_chunk,
     stripped_error,
@@ -63,54 +67,8 @@ from .upstream import ModelServerClient
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 NO_RETRY = {"x-should-retry": "false"}
-MAX_WORD = 32_768
-_LONG_WORD = re.compile(rf"[^\W\d_]{{{MAX_WORD}}}")
 # Groq's answer headers a translated error keeps (the client's retry logic reads them).
 _KEPT_ERROR_HEADERS = ("retry-after",)
-
-
-def answer(flow: http.HTTPFlow, error: ProxyError, dialect: Dialect,
-           headers: dict[str, str] | None = None) -> None:
-    flow.response = error.to_response(headers, dialect.error_body(error))
-    record = record_of(flow)
-    record["error"] = error.message
-    record.setdefault("route", "local")
-
-
-def _has_long_word(value: Any) -> bool:
-    """A string (key or value) holding a run of more than MAX_WORD letters. Only strings that
-    long can, so the regex (~100 ns a character) runs on almost nothing."""
-    if isinstance(value, str):
-        return len(value) >= MAX_WORD and _LONG_WORD.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_long_word(k) or _has_long_word(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_long_word(v) for v in value)
-    return False
-
-
-class GroqKeyInjector:
-    """Adds the Groq key to a routed flow at the last moment.
-
-    mitmproxy runs the ``update`` hook across the chain right after ``request`` and sends the
-    request once it returns. Sitting at the very end of the chain, this runs after mitmweb's
-    view has published the flow, so the key never reaches a browser; ``Gateway`` masks it
-    again in ``responseheaders`` once it went upstream.
-    """
-
-    name = "harmony_groq_key_injector"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def update(self, flows: list) -> None:
-        config = self.settings.config
-        for flow in flows:
-            # An intercepted flow waits in mitmweb: inject on the update its resume triggers.
-            if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
-                    and not flow.intercepted
-                    and flow.metadata.get(META, {}).pop("inject_key", False)):
-                flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"
 
 
 class Gateway:
@@ -192,7 +150,7 @@ class Gateway:
         if flow.response is not None:
             return
         if flow.is_replay == "request":
-            _restore_client_request(flow)
+            restore_client_request(flow)
         endpoint = self._endpoint(flow)
         dialect = self.dialect_of(endpoint or Endpoint.UNKNOWN)
         if self.settings.config is None:  # never forward anything while unconfigured
@@ -230,14 +188,14 @@ class Gateway:
             return
         record_of(flow)["route"] = "local"
         if endpoint is Endpoint.HEALTH:
-            flow.response = _json_response(200, await self.local.health())
+            flow.response = json_response(200, await self.local.health())
             return
         self._check_proxy_key(flow)
         if endpoint is Endpoint.MODELS:
-            flow.response = _json_response(200, await self.local.model_list(flow.request))
+            flow.response = json_response(200, await self.local.model_list(flow.request))
             return
         if endpoint is Endpoint.RESPONSE_ITEM:
-            flow.response = _json_response(200, self.responses.stored(
+            flow.response = json_response(200, self.responses.stored(
                 flow.request.method, response_item_id(flow.request.path)))
             return
         await self._route(flow, dialect)
@@ -289,7 +247,7 @@ class Gateway:
                              "models are unavailable. Set it in the proxy's environment.",
                              code="groq_key_missing")
         url = self.config.groq_base_url + call.path
-        _rewrite(flow, url, call.body)
+        rewrite(flow, url, call.body)
         record = record_of(flow)
         record["upstream_request"] = {"url": url, "body": call.body}
         record["inject_key"] = True
@@ -299,12 +257,7 @@ class Gateway:
         config, local = self.config, self.local
         if config.backend == "vllm" and "context_length" not in local.server_info:
             await local.refresh_health()  # vLLM needs the context length for its max_tokens
-        if _has_long_word(conversation.body):
-            # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
-            # CPU on the event loop. Refuse instead of stalling every other client.
-            raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
-                             "without spaces; gpt-oss cannot tokenize it in reasonable time.",
-                             code="word_too_long")
+        check_word_lengths(conversation.body)
         backend = make_backend(config.backend, local.server_info.get("context_length"))
         request = conversation.chat
         record = record_of(flow)
@@ -319,7 +272,7 @@ class Gateway:
         record["prompt"] = prompt.text
         record["prompt_tokens"] = len(prompt.token_ids)
         record["upstream_request"] = {"url": url, "body": upstream}
-        _rewrite(flow, url, upstream)
+        rewrite(flow, url, upstream)
         if request.stream:
             await self.upstream.probe(url)
             self.exchanges[flow.id] = exchange
@@ -335,7 +288,7 @@ class Gateway:
         record.setdefault("response_headers_at", time.time())
         if "authorization" in flow.request.headers and record.get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
-        if flow.response.status_code != 200 or _is_local(flow):
+        if flow.response.status_code != 200 or is_local(flow):
             return
 
         def store(summary: dict[str, Any]) -> None:
@@ -346,7 +299,7 @@ class Gateway:
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
         if exchange is not None and exchange.request.stream:
             translator = HarmonyStreamTranslator(
-                exchange, self.config.keepalive_seconds, lambda r: store(_stream_summary(r)))
+                exchange, self.config.keepalive_seconds, lambda r: store(r.summary()))
             with contextlib.suppress(RuntimeError):  # no loop: a hook called outside mitmproxy
                 self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
                     heartbeat(flow, translator))
@@ -362,7 +315,7 @@ class Gateway:
             if sse:
                 flow.response.stream = True  # a stream relayed as it is
             return
-        _prepare_sse(flow)
+        prepare_sse(flow)
         flow.response.stream = stream
         self.streams[flow.id] = stream
 
@@ -409,7 +362,7 @@ class Gateway:
             return
         record["repairs"] = translated.repairs
         record["usage"] = translated.outcome.usage()
-        flow.response = _json_response(200, translated.body)
+        flow.response = json_response(200, translated.body)
 
     def _groq_response(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         """Groq's whole answer: reasoning renamed (chat), or translated into the dialect."""
@@ -436,7 +389,7 @@ class Gateway:
                    dialect)
             return
         record_of(flow)["usage"] = outcome.usage()
-        flow.response = _json_response(200, body)
+        flow.response = json_response(200, body)
 
     def _groq_reasoning(self, response: http.Response) -> None:
         """Groq answers ``message.reasoning``; offer it under the configured field names."""
@@ -471,64 +424,3 @@ class Gateway:
             record_of(flow)["stream_summary"] = relay.summary()
         if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
             flow.request.headers["authorization"] = f"Bearer {REDACTED}"
-
-
-def _stream_summary(result: StreamResult) -> dict[str, Any]:
-    return {
-        "upstream_text": "".join(result.upstream_text),
-        "message": result.client_message(),
-        "finish_reason": result.finish_reason, "usage": result.usage,
-        "error": result.error, "repairs": result.repairs,
-        "first_token_at": result.first_token_at,
-        "keepalives": result.keepalives,
-    }
-
-
-def _restore_client_request(flow: http.HTTPFlow) -> None:
-    """mitmweb's Replay re-sends the request as rewritten for the upstream; send the client's
-    original request through the proxy again instead."""
-    original = flow.metadata.get(META, {})
-    if "client_request" not in original:
-        return
-    flow.request.path = original.get("client_path", "/v1/chat/completions")
-    flow.request.content = json.dumps(original["client_request"]["body"]).encode()
-    flow.metadata[META] = {"id": flow.id, "replay_of": original.get("id")}
-
-
-def _is_local(flow: http.HTTPFlow) -> bool:
-    return flow.server_conn.timestamp_start is None
-
-
-def _json_response(status: int, body: dict[str, Any]) -> http.Response:
-    return http.Response.make(status, json.dumps(body, ensure_ascii=False).encode(),
-                              {"content-type": "application/json"})
-
-
-@functools.lru_cache(maxsize=16)
-def _target(url: str) -> tuple[str, str, int, str]:
-    """``url`` split once: the ``request.url`` setter re-parses it on every flow (13 µs)."""
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname or "", port, parts.path or "/"
-
-
-def _rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any]) -> None:
-    """Point the flow at ``url`` with ``body``; client credentials never travel on."""
-    request = flow.request
-    request.scheme, request.host, request.port, request.path = _target(url)
-    for name in DROP_HEADERS:
-        request.headers.pop(name, None)
-    request.headers["content-type"] = "application/json"
-    request.content = json.dumps(body, ensure_ascii=False).encode()
-
-
-def _prepare_sse(flow: http.HTTPFlow) -> None:
-    """Our chunks change the length: drop content-length, chunk HTTP/1, disable buffering."""
-    assert flow.response is not None
-    headers = flow.response.headers
-    headers.pop("content-length", None)
-    headers["content-type"] = "text/event-stream; charset=utf-8"
-    headers["cache-control"] = "no-cache"
-    headers["x-accel-buffering"] = "no"
-    if not (flow.request.is_http2 or flow.request.is_http3):
-        headers["transfer-encoding"] = "chunked"

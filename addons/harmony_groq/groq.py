@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from mitmproxy import http
 
 from .chat_request import ChatRequest
+from .records import META
+from .settings import Settings
 
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 DROP_HEADERS = CLIENT_KEY_HEADERS + (
@@ -229,3 +232,27 @@ def groq_chat_body(chat: ChatRequest, model: str) -> tuple[dict[str, Any], dict[
                 "stop": list(chat.stop) or None}
     body.update({key: value for key, value in optional.items() if value is not None})
     return sanitize_body(body, model), {safe: name for name, safe in names.items()}
+
+
+class GroqKeyInjector:
+    """Adds the Groq key to a routed flow at the last moment.
+
+    mitmproxy runs the ``update`` hook across the chain right after ``request`` and sends the
+    request once it returns. Sitting at the very end of the chain, this runs after mitmweb's
+    view has published the flow, so the key never reaches a browser; ``Gateway`` masks it
+    again in ``responseheaders`` once it went upstream.
+    """
+
+    name = "harmony_groq_key_injector"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def update(self, flows: list) -> None:
+        config = self.settings.config
+        for flow in flows:
+            # An intercepted flow waits in mitmweb: inject on the update its resume triggers.
+            if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
+                    and not flow.intercepted
+                    and flow.metadata.get(META, {}).pop("inject_key", False)):
+                flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"

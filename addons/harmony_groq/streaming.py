@@ -63,6 +63,13 @@ class StreamResult:
         """The message the client's deltas concatenate to (reasoning only where it was sent)."""
         return self.message.to_message(self.keys)
 
+    def summary(self) -> dict[str, Any]:
+        """The record's ``stream_summary``."""
+        return {"upstream_text": "".join(self.upstream_text), "message": self.client_message(),
+                "finish_reason": self.finish_reason, "usage": self.usage, "error": self.error,
+                "repairs": self.repairs, "first_token_at": self.first_token_at,
+                "keepalives": self.keepalives}
+
 
 class HarmonyStreamTranslator:
     """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``)."""
