@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import json
 import logging
 import re
@@ -24,6 +23,7 @@ import httpx
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from .auth import check_proxy_key
 from .backends import BackendFormatError, make_backend
 from .chat_request import parse_chat_request, parse_json_body, require_model_and_messages
 from .completion import reasoning_keys
@@ -216,25 +216,12 @@ class Gateway:
             record_of(flow)["route"] = "local"
             flow.response = _json_response(200, await self.health())
             return
-        self._check_proxy_key(flow)
+        check_proxy_key(flow, self.config.proxy_api_key)
         if endpoint is Endpoint.MODELS:
             record_of(flow)["route"] = "local"
             flow.response = _json_response(200, await self.model_list())
             return
         await self.chat(flow)
-
-    def _check_proxy_key(self, flow: http.HTTPFlow) -> None:
-        expected = self.config.proxy_api_key
-        if not expected:
-            return
-        headers = flow.request.headers
-        given = headers.get("x-api-key") or headers.get("api-key") or ""
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ProxyError(401, "Missing or wrong API key for this proxy (PROXY_API_KEY).",
-                             code="invalid_api_key")
 
     async def chat(self, flow: http.HTTPFlow) -> None:
         raw = flow.request.raw_content or b""
