@@ -17,7 +17,6 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow, tutils
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harmony_groq.flowlog import FlowLogWriter
@@ -71,7 +70,7 @@ def counted(*flows: http.HTTPFlow) -> Samples:
     metrics = Metrics(Settings())
     for flow in flows:
         (metrics.error if flow.error else metrics.response)(flow)
-    return parse(generate_latest(metrics.registry).decode())
+    return parse(metrics.scrape("", True)[0].decode())
 
 
 # -- pure pieces --------------------------------------------------------------------------------
@@ -137,8 +136,8 @@ def test_a_configured_model_keeps_its_label_when_it_fails() -> None:
         tctx.configure(metrics)
         metrics.response(finished({"route": "gpt-oss", "model": "gpt-oss-120b"}, 503))
         metrics.response(finished({"route": "gpt-oss", "model": "gpt-oss-20b"}, 503))
-    requests = series(parse(generate_latest(metrics.registry).decode()),
-                      "harmony_groq_requests_total", "model")
+    requests = series(parse(metrics.scrape("", True)[0].decode()), "harmony_groq_requests_total",
+                      "model")
     assert requests == {("gpt-oss-120b",): 1, (OTHER,): 1}
 
 
