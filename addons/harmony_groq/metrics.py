@@ -123,7 +123,7 @@ def _tokens(usage: Any) -> list[tuple[str, int]]:
     return [(kind, n) for kind, n in counts if type(n) is int and n > 0]
 
 
-def _count(value: Any) -> int:
+def _restored_count(value: Any) -> int:
     """``restored_reasoning`` as a number: a count, or one entry per restored message."""
     if type(value) is int:
         return max(value, 0)
@@ -218,12 +218,12 @@ class Metrics:
                     self.ratelimit.labels(limit).set(float(value))
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._count(flow)
+        self._observe(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._count(flow)
+        self._observe(flow)
 
-    def _count(self, flow: http.HTTPFlow) -> None:
+    def _observe(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         route = record.get("route") or "none"
         dialect = record.get("dialect", "chat")
@@ -243,7 +243,7 @@ class Metrics:
             self.aborted(route).inc()
         for repair in (summary or record).get("repairs") or ():
             self.repairs(self.repair_kinds.label(repair_kind(repair))).inc()
-        restored = _count(record.get("restored_reasoning"))
+        restored = _restored_count(record.get("restored_reasoning"))
         if restored:
             self.restored(dialect).inc(restored)
         if route == "groq" and response is not None:
