@@ -61,8 +61,38 @@ ensure_venv() {
   touch "$VENV/.installed-$hash-${extras:-base}"
 }
 
+given_options() {
+  # given_options ARGS…: the option names the user's own arguments set, one per line:
+  # `--set name[=value]`, `--set=name[=value]` and mitmweb's --web-port/--web-host/--[no-]web-open-browser.
+  local arg option previous=""
+  for arg in "$@"; do
+    [[ "$previous" == "--set" ]] && echo "${arg%%=*}"
+    case "$arg" in
+      --set=*) option="${arg#--set=}"; echo "${option%%=*}" ;;
+      --web-port|--web-port=*) echo web_port ;;
+      --web-host|--web-host=*) echo web_host ;;
+      --web-open-browser|--no-web-open-browser) echo web_open_browser ;;
+    esac
+    previous="$arg"
+  done
+}
+
+defaults=()
+add_defaults() {
+  # add_defaults NAME=VALUE…: `--set NAME=VALUE` into $defaults for each option the user did not
+  # set (mitmproxy stops at an option given twice; a list option such as web_columns would grow).
+  local pair
+  for pair in "$@"; do
+    grep -qxF -- "${pair%%=*}" <<<"$given" || defaults+=(--set "$pair")
+  done
+}
+
 proxy_args() {
-  echo -s "$ROOT/addons/harmony.py" --mode "reverse:$TRANSFORMERS_URL@$HOST:$PORT" --set connection_strategy=lazy
+  # proxy_args USER_ARGS…: sets $proxy (the addon and the reverse proxy on $HOST:$PORT), $given
+  # and $defaults. --mode is a list, so a user's --mode adds a listener rather than replacing it.
+  given="$(given_options "$@")"
+  proxy=(-s "$ROOT/addons/harmony.py" --mode "reverse:$TRANSFORMERS_URL@$HOST:$PORT")
+  add_defaults connection_strategy=lazy
 }
 
 cmd="${1:-}"
@@ -77,15 +107,19 @@ case "$cmd" in
   web)
     shift
     ensure_venv
-    echo "run.sh: mitmweb UI at http://127.0.0.1:${WEB_PORT:-8081}/ (proxy on http://$HOST:$PORT/v1);" \
+    proxy_args "$@"
+    add_defaults web_port="${WEB_PORT:-8081}" web_open_browser=false
+    if ! grep -qxF web_columns <<<"$given"; then
+      # mitmweb's default flow list columns plus the addon's per-flow comment
+      for column in tls icon path method status size time comment; do
+        defaults+=(--set "web_columns=$column")
+      done
+    fi
+    ui="http://127.0.0.1:${WEB_PORT:-8081}/"
+    grep -qxF web_port <<<"$given" && ui="the web_port you set"
+    echo "run.sh: mitmweb UI at $ui (proxy on http://$HOST:$PORT/v1);" \
       "open the 'Web server listening at' URL below: its ?token= logs you in (docs/mitmweb.md)" >&2
-    columns=()  # mitmweb's default flow list columns plus the addon's per-flow comment
-    for column in tls icon path method status size time comment; do
-      columns+=(--set "web_columns=$column")
-    done
-    # shellcheck disable=SC2046
-    exec "$VENV/bin/mitmweb" $(proxy_args) --set web_port="${WEB_PORT:-8081}" \
-      --set web_open_browser=false "${columns[@]}" "$@"
+    exec "$VENV/bin/mitmweb" "${proxy[@]}" "${defaults[@]}" "$@"
     ;;
   prepare)
     shift
@@ -104,7 +138,7 @@ case "$cmd" in
   *)
     ensure_venv
     echo "run.sh: proxy on http://$HOST:$PORT/v1 (gpt-oss -> $TRANSFORMERS_URL, others -> Groq)" >&2
-    # shellcheck disable=SC2046
-    exec "$VENV/bin/mitmdump" $(proxy_args) "$@"
+    proxy_args "$@"
+    exec "$VENV/bin/mitmdump" "${proxy[@]}" "${defaults[@]}" "$@"
     ;;
 esac

@@ -183,13 +183,12 @@ def dialect_section(results: Results) -> list[str]:
 
 
 def memory_section(results: Results) -> list[str]:
-    stream64 = next(r for r in results.streams if r.streams == 64)
-    long = results.oss[-1]
     rows = [[name, f"{mib:.0f}"] for name, mib in results.idle_rss_mib.items()]
-    rows += [["addon proxy, peak under 64 streams",
-              f"{stream64.proxy_usage.peak_rss_mib[PROXY]:.0f}"],
-             ["addon proxy, peak during the 100k-token requests",
-              f"{long.usage.peak_rss_mib[PROXY]:.0f}"]]
+    rows += [["addon proxy, peak under 64 streams", f"{r.proxy_usage.peak_rss_mib[PROXY]:.0f}"]
+             for r in results.streams if r.streams == 64]
+    if results.oss:
+        rows.append(["addon proxy, peak during the 100k-token requests",
+                     f"{results.oss[-1].usage.peak_rss_mib[PROXY]:.0f}"])
     return ["## 4. Memory (RSS)", "", *_table(["process", "MiB"], rows)]
 
 
@@ -235,9 +234,12 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
         lines.append(f"- {reopened} requests were resent on a new connection after a server "
                      "closed a kept-alive one")
     lines.append("")
-    lines += groq_section(results.groq)
-    lines += oss_section(results)
-    lines += stream_section(results)
+    if results.groq:
+        lines += groq_section(results.groq)
+    if results.oss:
+        lines += oss_section(results)
+    if results.streams:
+        lines += stream_section(results)
     lines += dialect_section(results)
     lines += memory_section(results)
     lines += prefix_section(results.prefix)

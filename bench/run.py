@@ -1,6 +1,6 @@
 """Benchmark of the proxy on loopback: starts the fakes, the addon, bare mitmdump and LiteLLM.
 
-    ./run.sh bench [--quick] [--no-litellm] [--markdown FILE] [--profile DIR]
+    ./run.sh bench [--quick] [--no-litellm] [--only PART] [--markdown FILE] [--profile DIR]
 
 Prints the results as Markdown tables; see bench/README.md for what each number means.
 """
@@ -49,6 +49,8 @@ from proxy_process import ADDON, LISTEN_RE, tool  # noqa: E402
 UNDER_TEST_CPU, SHARED_CPU = {0}, {1}
 NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase,
+          "dialects": dialect_stream_phase}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a few seconds per phase: checks the benchmark runs, not for quoting")
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
+    parser.add_argument("--only", choices=PHASES, action="append", metavar="PART",
+                        help="run only this part: groq, oss or stream (repeatable); a change "
+                             "measured on one part need not wait for, or disturb, the others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the addon proxy with py-spy during the heavy phases")
@@ -109,12 +114,10 @@ def addon_options(ports: dict[str, int], log_file: str) -> dict[str, str]:
             "harmony_date": DATE, "upstream_timeout": "120", "log_file": log_file}
 
 
-async def measure(setup: Setup) -> Results:
+async def measure(setup: Setup, parts: list[str]) -> Results:
     results = Results()
-    await groq_phase(setup, results)
-    await oss_phase(setup, results)
-    await stream_phase(setup, results)
-    await dialect_stream_phase(setup, results)
+    for part in parts:
+        await PHASES[part](setup, results)
     results.prefix = prefix_reuse()
     return results
 
@@ -127,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, SHARED_CPU)  # children inherit; servers under test move to 0
-    litellm_exe = None if args.no_litellm else ensure_litellm(ROOT / ".venv-litellm")
+    parts = args.only or list(PHASES)
+    measured_against_litellm = not args.no_litellm and "groq" in parts
+    litellm_exe = ensure_litellm(ROOT / ".venv-litellm") if measured_against_litellm else None
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         fakes, ports = start_fakes()
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy_pid=under_test[PROXY], profile_dir=args.profile)
         idle = {name: rss_mib(pid) for name, pid in under_test.items()}
         try:
-            results = asyncio.run(measure(setup))
+            results = asyncio.run(measure(setup, parts))
         except Exception:
             for service in services:
                 if service.process.poll() is not None:

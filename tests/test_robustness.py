@@ -170,12 +170,23 @@ def test_unwritable_log_keeps_serving_and_recovers(start_proxy, tmp_path,
     assert records and records[-1]["route"] == "gpt-oss"
 
 
+def _lost_records(proxy) -> float:
+    text = httpx.get(f"{proxy.root_url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('harmony_groq_flow_log_failures_total{reason="write"}'))
+
+
 def test_full_disk_keeps_serving(start_proxy) -> None:
     proxy = start_proxy(options={"log_file": "/dev/full"})
     client = openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0)
     for _ in range(3):
         assert client.chat.completions.create(model="gpt-oss-20b", messages=HI).choices
     assert _warnings(proxy, "cannot write the flow log") == 1
+    # Warned once, but every lost record is counted: the config event and three flows at least.
+    deadline = time.monotonic() + 5
+    while _lost_records(proxy) < 4:
+        assert time.monotonic() < deadline, _lost_records(proxy)
+        time.sleep(0.05)
 
 
 def test_slow_stream_start_is_bounded(start_proxy, fake_transformers: FakeTransformers) -> None:

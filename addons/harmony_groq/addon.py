@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from typing import Any, cast
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
+from .auth import check_proxy_key
 from .backends import BackendFormatError, make_backend
 from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
@@ -190,7 +190,7 @@ class Gateway:
         if endpoint is Endpoint.HEALTH:
             flow.response = json_response(200, await self.local.health())
             return
-        self._check_proxy_key(flow)
+        check_proxy_key(flow, self.config.proxy_api_key)
         if endpoint is Endpoint.MODELS:
             flow.response = json_response(200, await self.local.model_list(flow.request))
             return
@@ -199,19 +199,6 @@ class Gateway:
                 flow.request.method, response_item_id(flow.request.path)))
             return
         await self._route(flow, dialect)
-
-    def _check_proxy_key(self, flow: http.HTTPFlow) -> None:
-        expected = self.config.proxy_api_key
-        if not expected:
-            return
-        headers = flow.request.headers
-        given = headers.get("x-api-key") or headers.get("api-key") or ""
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ProxyError(401, "Missing or wrong API key for this proxy (PROXY_API_KEY).",
-                             code="invalid_api_key")
 
     def _body(self, flow: http.HTTPFlow) -> dict[str, Any]:
         raw = flow.request.raw_content or b""

@@ -1,7 +1,8 @@
 """The flow log: one JSON object per line, size-rotated, 0600, written off the event loop.
 
 Records go through a ``QueueHandler`` to a ``QueueListener`` thread, so a slow disk never
-delays a client; a failing write warns once and the next record retries the file.
+delays a client; a failing write warns once and the next record retries the file. Every lost
+record is also reported to ``on_failure`` (the metrics count them), since the warning is once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import queue
 import stat
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .redact import redact_text, redact_value
@@ -25,9 +27,11 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler whose files are created with mode 0600 and that survives
     write failures (disk full, file removed): it warns once and reopens on the next record."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_failure: Callable[[str], None] | None = None,
+                 **kwargs: Any) -> None:
         self.failing = False
         self.position = 0
+        self.on_failure = on_failure
         super().__init__(*args, **kwargs)
 
     def _open(self):  # noqa: ANN202 - signature of the stdlib method
@@ -61,6 +65,8 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
             logger.warning("flow log %s is writable again", self.baseFilename)
 
     def _failed(self, exc: Exception) -> None:
+        if self.on_failure is not None:
+            self.on_failure("write")
         if not self.failing:
             self.failing = True
             logger.warning("cannot write the flow log %s (%s); flows are still served",
@@ -100,11 +106,14 @@ class JSONRecordFormatter(logging.Formatter):
 class FlowLogWriter:
     """Owns the file handler and its listener thread."""
 
-    def __init__(self, path: str, max_bytes: int, backups: int, secrets: tuple[str, ...]) -> None:
+    def __init__(self, path: str, max_bytes: int, backups: int, secrets: tuple[str, ...],
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.queue: queue.Queue = queue.Queue(maxsize=10000)
+        self.on_failure = on_failure
         self.handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                  encoding="utf-8", delay=True)
+                                                  encoding="utf-8", delay=True,
+                                                  on_failure=on_failure)
         self.handler.setFormatter(JSONRecordFormatter(secrets))
         self.listener = logging.handlers.QueueListener(self.queue, self.handler)
         self.listener.start()
@@ -117,6 +126,8 @@ class FlowLogWriter:
                                                          "levelname": "INFO"}))
         except queue.Full:
             self.dropped += 1
+            if self.on_failure is not None:
+                self.on_failure("queue_full")
 
     def close(self) -> None:
         self.listener.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import http
@@ -32,10 +33,13 @@ def header_pairs(message: http.Message) -> list[tuple[str, str]]:
 
 
 class FlowLog:
-    """Writes one JSON record per flow to ``log_file`` once the flow is over."""
+    """Writes one JSON record per flow to ``log_file`` once the flow is over; every record lost
+    (unwritable file, full queue, record not buildable) is reported to ``on_failure``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.on_failure = on_failure
         self.writer: FlowLogWriter | None = None
 
     def configure(self, updated: set[str]) -> None:
@@ -47,7 +51,8 @@ class FlowLog:
             if config.log_file:
                 self.writer = FlowLogWriter(
                     config.log_file, config.log_max_bytes, config.log_backups,
-                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s))
+                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s),
+                    self.on_failure)
                 self.writer.write({"event": "config", "options": {
                     spec.name: getattr(config, spec.name) for spec in OPTIONS}})
 
@@ -69,6 +74,8 @@ class FlowLog:
             self.writer.write(flow_record(flow))
         except Exception:  # the log must never break a flow
             logger.exception("could not build the flow log record")
+            if self.on_failure is not None:
+                self.on_failure("record")
 
 
 def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
