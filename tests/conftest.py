@@ -9,6 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
+import agents
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_backends import FakeLlamaCpp, FakeVllm
 from proxy_process import ProxyProcess
@@ -95,6 +96,13 @@ def start_proxy(tmp_path: Path, transformers_server: FakeTransformers, groq_serv
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_cli() -> Callable[[str], Path]:
+    """``agent_cli("opencode")``: the executable of a pinned agent CLI (``agents.AGENTS``),
+    installed from npm on first use; the test is skipped only if the registry is unreachable."""
+    return lambda name: agents.install(agents.AGENTS[name])
 
 
 @pytest.fixture()

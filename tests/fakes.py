@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -174,7 +175,7 @@ class _TransformersHandler(_Handler):
                                            f"'{body['model']}'."})
             return
         fake.prompts.append(body["prompt"])
-        script = fake.next_script()
+        script = fake.next_script(body["prompt"])
         if script.delay_headers:
             time.sleep(script.delay_headers)
         if script.status != 200:
@@ -227,12 +228,18 @@ class _TransformersHandler(_Handler):
             fake.disconnects += 1
 
 
+Rule = Callable[[str], "Scripted | str"]
+
+
 class FakeTransformers(FakeServer):
+    """Answers from a queue of scripts (then ``default``), or by a rule over each prompt."""
+
     handler = _TransformersHandler
 
     def __init__(self) -> None:
         self.scripts: deque[Scripted] = deque()
         self.default = Scripted(DEFAULT_ANSWER)
+        self.rule: Rule | None = None
         self.prompts: list[str] = []
         self.pinned: str | None = None
         self.strip_specials = False
@@ -242,12 +249,21 @@ class FakeTransformers(FakeServer):
     def script(self, *scripts: Scripted | str) -> None:
         self.scripts.extend(s if isinstance(s, Scripted) else Scripted(s) for s in scripts)
 
-    def next_script(self) -> Scripted:
+    def respond(self, rule: Rule) -> None:
+        """Answer every request by ``rule(prompt)``: real agents send requests of their own
+        (titles, summaries) in an order no queue can predict."""
+        self.rule = rule
+
+    def next_script(self, prompt: str) -> Scripted:
+        if self.rule is not None:
+            answer = self.rule(prompt)
+            return answer if isinstance(answer, Scripted) else Scripted(answer)
         return self.scripts.popleft() if self.scripts else self.default
 
     def reset_state(self) -> None:
         self.default = Scripted(DEFAULT_ANSWER)
         self.scripts.clear()
+        self.rule = None
         self.prompts.clear()
         self.requests.clear()
         self.pinned = None
