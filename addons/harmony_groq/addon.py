@@ -57,6 +57,7 @@ from .routing import (
 from .settings import OPTION_DEFAULTS, Config, Settings
 from .streaming import (
     HarmonyStreamTranslator,
+    InterruptibleStream,
     heartbeat,
     send_last_chunk,
     stripped_error,
@@ -84,7 +85,7 @@ class Gateway:
             Endpoint.RESPONSE_ITEM: self.responses}
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
-        self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
+        self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.memory = ReasoningMemory()
@@ -290,7 +291,7 @@ class Gateway:
             with contextlib.suppress(RuntimeError):  # no loop: a hook called outside mitmproxy
                 self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
                     heartbeat(flow, translator))
-            stream: HarmonyStreamTranslator | GroqChatTranslator = translator
+            stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)
         elif call is not None and sse and record.get("dialect") == "chat":

@@ -14,6 +14,7 @@ from .dialects.base import GroqCall, Outcome, ReplyWriter
 from .errors import ProxyError
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
+from .streaming import InterruptibleStream
 
 
 def _reasoning(container: dict[str, Any]) -> str:
@@ -80,7 +81,7 @@ class _PendingCall:
     arguments: list[str] = field(default_factory=list)
 
 
-class GroqChatTranslator:
+class GroqChatTranslator(InterruptibleStream):
     """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
 
     def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None]) -> None:
@@ -116,14 +117,6 @@ class GroqChatTranslator:
         except ProxyError as exc:
             self._fail(exc, out)
         return out
-
-    def abort(self, reason: str) -> bytes:
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
-                              code="stream_interrupted"), out)
-        return b"".join(out)
 
     def _event(self, payload: str, out: list[bytes]) -> None:
         if payload.strip() == "[DONE]":

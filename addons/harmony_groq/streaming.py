@@ -71,7 +71,26 @@ class StreamResult:
                 "keepalives": self.keepalives}
 
 
-class HarmonyStreamTranslator:
+class InterruptibleStream:
+    """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events."""
+
+    done: bool
+
+    def _fail(self, error: ProxyError, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def abort(self, reason: str) -> bytes:
+        """The flow failed outside the stream (upstream reset, client gone): close the
+        translation and return the terminal events the client should still get, if any."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
+                              code="stream_interrupted"), out)
+        return b"".join(out)
+
+
+class HarmonyStreamTranslator(InterruptibleStream):
     """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``)."""
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
@@ -135,16 +154,6 @@ class HarmonyStreamTranslator:
             self.result.keepalives += 1
         if out:
             self.last_sent = self.clock()
-        return b"".join(out)
-
-    def abort(self, reason: str) -> bytes:
-        """The flow failed outside the stream (upstream reset, client gone): close the
-        translation and return the terminal events the client should still get, if any."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
-                              code="stream_interrupted"), out)
         return b"".join(out)
 
     def _event(self, payload: str, out: list[bytes]) -> None:
