@@ -142,3 +142,30 @@ def run_to_exit(tmp: Path, args: list[str], env: dict[str, str] | None = None,
     return subprocess.run([tool("mitmdump"), "-s", str(ADDON), "--set", f"confdir={confdir}",
                            "--set", "connection_strategy=lazy", *args],
                           capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp)
+
+
+class PrintedLines:
+    """What a child process prints, drained by a thread, and a wait for a line matching a
+    pattern (its first group returned)."""
+
+    def __init__(self, process: subprocess.Popen, what: str) -> None:
+        self.process, self.what = process, what
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := pattern.search(line):
+                    return match.group(1)
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{self.what} never printed {pattern.pattern!r}:\n"
+                             + "".join(self.lines))

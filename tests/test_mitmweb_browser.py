@@ -35,7 +35,7 @@ from harmony_groq.views import split_messages
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
-from proxy_process import terminate
+from proxy_process import PrintedLines, terminate
 
 pytestmark = pytest.mark.browser
 
@@ -202,37 +202,19 @@ class RunShWeb:
         if sys.prefix != sys.base_prefix:  # the venv running the tests is the one to use
             env["VENV"] = sys.prefix
         (tmp / "confdir").mkdir()
-        self.output: list[str] = []
         self.process = subprocess.Popen(
             [str(ROOT / "run.sh"), "web", "--set", f"confdir={tmp / 'confdir'}",
              "--set", f"web_password={PASSWORD}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.printed = PrintedLines(self.process, "./run.sh web")
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.web_port}", timeout=10,
                                 headers={"Authorization": f"Bearer {PASSWORD}"})
         try:
-            self.proxy_port = int(self._wait_for(PROXY_LISTENING))
-            self.web_url = self._wait_for(WEB_LISTENING)
+            self.proxy_port = int(self.printed.wait_for(PROXY_LISTENING, 60))
+            self.web_url = self.printed.wait_for(WEB_LISTENING, 60)
         except AssertionError:
             self.stop()
             raise
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def _wait_for(self, pattern: re.Pattern[str], timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.output):
-                if match := pattern.search(line):
-                    return match.group(1)
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"./run.sh web never printed {pattern.pattern!r}:\n"
-                             + "".join(self.output))
 
     def flows(self) -> list[dict[str, Any]]:
         return self.api.get("/flows").raise_for_status().json()
@@ -319,7 +301,7 @@ def _open_flow(browser: Chromium, flow: dict[str, Any], tab: str, expect: str) -
 
 def test_run_sh_web_prints_the_ui_url(session: Session) -> None:
     web = session.web
-    printed = "".join(web.output)
+    printed = "".join(web.printed.lines)
     assert f"run.sh: mitmweb UI at http://127.0.0.1:{web.web_port}/ " in printed
     assert web.web_url == f"http://127.0.0.1:{web.web_port}/"
     assert httpx.get(web.web_url, timeout=5).status_code == 403  # the UI needs the password

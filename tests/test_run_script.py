@@ -8,7 +8,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
-from proxy_process import LISTEN_RE, terminate
+from proxy_process import LISTEN_RE, PrintedLines, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "run-script-test-password"
@@ -44,29 +43,12 @@ class RunSh:
         if sys.prefix != sys.base_prefix:  # the venv running the tests is the one to use
             full_env["VENV"] = sys.prefix
         (tmp / "confdir").mkdir()
-        self.output: list[str] = []
         self.process = subprocess.Popen(
             [str(ROOT / "run.sh"), *args, "--set", f"confdir={tmp / 'confdir'}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env, cwd=tmp)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.printed = PrintedLines(self.process, "./run.sh")
+        self.wait_for = self.printed.wait_for
         self.port = int(self.wait_for(LISTEN_RE))
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.output):
-                if match := pattern.search(line):
-                    return match.group(1)
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"./run.sh never printed {pattern.pattern!r}:\n"
-                             + "".join(self.output))
 
     def health(self) -> dict:
         response = httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=10)
@@ -98,8 +80,8 @@ def test_proxy_with_its_own_connection_strategy(run_sh, transformers_server: Fak
     # though the addon answered /health itself.
     upstream = transformers_server.url.removeprefix("http://")
     deadline = time.monotonic() + 5
-    while not any(f"server connect {upstream}" in line for line in proxy.output):
-        assert time.monotonic() < deadline, "".join(proxy.output)
+    while not any(f"server connect {upstream}" in line for line in proxy.printed.lines):
+        assert time.monotonic() < deadline, "".join(proxy.printed.lines)
         time.sleep(0.05)
 
 
@@ -115,4 +97,4 @@ def test_web_with_its_own_port_and_columns(run_sh) -> None:
     assert options["web_columns"]["value"] == ["path", "comment"]
     assert options["connection_strategy"]["value"] == "lazy"  # run.sh's default, not given
     assert options["web_open_browser"]["value"] is False
-    assert "run.sh: mitmweb UI at the web_port you set" in "".join(web.output)
+    assert "run.sh: mitmweb UI at the web_port you set" in "".join(web.printed.lines)
