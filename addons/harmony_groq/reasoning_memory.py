@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import ProxyError
 from .parse import ToolCall
-from .render import _reasoning_of, _text_of
+from .render import reasoning_of, text_of
 
 Call = tuple[str, str, str]  # (id, name, arguments), as the client got them
 
@@ -63,7 +63,7 @@ def _is_final_answer(message: dict[str, Any]) -> bool:
     if message.get("role") != "assistant" or message.get("tool_calls"):
         return False
     try:
-        return bool(_text_of(message.get("content"), "content"))
+        return bool(text_of(message.get("content"), "content"))
     except ProxyError:
         return False  # render_prompt rejects the request anyway
 
@@ -115,7 +115,7 @@ class ReasoningMemory:
         restored: list[str] = []
         for n in range(start, len(messages)):
             message = messages[n]
-            if message.get("role") != "assistant" or _reasoning_of(message):
+            if message.get("role") != "assistant" or reasoning_of(message):
                 continue
             calls = _calls_of(message)
             turn = self.turns.get(calls[0][0]) if calls else None

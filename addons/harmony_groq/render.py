@@ -99,7 +99,7 @@ def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
     return value
 
 
-def _text_of(content: Any, where: str) -> str:
+def text_of(content: Any, where: str) -> str:
     """Message content as text: a string, or a list of text parts joined by newlines."""
     if content is None:
         return ""
@@ -127,7 +127,7 @@ def _text_of(content: Any, where: str) -> str:
     raise bad_request(f"{where}: content must be a string or an array of parts.", param=where)
 
 
-def _reasoning_of(message: dict[str, Any]) -> str:
+def reasoning_of(message: dict[str, Any]) -> str:
     for key in _REASONING_KEYS:
         value = message.get(key)
         if isinstance(value, str) and value:
@@ -190,7 +190,7 @@ class _HistoryBuilder:
         if safe is None:
             raise bad_request(f"{where}: a tool message must answer an earlier tool call "
                               "(tool_call_id).", param=where)
-        text = self.clean(_text_of(message.get("content"), where))
+        text = self.clean(text_of(message.get("content"), where))
         return (
             Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{safe}"), text)
             .with_channel("commentary")
@@ -203,12 +203,12 @@ class _HistoryBuilder:
             message, where = messages[i], f"messages[{offset + i}]"
             role = message["role"]
             if role in ("system", "developer"):
-                text = self.clean(_text_of(message.get("content"), where))
+                text = self.clean(text_of(message.get("content"), where))
                 self.out.append(Message.from_role_and_content(
                     Role.DEVELOPER, DeveloperContent.new().with_instructions(text)))
             elif role == "user":
                 self.out.append(Message.from_role_and_content(
-                    Role.USER, self.clean(_text_of(message.get("content"), where))))
+                    Role.USER, self.clean(text_of(message.get("content"), where))))
             elif role == "assistant":
                 i = self._assistant_turn(messages, i, offset)
                 continue
@@ -221,8 +221,8 @@ class _HistoryBuilder:
 
     def _assistant_turn(self, messages: list[dict[str, Any]], i: int, offset: int) -> int:
         message, where = messages[i], f"messages[{offset + i}]"
-        reasoning = _reasoning_of(message)
-        content = _text_of(message.get("content"), where)
+        reasoning = reasoning_of(message)
+        content = text_of(message.get("content"), where)
         calls = message.get("tool_calls") or []
         if not isinstance(calls, list):
             raise bad_request(f"{where}: tool_calls must be an array.", param=where)
@@ -379,7 +379,7 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
         lead += 1
     instructions = clean("\n\n".join(
         t for n in range(lead)
-        if (t := _text_of(messages[n].get("content"), f"messages[{n}]"))
+        if (t := text_of(messages[n].get("content"), f"messages[{n}]"))
     ))
     tools = _tool_descriptions(request, names, clean)
     harmony: list[Message] = [Message.from_role_and_content(Role.SYSTEM, system)]

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import bad_request
+from ..render import text_of
 
 logger = logging.getLogger(__name__)
 
@@ -138,27 +139,6 @@ def _output_text(output: Any, where: str) -> str:
     raise bad_request(f"{where}.output must be a string or an array of parts.", param=where)
 
 
-def _message_text(content: Any, where: str) -> str:
-    """A message's text: a string, or its text parts joined by newlines (as render joins)."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise bad_request(f"{where}: content must be a string or an array of parts.",
-                          param=where)
-    texts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        else:
-            raise bad_request(f"{where}: content part type {kind!r} is not supported: gpt-oss "
-                              "is text-only (send text parts only).", param=where,
-                              code="unsupported_content_type")
-    return "\n".join(texts)
-
-
 def _reasoning_text(item: dict[str, Any]) -> str:
     """The reasoning's own text (``content``), else its summary."""
     for key in ("content", "summary"):
@@ -222,7 +202,7 @@ class _History:
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise bad_request(f"{where}: unknown role {role!r}.", param=where)
-        content = _message_text(item.get("content"), where)
+        content = text_of(item.get("content"), where)
         if role == "assistant":
             turn = self._open_turn()
             if turn.get("tool_calls"):  # text after a call opens a new turn
