@@ -542,3 +542,19 @@ class FakeGroq(FakeServer):
         self.next_status.clear()
         self.models_status = 200
         self.token_delay = 0.0
+
+
+class _NpmRegistryHandler(_Handler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.fake.requests.append({"path": self.path, "headers": dict(self.headers.items()),
+                                   "raw": b""})
+        if self.path.startswith("/-/ping"):
+            self.send_json(200, {})
+        else:
+            self.send_json(404, {"error": "Not found"})
+
+
+class FakeNpmRegistry(FakeServer):
+    """An npm registry that answers ``npm ping`` and knows no package."""
+
+    handler = _NpmRegistryHandler

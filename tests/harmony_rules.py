@@ -24,7 +24,6 @@ class PromptMessage:
 
     author: str
     channel: str | None
-    recipient: str | None
     content: str
 
 
@@ -33,12 +32,8 @@ def messages(prompt: str) -> list[PromptMessage]:
     found = []
     for header, content in MESSAGE.findall(prompt):
         head, _, channel = header.partition("<|channel|>")
-        author, _, recipient = head.partition(" to=")
-        channel_name = channel.split(" ")[0] if channel else None
-        if " to=" in channel:  # the recipient written after the channel
-            recipient = channel.split(" to=")[1].split(" ")[0]
-        found.append(PromptMessage(author.strip(), channel_name, recipient.strip() or None,
-                                   content))
+        found.append(PromptMessage(head.split(" to=")[0].strip(),
+                                   channel.split(" ")[0] or None, content))
     return found
 
 

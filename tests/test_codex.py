@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import AGENTS, install, run_headless
+from agents import run_headless
 from fakes import FakeGroq, FakeTransformers
 from harmony_rules import final, last_message, tool_call, tool_names
 from proxy_process import ProxyProcess
@@ -46,9 +46,9 @@ enabled = false
 """
 
 
-@pytest.fixture(scope="module")
-def codex() -> Path:
-    return install(AGENTS["codex"])
+@pytest.fixture()
+def codex(agent_cli) -> Path:
+    return agent_cli("codex")
 
 
 def run_codex(codex: Path, proxy: ProxyProcess, tmp_path: Path, prompt: str,
