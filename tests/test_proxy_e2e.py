@@ -257,6 +257,7 @@ def test_regular_proxy_mode(start_proxy, fake_transformers: FakeTransformers,
         assert reply.choices[0].message.content == "Hello!"
         reply = client.chat.completions.create(model="llama-3.3-70b-versatile", messages=HI)
         assert reply.choices[0].message.content == "groq says: hi"
+        assert client.responses.create(model="gpt-oss-20b", input="hi").output_text == "Hello!"
         # Anything else passes through untouched, credentials included.
         passthrough = http_client.get(f"{fake_groq.base_url}/models",
                                       headers={"authorization": f"Bearer {GROQ_KEY}"})
