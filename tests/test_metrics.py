@@ -321,3 +321,22 @@ def test_scrape_after_a_mixed_run(start_proxy: Callable[..., ProxyProcess],
     assert {(r["route"], r["status"]) for r in scraped} >= {("local", 200), ("local", 401)}
     printed = "".join(proxy.output)
     assert "Addon error" not in printed and "Traceback" not in printed  # no hook failed
+
+
+def test_dialects_counted_with_their_tokens(start_proxy, fake_transformers: FakeTransformers,
+                                            fake_groq: FakeGroq) -> None:
+    """Responses requests are counted under their dialect, their tokens from the usage the
+    client was told, whichever shape it has (gateway-written, or Groq's own)."""
+    proxy = start_proxy(env={"GROQ_API_KEY": GROQ_KEY, "PROXY_API_KEY": PROXY_KEY})
+    client = openai.OpenAI(base_url=proxy.base_url, api_key=PROXY_KEY, max_retries=0)
+    before = scrape(proxy)
+    whole = client.responses.create(model="gpt-oss-20b", input="hi", store=False)
+    groq = client.responses.create(model="llama-3.3-70b-versatile", input="hi", store=False)
+    after = delta(before, scrape(proxy))
+    requests = series(after, "harmony_groq_requests_total", "dialect", "route", "status")
+    assert {k: v for k, v in requests.items() if k[1] != "local"} == {
+        ("responses", "gpt-oss", "200"): 1, ("responses", "groq", "200"): 1}
+    tokens = series(after, "harmony_groq_tokens_total", "model", "kind")
+    assert tokens[("gpt-oss-20b", "prompt")] == whole.usage.input_tokens
+    assert tokens[("gpt-oss-20b", "completion")] == whole.usage.output_tokens
+    assert tokens[("llama-3.3-70b-versatile", "completion")] == groq.usage.output_tokens

@@ -116,10 +116,16 @@ def _tokens(usage: Any) -> list[tuple[str, int]]:
     """(kind, count) for the prompt, completion and reasoning tokens a usage object reports."""
     if not isinstance(usage, dict):
         return []
-    details = usage.get("completion_tokens_details")
-    counts = [("prompt", usage.get("prompt_tokens")),
-              ("completion", usage.get("completion_tokens")),
-              ("reasoning", details.get("reasoning_tokens") if isinstance(details, dict) else 0)]
+    if "input_tokens" in usage:  # Responses and Anthropic Messages name them so
+        details = usage.get("output_tokens_details")
+        counts = [("prompt", usage.get("input_tokens")),
+                  ("completion", usage.get("output_tokens"))]
+    else:
+        details = usage.get("completion_tokens_details")
+        counts = [("prompt", usage.get("prompt_tokens")),
+                  ("completion", usage.get("completion_tokens"))]
+    counts.append(("reasoning",
+                   details.get("reasoning_tokens") if isinstance(details, dict) else 0))
     return [(kind, n) for kind, n in counts if type(n) is int and n > 0]
 
 
@@ -258,8 +264,9 @@ class Metrics:
         assert response is not None
         if summary is not None:
             first, usage = summary.get("first_token_at"), summary.get("usage")
-        else:
-            first, usage = response.timestamp_start, _body_usage(response)
+        else:  # the gateway's own count when it wrote the reply, else the upstream's body
+            first = response.timestamp_start
+            usage = record_of(flow).get("usage") or _body_usage(response)
         if first:
             self.ttft(route, model).observe(first - flow.request.timestamp_start)
         for kind, n in _tokens(usage):
