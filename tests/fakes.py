@@ -11,6 +11,7 @@ without ``<|return|>``, one SSE event per token and no ``[DONE]``, errors as
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -254,6 +255,9 @@ class FakeTransformers(FakeServer):
 
 
 GROQ_KEY = "gsk_testkey0123456789abcdefABCDEF"
+GROQ_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# What the fake model passes to a tool it must call, in the pieces it streams.
+FORCED_ARGUMENTS = ('{"reason": ', '"required"}')
 RATE_HEADERS = {
     "x-ratelimit-limit-requests": "14400", "x-ratelimit-remaining-requests": "14399",
     "x-ratelimit-limit-tokens": "18000", "x-ratelimit-remaining-tokens": "17990",
@@ -324,12 +328,17 @@ class _GroqHandler(_Handler):
         # Reasoning models answer with Groq's own field name, `reasoning`.
         reasoning = "Thinking it over." if any(
             family in body["model"] for family in ("gpt-oss", "qwen")) else None
+        call = self._forced_call(body)
+        finish = "tool_calls" if call else "stop"
         if not body.get("stream"):
-            message = {"role": "assistant", "content": answer}
+            message: dict[str, Any] = {"role": "assistant", "content": None if call else answer}
             if reasoning:
                 message["reasoning"] = reasoning
+            if call:
+                message["tool_calls"] = [{"id": "call_fake1", "type": "function", "function": {
+                    "name": call, "arguments": "".join(FORCED_ARGUMENTS)}}]
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                 "usage": usage, "x_groq": {"id": "req_01fake"}}, RATE_HEADERS)
             return
         self.start_sse(RATE_HEADERS)
@@ -344,17 +353,31 @@ class _GroqHandler(_Handler):
         if reasoning:
             send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
                                         "logprobs": None, "finish_reason": None}]})
-        for word in answer.split(" "):
-            send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
-                                        "logprobs": None, "finish_reason": None}]})
+        for n, piece in enumerate(FORCED_ARGUMENTS if call else answer.split(" ")):
+            delta: dict[str, Any] = {"content": piece + " "}
+            if call:  # the first piece names the call, the others add to its arguments
+                named = {"id": "call_fake1", "type": "function", "function": {
+                    "name": call, "arguments": piece}}
+                delta = {"tool_calls": [{"index": 0, **named} if n == 0 else {
+                    "index": 0, "function": {"arguments": piece}}]}
+            send({**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": None}]})
             time.sleep(fake.token_delay)
         send({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                    "finish_reason": "stop"}],
+                                    "finish_reason": finish}],
               "x_groq": {"id": "req_01fake", "usage": usage}, "usage": usage})
         if (body.get("stream_options") or {}).get("include_usage"):
             send({**chunk, "choices": [], "usage": usage})
         self.send_chunk(b"data: [DONE]\n\n")
         self.end_chunks()
+
+    @staticmethod
+    def _forced_call(body: dict[str, Any]) -> str | None:
+        """The tool a ``required`` or named ``tool_choice`` makes the model call."""
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict):
+            return choice["function"]["name"]
+        return body["tools"][0]["function"]["name"] if choice == "required" else None
 
     @staticmethod
     def _validate(body: Any) -> str | None:
@@ -367,6 +390,10 @@ class _GroqHandler(_Handler):
         if not isinstance(body.get("messages"), list) or not all(
                 isinstance(m, dict) for m in body["messages"]):
             return "'messages' : value must be an array of objects"
+        for n, tool in enumerate(body.get("tools") or []):
+            if not GROQ_TOOL_NAME.fullmatch(tool["function"]["name"]):
+                return (f"'tools.{n}.function.name' : value must match pattern "
+                        f"{GROQ_TOOL_NAME.pattern}")
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"

@@ -27,6 +27,7 @@ from .chat_request import parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.chat import ChatDialect
+from .dialects.messages import MessagesDialect, anthropic_models
 from .errors import ProxyError
 from .groq import DROP_HEADERS, GroqStreamRelay, apply_reasoning_keys
 from .groq_translate import GroqChatTranslator, groq_error, translate_whole
@@ -60,7 +61,8 @@ _KEPT_ERROR_HEADERS = ("retry-after",)
 
 def answer(flow: http.HTTPFlow, error: ProxyError, dialect: Dialect,
            headers: dict[str, str] | None = None) -> None:
-    flow.response = error.to_response(headers, dialect.error_body(error))
+    flow.response = error.to_response(headers, dialect.error_body(error),
+                                      dialect.error_status(error))
     record = record_of(flow)
     record["error"] = error.message
     record.setdefault("route", "local")
@@ -76,6 +78,15 @@ def _has_long_word(value: Any) -> bool:
     if isinstance(value, list):
         return any(_has_long_word(v) for v in value)
     return False
+
+
+def _refuse_long_words(body: dict[str, Any]) -> None:
+    """o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of CPU on
+    the event loop. Refuse instead of stalling every other client."""
+    if _has_long_word(body):
+        raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
+                         "without spaces; gpt-oss cannot tokenize it in reasonable time.",
+                         code="word_too_long")
 
 
 class GroqKeyInjector:
@@ -109,8 +120,10 @@ class Gateway:
         self.settings = settings
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
-        chat = ChatDialect()
-        self.dialects: dict[Endpoint, Dialect] = {Endpoint.CHAT: chat}
+        chat, self.messages = ChatDialect(), MessagesDialect()
+        self.dialects: dict[Endpoint, Dialect] = {
+            Endpoint.CHAT: chat, Endpoint.MESSAGES: self.messages,
+            Endpoint.COUNT_TOKENS: self.messages}
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
@@ -215,7 +228,13 @@ class Gateway:
             return
         self._check_proxy_key(flow)
         if endpoint is Endpoint.MODELS:
-            flow.response = _json_response(200, await self.local.model_list())
+            listing = await self.local.model_list()
+            if "anthropic-version" in flow.request.headers:
+                listing = anthropic_models(listing["data"])
+            flow.response = _json_response(200, listing)
+            return
+        if endpoint is Endpoint.COUNT_TOKENS:
+            flow.response = _json_response(200, {"input_tokens": self._count_tokens(flow)})
             return
         await self._route(flow, dialect)
 
@@ -242,6 +261,16 @@ class Gateway:
             raise ProxyError(400, "The request body's content-encoding cannot be decoded.",
                              code="invalid_encoding") from None
         return parse_json_body(content)
+
+    def _count_tokens(self, flow: http.HTTPFlow) -> int:
+        """The rendered harmony prompt's length: exact for gpt-oss, an estimate for Groq."""
+        body = self._body(flow)
+        model = self.messages.model(body, self.config)
+        groq = choose_route(model, self.config.harmony_models).route is Route.GROQ
+        request = self.messages.chat(body, self.config, "placeholder" if groq else "refuse")
+        _refuse_long_words(body)
+        transport = make_backend(self.config.backend).text_transport
+        return len(render_prompt(request, self.config.harmony_date, transport).token_ids)
 
     async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:
         body = self._body(flow)
@@ -276,12 +305,7 @@ class Gateway:
         config, local = self.config, self.local
         if config.backend == "vllm" and "context_length" not in local.server_info:
             await local.refresh_health()  # vLLM needs the context length for its max_tokens
-        if _has_long_word(conversation.body):
-            # o200k BPE is quadratic in the length of one word: 200k letters take ~12 s of
-            # CPU on the event loop. Refuse instead of stalling every other client.
-            raise ProxyError(400, f"A message contains a word longer than {MAX_WORD} letters "
-                             "without spaces; gpt-oss cannot tokenize it in reasonable time.",
-                             code="word_too_long")
+        _refuse_long_words(conversation.body)
         backend = make_backend(config.backend, local.server_info.get("context_length"))
         request = conversation.chat
         prompt = render_prompt(request, config.harmony_date, backend.text_transport)

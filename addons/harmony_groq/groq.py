@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -41,6 +42,49 @@ def sanitize_body(body: dict[str, Any], model: str) -> dict[str, Any]:
         messages.append(message)
     out["messages"] = messages
     return out
+
+
+_GROQ_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME_LIMIT = 64
+
+
+def _safe_name(name: str, taken: dict[str, str]) -> str:
+    """``name`` within Groq's ``[a-zA-Z0-9_-]{1,64}``; too long, or clashing with a name
+    already given out, it keeps a prefix and gets 8 hex digits of its hash."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+    if len(safe) > _NAME_LIMIT or taken.get(safe, name) != name:
+        safe = f"{safe[:_NAME_LIMIT - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def groq_tool_names(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A chat body with tool names Groq cannot take renamed (in ``tools``, the history's
+    ``tool_calls`` and ``tool_choice``), and the map Groq-safe name → client name."""
+    names = [t["function"]["name"] for t in body.get("tools") or []] + [
+        c["function"]["name"] for m in body["messages"] for c in m.get("tool_calls") or []]
+    unique = list(dict.fromkeys(names))
+    taken = {name: name for name in unique if _GROQ_NAME.fullmatch(name)}  # safe → client
+    renamed: dict[str, str] = {}  # client name → safe name, for the names that change
+    for name in unique:
+        if name not in taken:
+            renamed[name] = _safe_name(name, taken)
+            taken[renamed[name]] = name
+    if not renamed:
+        return body, {}
+
+    def rename(holder: dict[str, Any]) -> dict[str, Any]:
+        function = holder["function"]
+        return {**holder, "function": {**function,
+                                       "name": renamed.get(function["name"], function["name"])}}
+
+    out = {**body, "messages": [
+        {**m, "tool_calls": [rename(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m
+        for m in body["messages"]]}
+    if body.get("tools"):
+        out["tools"] = [rename(t) for t in body["tools"]]
+    if isinstance(body.get("tool_choice"), dict):
+        out["tool_choice"] = rename(body["tool_choice"])
+    return out, {safe: name for name, safe in renamed.items()}
 
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")

@@ -69,6 +69,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "SSE keep-alive comment interval while hidden reasoning streams."),
     OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
                "How long Groq's model list is cached."),
+    OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
+               "Comma-separated PATTERN=MODEL: Claude model names (Claude Code's aliases) "
+               "matching a glob PATTERN are served by MODEL; first match wins."),
 )
 
 
@@ -91,6 +94,7 @@ class Config:
     upstream_timeout: int
     keepalive_seconds: int
     models_cache_seconds: int
+    claude_model_map: tuple[tuple[str, str], ...]
     groq_api_key: str
     proxy_api_key: str
 
@@ -116,6 +120,17 @@ def _check_url(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise exceptions.OptionsError(f"{name}={value!r} is not an http(s) URL")
     return value.rstrip("/")
+
+
+def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for entry in _split(value):
+        pattern, _, model = (part.strip() for part in entry.partition("="))
+        if not pattern or not model:
+            raise exceptions.OptionsError(f"claude_model_map entry {entry!r} is not "
+                                          "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
+        pairs.append((pattern.lower(), model))
+    return tuple(pairs)
 
 
 def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -152,6 +167,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         upstream_timeout=values["upstream_timeout"],
         keepalive_seconds=values["keepalive_seconds"],
         models_cache_seconds=values["models_cache_seconds"],
+        claude_model_map=_model_map(values["claude_model_map"]),
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

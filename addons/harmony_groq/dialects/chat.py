@@ -74,3 +74,6 @@ class ChatDialect:
 
     def error_body(self, error: ProxyError) -> dict[str, Any]:
         return error.body()
+
+    def error_status(self, error: ProxyError) -> int:
+        return error.status
