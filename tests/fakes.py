@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -174,7 +175,7 @@ class _TransformersHandler(_Handler):
                                            f"'{body['model']}'."})
             return
         fake.prompts.append(body["prompt"])
-        script = fake.next_script()
+        script = fake.next_script(body["prompt"])
         if script.delay_headers:
             time.sleep(script.delay_headers)
         if script.status != 200:
@@ -227,11 +228,14 @@ class _TransformersHandler(_Handler):
 
 
 class FakeTransformers(FakeServer):
+    """Answers scripts in order (then ``default``), or what a rule says for each prompt."""
+
     handler = _TransformersHandler
 
     def __init__(self) -> None:
         self.scripts: deque[Scripted] = deque()
         self.default = Scripted(DEFAULT_ANSWER)
+        self.rule: Callable[[str], str] | None = None
         self.prompts: list[str] = []
         self.pinned: str | None = None
         self.strip_specials = False
@@ -241,12 +245,20 @@ class FakeTransformers(FakeServer):
     def script(self, *scripts: Scripted | str) -> None:
         self.scripts.extend(s if isinstance(s, Scripted) else Scripted(s) for s in scripts)
 
-    def next_script(self) -> Scripted:
+    def respond(self, rule: Callable[[str], str]) -> None:
+        """Answer each prompt with ``rule(prompt)``: a real agent's requests (and how many it
+        sends) are decided by the agent, so the answer must follow from the prompt."""
+        self.rule = rule
+
+    def next_script(self, prompt: str) -> Scripted:
+        if self.rule is not None:
+            return Scripted(self.rule(prompt))
         return self.scripts.popleft() if self.scripts else self.default
 
     def reset_state(self) -> None:
         self.default = Scripted(DEFAULT_ANSWER)
         self.scripts.clear()
+        self.rule = None
         self.prompts.clear()
         self.requests.clear()
         self.pinned = None
