@@ -62,6 +62,7 @@ class Scripted:
     reset_after: int | None = None  # tokens, then the connection is cut
     status: int = 200
     delay_headers: float = 0.0
+    prefill: float = 0.0  # seconds between the headers and the first token of a stream
 
 
 class _Server(ThreadingHTTPServer):
@@ -204,6 +205,7 @@ class _TransformersHandler(_Handler):
                                                       "text": "".join(pieces)}], "usage": usage})
             return
         self.start_sse()
+        time.sleep(script.prefill)
         try:
             for n, piece in enumerate(pieces):
                 if script.reset_after is not None and n == script.reset_after:

@@ -9,6 +9,7 @@ parsed; every streamed body the SDK read is checked against the event grammar
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +20,8 @@ import pytest
 
 from harmony_groq.encoding import harmony_encoding
 
-from anthropic_stream import RecordingTransport, check_stream
-from fakes import GROQ_KEY, FakeGroq, FakeTransformers, Scripted
+from anthropic_stream import RecordingTransport, check_stream, frames
+from fakes import DEFAULT_ANSWER, GROQ_KEY, FakeGroq, FakeTransformers, Scripted
 from proxy_process import ProxyProcess
 from test_render import GEN, call, developer, result, system, user
 
@@ -279,6 +280,28 @@ def test_backend_error_mid_stream_is_an_error_event(claude: Claude,
     ended = check_stream(claude.transport.last())
     assert ended["error"]["type"] == "api_error"
     assert ended["content"][0]["type"] == "thinking"
+
+
+def test_pings_while_a_long_prompt_is_prefilled(start_proxy,
+                                                fake_transformers: FakeTransformers) -> None:
+    """The model server sends nothing until its first token; the client gets message_start
+    and pings meanwhile instead of silence."""
+    proxy = start_proxy({"keepalive_seconds": "1"})
+    fake_transformers.script(Scripted(DEFAULT_ANSWER, prefill=3))
+    arrivals: list[tuple[float, bytes]] = []
+    with httpx.stream("POST", f"{proxy.root_url}/v1/messages", timeout=20, json={
+            "model": "gpt-oss-20b", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]}) as response:
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    raw = b"".join(chunk for _, chunk in arrivals)
+    assert check_stream(raw)["content"][1] == {"type": "text", "text": "Hello!"}
+    kinds = [kind for kind, _ in frames(raw)]
+    first_block = kinds.index("content_block_start")
+    assert kinds[0] == "message_start" and "ping" in kinds[1:first_block]
+    started = next(at for at, chunk in arrivals if b"message_start" in chunk)
+    first_token = next(at for at, chunk in arrivals if b"content_block_start" in chunk)
+    assert first_token - started > 1
 
 
 def test_claude_names_need_the_map(claude: Claude, fake_groq: FakeGroq,

@@ -46,7 +46,13 @@ from .routing import (
     forward_endpoint,
 )
 from .settings import Config, Settings
-from .streaming import HarmonyStreamTranslator, StreamResult, send_last_chunk, stripped_error
+from .streaming import (
+    HarmonyStreamTranslator,
+    Heartbeat,
+    StreamResult,
+    send_last_chunk,
+    stripped_error,
+)
 from .translate import HarmonyExchange, translate_completion
 from .upstream import ModelServerClient
 
@@ -128,6 +134,7 @@ class Gateway:
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, HarmonyStreamTranslator | GroqChatTranslator] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
+        self.heartbeats: dict[str, Heartbeat] = {}
         self.injector = GroqKeyInjector(settings)
         self._startup_check: asyncio.Task | None = None
 
@@ -358,8 +365,16 @@ class Gateway:
         _prepare_sse(flow)
         flow.response.stream = stream
         self.streams[flow.id] = stream
+        if isinstance(stream, HarmonyStreamTranslator):
+            self.heartbeats[flow.id] = Heartbeat(flow, stream)
+
+    def _stop_heartbeat(self, flow: http.HTTPFlow) -> None:
+        heartbeat = self.heartbeats.pop(flow.id, None)
+        if heartbeat is not None:
+            heartbeat.stop()
 
     def response(self, flow: http.HTTPFlow) -> None:
+        self._stop_heartbeat(flow)
         exchange = self.exchanges.pop(flow.id, None)
         call = self.groq_calls.pop(flow.id, None)
         self.streams.pop(flow.id, None)
@@ -445,6 +460,7 @@ class Gateway:
             response.content = json.dumps(body, ensure_ascii=False).encode()
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._stop_heartbeat(flow)
         self.exchanges.pop(flow.id, None)
         self.groq_calls.pop(flow.id, None)
         stream = self.streams.pop(flow.id, None)

@@ -8,10 +8,14 @@ would silently drop a chunk, so every failure becomes the dialect's error event 
 When the upstream connection breaks mid-body (reset, crash), mitmproxy never calls the stream
 again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
 translation there and ``send_last_chunk`` delivers its error event before that close.
+
+While the model server sends nothing at all (prefilling a long prompt) mitmproxy never calls
+the stream either; ``Heartbeat`` then writes the reply's start and keep-alives itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -104,6 +108,22 @@ class HarmonyStreamTranslator:
             logger.exception("stream translation failed")
             self._fail(ProxyError(502, f"The model server's stream could not be translated: "
                                   f"{exc}", code="translation_error"), out)
+        self._pace(out)
+        return out
+
+    def idle(self) -> bytes:
+        """What to send while the model server is silent: the reply's start, then a
+        keep-alive each ``keepalive_seconds`` (none after the reply ended)."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.extend(self.reply.start())
+        self._pace(out)
+        return b"".join(out)
+
+    def _pace(self, out: list[bytes]) -> None:
         now = self.clock()
         if not out and now - self.last_sent >= self.keepalive_seconds:
             # Hidden reasoning (or a long header) sends nothing: keep idle clients from timing out.
@@ -111,7 +131,6 @@ class HarmonyStreamTranslator:
             self.result.keepalives += 1
         if out:
             self.last_sent = now
-        return out
 
     def abort(self, reason: str) -> bytes:
         """The flow failed outside the stream (upstream reset, client gone): close the
@@ -172,14 +191,15 @@ class HarmonyStreamTranslator:
         self.on_done(self.result)
 
 
-def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
-    """Write ``data`` and the end of the chunked body to an HTTP/1 client, from the ``error``
-    hook, whose connection mitmproxy is about to close.
+def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
+    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
+    stream (``last``: and the body's end).
 
-    mitmproxy offers no way to add body data once the upstream broke off; without this the
-    client gets a truncated chunked body ("incomplete chunked read"). It reaches into mitmproxy
-    12's connection handler (``proxyserver.connections`` → ``transports`` → ``writer``), so
-    every step is checked and ``False`` means nothing was sent. HTTP/2 clients get a stream reset.
+    mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
+    mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
+    ``writer``); every step is checked and ``False`` means nothing was sent. A chunk is one
+    write on the event loop, so it never lands inside one of mitmproxy's. HTTP/2 clients get
+    nothing.
     """
     response = flow.response
     if (not data or response is None or flow.request.is_http2 or flow.request.is_http3
@@ -192,5 +212,35 @@ def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
     writer = getattr(io, "writer", None)
     if writer is None or writer.is_closing():
         return False
-    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
     return True
+
+
+def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
+    """Write ``data`` and the end of the body from the ``error`` hook, whose connection
+    mitmproxy is about to close: without it the client gets a truncated chunked body
+    ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
+    return write_chunk(flow, data, last=True)
+
+
+class Heartbeat:
+    """Sends ``translator.idle()`` to the client whenever the translator has sent nothing for
+    its keep-alive interval: during a long prefill the client gets the reply's start (Claude
+    Code and Codex want it) and then keep-alives (Anthropic's ``ping``), not silence."""
+
+    def __init__(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
+        self.flow = flow
+        self.translator = translator
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        translator = self.translator
+        while not translator.done:
+            due = translator.last_sent + translator.keepalive_seconds - translator.clock()
+            await asyncio.sleep(max(due, 0.05))
+            data = translator.idle()
+            if data and not write_chunk(self.flow, data):
+                return
+
+    def stop(self) -> None:
+        self.task.cancel()
