@@ -2,10 +2,11 @@
 
 mitmweb shows what went over the wire to the model server (a JSON body holding one prompt
 string; generated text). This view lays the harmony out message by message (author, channel,
-recipient, content type, content) next to the OpenAI request the client sent and the response
-it got, with the parser's repairs. mitmweb does not expose ``flow.metadata``, but a content view
-gets the flow, so it reads the record ``records.py`` keeps there (through ``flow_record``, the same
-summary the flow log writes). Registered with ``contentviews.add`` by ``addons/harmony.py``.
+recipient, content type, content) next to the request the client sent and the response it got
+(in the client's API: OpenAI's, Anthropic's Messages), with the parser's repairs. mitmweb does
+not expose ``flow.metadata``, but a content view gets the flow, so it reads the record
+``records.py`` keeps there (through ``flow_record``, the same summary the flow log writes).
+Registered with ``contentviews.add`` by ``addons/harmony.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from .sse import SSEFramer
 _SPECIAL = re.compile(r"<\|(start|end|message|channel|constrain|return|call)\|>")
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
 OUTSIDE = "(text outside any message)"
+CLIENT_APIS = {"messages": "ANTHROPIC MESSAGES"}  # the dialects that are not OpenAI's
+
+
+def _api(record: dict[str, Any]) -> str:
+    return CLIENT_APIS.get(record.get("dialect") or "", "OPENAI")
 
 
 @dataclass(frozen=True)
@@ -151,7 +157,8 @@ def render_request(data: bytes, record: dict[str, Any]) -> str:
         lines += [""] + format_message(number, message,
                                        "← the model's reply starts here" if last else "")
     client = record.get("client_request") or {}
-    lines += ["", f"OPENAI REQUEST FROM THE CLIENT → POST {record.get('client_path', '')}",
+    lines += ["", f"{_api(record)} REQUEST FROM THE CLIENT → POST "
+              f"{record.get('client_path', '')}",
               _pretty(client.get("body"))]
     return "\n".join(lines)
 
@@ -193,11 +200,11 @@ def _client_response(data: bytes, summary: dict[str, Any]) -> list[str]:
         assembled = {k: v for k, v in client.items() if k != "stream"}
         if summary.get("usage"):
             assembled["usage"] = summary["usage"]
-        return [f"OPENAI RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE events kept "
-                "for the Raw view), assembled", _pretty(assembled)]
+        return [f"{_api(summary)} RESPONSE TO THE CLIENT ({status}, streamed: {events} SSE "
+                "events kept for the Raw view), assembled", _pretty(assembled)]
     body = _json_or_none(data)
     shown = _pretty(body) if body is not None else data.decode("utf-8", "replace")
-    return [f"OPENAI RESPONSE TO THE CLIENT ({status})", shown]
+    return [f"{_api(summary)} RESPONSE TO THE CLIENT ({status})", shown]
 
 
 def harmony_record(flow: Any) -> dict[str, Any] | None:
