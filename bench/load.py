@@ -16,7 +16,8 @@ from typing import Any
 
 from httpclient import Connection, Response, Target
 
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
+# The usage of the last event: chat's ``completion_tokens``, Anthropic's ``output_tokens``.
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion|output)_tokens":\s*(\d+)')
 
 
 class LoadError(RuntimeError):
@@ -94,8 +95,10 @@ async def run_load(target: Target, body: bytes, expect: bytes, *, concurrency: i
 
 
 def is_first_delta(data: bytes, index: int) -> bool:
-    """A proxy chunk that carries generated text (the role chunk before it has none)."""
-    return b'"reasoning' in data or b'"content": "' in data.replace(b'"content": ""', b"")
+    """A proxy chunk that carries generated text (the chunks before it, chat's role chunk or
+    Anthropic's message_start and block start, have none)."""
+    return (b'"reasoning' in data or b'"content": "' in data.replace(b'"content": ""', b"")
+            or b'"thinking_delta"' in data or b'"text_delta"' in data)
 
 
 def nth_chunk(n: int) -> Callable[[bytes, int], bool]:

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             groq_targets=groq_targets(ports["groq"], ports_of["bare mitmdump"], ports_of[PROXY],
                                       litellm),
             proxy=Target(PROXY, ports_of[PROXY], "/v1/chat/completions"),
+            messages_proxy=Target(PROXY, ports_of[PROXY], "/v1/messages"),
             proxy_nolog=Target(NOLOG, ports_of[NOLOG], "/v1/chat/completions"),
             backend=Target("backend direct", ports["transformers"], "/v1/completions"),
             pids={**under_test, FAKE: fakes.pid, LOAD: os.getpid()},

@@ -1,7 +1,8 @@
 """The benchmark's requests and the fake model's canned replies, all deterministic.
 
 The fake transformers server picks its reply by the request's ``seed`` (the proxy passes
-``seed`` through unchanged), so one fake serves every gpt-oss workload.
+``seed`` through unchanged), so one fake serves every gpt-oss workload; Anthropic's Messages
+API has no ``seed``, so a prompt holding ``STREAM_PROMPT`` gets the stream reply too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ GPT_OSS = "gpt-oss-20b"
 DATE = "2026-01-15"
 
 SHORT_SEED, CODING_SEED, STREAM_SEED = 1, 2, 3
+STREAM_PROMPT = "Plan the refactoring, step by step."
 
 SHORT_REPLY = ("<|channel|>analysis<|message|>User asks 2+2. Simple.<|end|><|start|>assistant"
                "<|channel|>final<|message|>2 + 2 = 4.")
@@ -54,7 +56,13 @@ def short_chat_body() -> dict[str, Any]:
 def stream_body(max_tokens: int) -> dict[str, Any]:
     return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "max_tokens": max_tokens,
             "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Plan the refactoring, step by step."}]}
+            "messages": [{"role": "user", "content": STREAM_PROMPT}]}
+
+
+def messages_stream_body(max_tokens: int) -> dict[str, Any]:
+    """``stream_body`` in Anthropic's Messages API: the same harmony prompt."""
+    return {"model": GPT_OSS, "stream": True, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": STREAM_PROMPT}]}
 
 
 # -- the 100k-token coding-assistant conversation -----------------------------------------
