@@ -66,7 +66,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("upstream_timeout", "UPSTREAM_TIMEOUT", int, 600,
                "Seconds to wait for the model server's answer (504 past it)."),
     OptionSpec("keepalive_seconds", "KEEPALIVE_SECONDS", int, 10,
-               "SSE keep-alive comment interval while hidden reasoning streams."),
+               "Seconds without an SSE event (a long prefill, hidden reasoning) before a "
+               "keep-alive (Anthropic's ping) is sent."),
     OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
                "How long Groq's model list is cached."),
     OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
