@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from workloads import REPLIES, SHORT_SEED  # noqa: E402
+from workloads import REPLIES, SHORT_SEED, STREAM_PROMPT, STREAM_SEED  # noqa: E402
 
 from fakes import GROQ_KEY, RATE_HEADERS, token_pieces  # noqa: E402
 
@@ -112,9 +112,10 @@ class FakeUpstreams:
         await writer.drain()
 
     async def complete(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        script = self.scripts.get(body.get("seed") or SHORT_SEED, self.scripts[SHORT_SEED])
-        count, finish = script.cut(body.get("max_tokens"))
         prompt = body.get("prompt") or ""
+        seed = body.get("seed") or (STREAM_SEED if STREAM_PROMPT in prompt else SHORT_SEED)
+        script = self.scripts.get(seed, self.scripts[SHORT_SEED])
+        count, finish = script.cut(body.get("max_tokens"))
         if not body.get("stream"):
             text = "".join(script.pieces[:count])
             writer.write(http_response(200, json.dumps(

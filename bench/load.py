@@ -94,9 +94,17 @@ async def run_load(target: Target, body: bytes, expect: bytes, *, concurrency: i
     return result
 
 
+_FIRST_DELTA = re.compile(
+    rb'"(?:reasoning|reasoning_content)": "|"content": "[^"]'  # chat (its role chunk has "")
+    rb'|"type": "response\.(?:reasoning_text|output_text)\.delta"'  # Responses
+    rb'|"(?:thinking|text)_delta"')  # Anthropic Messages
+
+
 def is_first_delta(data: bytes, index: int) -> bool:
-    """A proxy chunk that carries generated text (the role chunk before it has none)."""
-    return b'"reasoning' in data or b'"content": "' in data.replace(b'"content": ""', b"")
+    """A proxy chunk that carries generated text (the chunks before it, chat's role chunk,
+    Responses' created/item-added events, Anthropic's message_start and block start, have
+    none)."""
+    return _FIRST_DELTA.search(data) is not None
 
 
 def nth_chunk(n: int) -> Callable[[bytes, int], bool]:

@@ -21,8 +21,6 @@ from harmony_groq.render import render_prompt
 
 from fakes import GROQ_KEY, token_pieces
 
-PROXY_NAME = "addon"
-
 
 @dataclass(frozen=True)
 class Budget:
@@ -52,6 +50,8 @@ class Setup:
     budget: Budget
     groq_targets: list[Target]
     proxy: Target
+    messages_proxy: Target  # the same proxy, Anthropic's Messages endpoint
+    responses_proxy: Target  # the same proxy, OpenAI's Responses endpoint
     proxy_nolog: Target
     backend: Target
     pids: dict[str, int]
@@ -86,23 +86,21 @@ class StreamRow:
 
 
 @dataclass
-class DialectRow:
-    """One client API's stream: time to first delta alone, then 16 concurrent streams."""
+class StreamSet:
+    """One client API's streams through the proxy, against the same backend streams."""
 
-    dialect: str
+    api: str
     ttfd: tuple[LoadResult, LoadResult]  # through the proxy, backend direct
-    streams: StreamRow
+    rows: list[StreamRow]
 
 
 @dataclass
 class Results:
     groq: list[GroqRow] = field(default_factory=list)
     oss: list[OssRow] = field(default_factory=list)
-    ttfd: tuple[LoadResult, LoadResult] | None = None  # through the proxy, backend direct
-    streams: list[StreamRow] = field(default_factory=list)
+    stream_sets: list[StreamSet] = field(default_factory=list)  # Chat Completions first
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     prefix: list[PrefixRow] = field(default_factory=list)
-    dialects: list[DialectRow] = field(default_factory=list)
 
 
 def encode(body: dict) -> bytes:
@@ -177,60 +175,38 @@ async def oss_phase(setup: Setup, results: Results) -> None:
 
 
 async def stream_phase(setup: Setup, results: Results) -> None:
-    budget = setup.budget
-    proxy_body = workloads.stream_body(budget.stream_tokens)
-    direct_body = upstream_body(proxy_body)
-    first_text = nth_chunk(len(token_pieces("<|channel|>analysis<|message|>")))
-
-    async def measure(streams: int, count: int, profile: bool) -> StreamRow:
-        with profiled(setup.profile_dir if profile else None, f"stream-{streams}",
-                      setup.proxy_pid), Monitor(setup.pids) as proxy_usage:
-            proxy = await run_streams(setup.proxy, encode(proxy_body), concurrency=streams,
-                                      count=count, seconds=budget.seconds)
-        direct = await run_streams(setup.backend, direct_body, concurrency=streams,
-                                   count=count, seconds=budget.seconds, first_delta=first_text)
-        return StreamRow(streams, proxy, proxy_usage, direct)
-
-    ttfd_body = workloads.stream_body(64)
-    proxy = await run_streams(setup.proxy, encode(ttfd_body), concurrency=1,
-                              count=budget.ttfd_streams, seconds=budget.seconds)
-    direct = await run_streams(setup.backend, upstream_body(ttfd_body), concurrency=1,
-                               count=budget.ttfd_streams, seconds=budget.seconds,
-                               first_delta=first_text)
-    results.ttfd = (proxy, direct)
-    for streams in (1, 16, 64):
-        count = max(streams * budget.streams_per_client, 2)
-        results.streams.append(await measure(streams, count, profile=streams == 64))
-
-
-async def dialect_stream_phase(setup: Setup, results: Results) -> None:
-    """The same streams through the other client APIs: the dialect writers' own cost."""
+    """Chat Completions and Anthropic Messages streams of the same harmony prompt, each
+    against the backend streaming it directly."""
     budget = setup.budget
     first_text = nth_chunk(len(token_pieces("<|channel|>analysis<|message|>")))
-    for dialect, (path, body_of, first_delta) in workloads.DIALECT_STREAMS.items():
-        target = Target(f"{PROXY_NAME} {dialect}", setup.proxy.port, path)
+    counts = {streams: max(streams * budget.streams_per_client, 2) for streams in (1, 16, 64)}
 
-        def is_first(data: bytes, index: int, pattern=first_delta) -> bool:
-            return pattern.search(data) is not None
+    async def direct(max_tokens: int, streams: int, count: int) -> LoadResult:
+        return await run_streams(setup.backend, upstream_body(workloads.stream_body(max_tokens)),
+                                 concurrency=streams, count=count, seconds=budget.seconds,
+                                 first_delta=first_text)
 
-        ttfd_body = body_of(64)
-        proxy = await run_streams(target, encode(ttfd_body), concurrency=1,
-                                  count=budget.ttfd_streams, seconds=budget.seconds,
-                                  first_delta=is_first)
-        direct = await run_streams(setup.backend, upstream_body(workloads.stream_body(64)),
-                                   concurrency=1, count=budget.ttfd_streams,
-                                   seconds=budget.seconds, first_delta=first_text)
-        body = body_of(budget.stream_tokens)
-        count = max(16 * budget.streams_per_client, 2)
-        with Monitor(setup.pids) as usage:
-            streamed = await run_streams(target, encode(body), concurrency=16, count=count,
-                                         seconds=budget.seconds, first_delta=is_first)
-        direct16 = await run_streams(setup.backend,
-                                     upstream_body(workloads.stream_body(budget.stream_tokens)),
-                                     concurrency=16, count=count, seconds=budget.seconds,
-                                     first_delta=first_text)
-        results.dialects.append(DialectRow(dialect, (proxy, direct),
-                                           StreamRow(16, streamed, usage, direct16)))
+    ttfd_direct = await direct(64, 1, budget.ttfd_streams)
+    directs = {streams: await direct(budget.stream_tokens, streams, count)
+               for streams, count in counts.items()}
+    apis = (("Chat Completions", setup.proxy, workloads.stream_body, "stream"),
+            ("Responses", setup.responses_proxy, workloads.responses_stream_body,
+             "responses-stream"),
+            ("Anthropic Messages", setup.messages_proxy, workloads.messages_stream_body,
+             "messages-stream"))
+    for api, target, body_of, profile in apis:
+        ttfd = await run_streams(target, encode(body_of(64)), concurrency=1,
+                                 count=budget.ttfd_streams, seconds=budget.seconds)
+        rows = []
+        for streams, count in counts.items():
+            with profiled(setup.profile_dir if streams == 64 else None,
+                          f"{profile}-{streams}", setup.proxy_pid), \
+                    Monitor(setup.pids) as usage:
+                proxy = await run_streams(target, encode(body_of(budget.stream_tokens)),
+                                          concurrency=streams, count=count,
+                                          seconds=budget.seconds)
+            rows.append(StreamRow(streams, proxy, usage, directs[streams]))
+        results.stream_sets.append(StreamSet(api, (ttfd, ttfd_direct), rows))
 
 
 def groq_targets(direct_port: int, bare_port: int, proxy_port: int,

@@ -32,7 +32,6 @@ from phases import (  # noqa: E402
     QUICK,
     Results,
     Setup,
-    dialect_stream_phase,
     groq_phase,
     groq_targets,
     oss_phase,
@@ -49,8 +48,7 @@ from proxy_process import ADDON, LISTEN_RE, tool  # noqa: E402
 UNDER_TEST_CPU, SHARED_CPU = {0}, {1}
 NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase,
-          "dialects": dialect_stream_phase}
+PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -167,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             groq_targets=groq_targets(ports["groq"], ports_of["bare mitmdump"], ports_of[PROXY],
                                       litellm),
             proxy=Target(PROXY, ports_of[PROXY], "/v1/chat/completions"),
+            messages_proxy=Target(PROXY, ports_of[PROXY], "/v1/messages"),
+            responses_proxy=Target(PROXY, ports_of[PROXY], "/v1/responses"),
             proxy_nolog=Target(NOLOG, ports_of[NOLOG], "/v1/chat/completions"),
             backend=Target("backend direct", ports["transformers"], "/v1/completions"),
             pids={**under_test, FAKE: fakes.pid, LOAD: os.getpid()},

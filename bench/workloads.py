@@ -1,13 +1,13 @@
 """The benchmark's requests and the fake model's canned replies, all deterministic.
 
 The fake transformers server picks its reply by the request's ``seed`` (the proxy passes
-``seed`` through unchanged), so one fake serves every gpt-oss workload.
+``seed`` through unchanged), so one fake serves every gpt-oss workload; the Responses and
+Messages APIs have no ``seed``, so a prompt holding ``STREAM_PROMPT`` gets the stream reply too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 GROQ_MODEL = "llama-3.3-70b-versatile"
@@ -15,6 +15,7 @@ GPT_OSS = "gpt-oss-20b"
 DATE = "2026-01-15"
 
 SHORT_SEED, CODING_SEED, STREAM_SEED = 1, 2, 3
+STREAM_PROMPT = "Plan the refactoring, step by step."
 
 SHORT_REPLY = ("<|channel|>analysis<|message|>User asks 2+2. Simple.<|end|><|start|>assistant"
                "<|channel|>final<|message|>2 + 2 = 4.")
@@ -52,9 +53,6 @@ def short_chat_body() -> dict[str, Any]:
         {"role": "user", "content": "What is 2+2?"}]}
 
 
-STREAM_PROMPT = "Plan the refactoring, step by step."
-
-
 def stream_body(max_tokens: int) -> dict[str, Any]:
     return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "max_tokens": max_tokens,
             "stream_options": {"include_usage": True},
@@ -62,15 +60,15 @@ def stream_body(max_tokens: int) -> dict[str, Any]:
 
 
 def responses_stream_body(max_tokens: int) -> dict[str, Any]:
-    return {"model": GPT_OSS, "seed": STREAM_SEED, "stream": True, "store": False,
+    """``stream_body`` in OpenAI's Responses API: the same harmony prompt."""
+    return {"model": GPT_OSS, "stream": True, "store": False,
             "max_output_tokens": max_tokens, "input": STREAM_PROMPT}
 
 
-# Each client API's stream through the proxy: path, body, and what its first delta looks like.
-DIALECT_STREAMS = {
-    "responses": ("/v1/responses", responses_stream_body,
-                  re.compile(rb'"type": "response\.(reasoning_text|output_text)\.delta"')),
-}
+def messages_stream_body(max_tokens: int) -> dict[str, Any]:
+    """``stream_body`` in Anthropic's Messages API: the same harmony prompt."""
+    return {"model": GPT_OSS, "stream": True, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": STREAM_PROMPT}]}
 
 
 # -- the 100k-token coding-assistant conversation -----------------------------------------

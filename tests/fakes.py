@@ -11,6 +11,7 @@ without ``<|return|>``, one SSE event per token and no ``[DONE]``, errors as
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -272,6 +273,9 @@ class FakeTransformers(FakeServer):
 
 
 GROQ_KEY = "gsk_testkey0123456789abcdefABCDEF"
+GROQ_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# What the fake model passes to a tool it must call, in the pieces it streams.
+FORCED_ARGUMENTS = ('{"reason": ', '"required"}')
 RATE_HEADERS = {
     "x-ratelimit-limit-requests": "14400", "x-ratelimit-remaining-requests": "14399",
     "x-ratelimit-limit-tokens": "18000", "x-ratelimit-remaining-tokens": "17990",
@@ -383,13 +387,19 @@ class _GroqHandler(_Handler):
 
     @staticmethod
     def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """A user message ``call NAME {json}`` makes the model call that tool (if declared)."""
+        """The model calls a tool when ``tool_choice`` demands one (``required`` or named:
+        FORCED_ARGUMENTS), or when the user says ``call NAME {json}`` and NAME is declared."""
+        declared = [t["function"]["name"] for t in body.get("tools") or []]
+        choice = body.get("tool_choice")
         last = body["messages"][-1]
         text = last.get("content") if last.get("role") == "user" else None
-        if not isinstance(text, str) or not text.startswith("call "):
+        if isinstance(choice, dict) or (choice == "required" and declared):
+            name = choice["function"]["name"] if isinstance(choice, dict) else declared[0]
+            arguments = "".join(FORCED_ARGUMENTS)
+        elif isinstance(text, str) and text.startswith("call "):
+            name, _, arguments = text[5:].partition(" ")
+        else:
             return None
-        name, _, arguments = text[5:].partition(" ")
-        declared = [t["function"]["name"] for t in body.get("tools") or []]
         if name not in declared:
             return None
         return [{"index": 0, "id": "call_groq0001", "type": "function",
@@ -476,6 +486,10 @@ class _GroqHandler(_Handler):
         if not isinstance(body.get("messages"), list) or not all(
                 isinstance(m, dict) for m in body["messages"]):
             return "'messages' : value must be an array of objects"
+        for n, tool in enumerate(body.get("tools") or []):
+            if not GROQ_TOOL_NAME.fullmatch(tool["function"]["name"]):
+                return (f"'tools.{n}.function.name' : value must match pattern "
+                        f"{GROQ_TOOL_NAME.pattern}")
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -33,6 +34,7 @@ from proxy_process import ProxyProcess
 from realserver import harness
 from realserver.build_tiny_model import FINAL_SCRIPT, TOOL_SCRIPT
 from responses_grammar import check_grammar, parse_sse
+from test_messages_e2e import Claude
 
 pytestmark = pytest.mark.realserver
 
@@ -292,6 +294,39 @@ def test_max_tokens_truncation_finishes_with_length(proxies: dict[str, ProxyProc
         assert reasoning_of(choice.message) == REASONING
         assert not choice.message.content
         assert response.usage is not None and response.usage.completion_tokens == 5
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_anthropic_messages_tool_round_trip_and_count(proxies: dict[str, ProxyProcess],
+                                                      stream: bool) -> None:
+    """The anthropic SDK through the proxy to the real server: a tool call (stream grammar
+    checked), its result answered, and count_tokens equal to what the server counted."""
+    tool = {"name": "get_weather", "description": "Current weather in a city.",
+            "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    request = {"model": MODEL, "max_tokens": 200, "tools": [tool],
+               "messages": [{"role": "user", "content": "Weather in Paris?"}]}
+    claude = Claude(proxies["tool"])
+    first = claude.stream(**request)[0] if stream else claude.create(**request)
+    thinking, tool_use = first.content
+    assert (thinking.thinking, tool_use.name, tool_use.input) == (
+        TOOL_REASONING, "get_weather", TOOL_ARGS)
+    assert first.stop_reason == "tool_use"
+    assert first.usage.output_tokens == token_count(TOOL_SCRIPT)
+    counted = claude.client.messages.count_tokens(
+        **{k: v for k, v in request.items() if k != "max_tokens"})
+    assert counted.input_tokens == first.usage.input_tokens  # as the real server counted
+
+    request["messages"] += [
+        {"role": "assistant", "content": [block.model_dump() for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use.id,
+                                      "content": '{"temp_c": 21}'}]}]
+    final = Claude(proxies["final"])
+    answer = final.stream(**request)[0] if stream else final.create(**request)
+    assert [(b.type, getattr(b, "text", None)) for b in answer.content][-1] == ("text", ANSWER)
+    assert answer.stop_reason == "end_turn"
+    with pytest.raises(anthropic.BadRequestError):
+        final.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "http://127.0.0.1:9/x.png"}}]}])
 
 
 # -- the unprepared model ----------------------------------------------------------------------

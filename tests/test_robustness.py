@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from anthropic_stream import check_stream
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers, Scripted
 
 HI = [{"role": "user", "content": "hi"}]
@@ -105,6 +106,79 @@ def test_malformed_bodies_never_break_the_proxy(proxy, transformers_server, body
     records = proxy.log_records(wait_for=before + 2, timeout=30)
     assert len(records) >= before + 2, "every flow is in the log"
     assert records[before]["status"] == response.status_code
+
+
+def _block(kind: str, **fields: st.SearchStrategy) -> st.SearchStrategy:
+    return st.fixed_dictionaries({"type": st.just(kind), **fields},
+                                 optional={"cache_control": json_values})
+
+
+# Mostly well-formed blocks (so requests get through to the model), some malformed.
+block = st.one_of(
+    _block("text", text=texts),
+    _block("tool_use", id=st.sampled_from(["t1", "t2"]), name=texts,
+           input=st.dictionaries(st.text(max_size=5), json_values, max_size=2)),
+    _block("tool_result", tool_use_id=st.sampled_from(["t1", "t2", ""]),
+           content=texts | st.lists(_block("text", text=texts) | _block(
+               "image", source=json_values), max_size=2)),
+    _block("thinking", thinking=texts, signature=texts),
+    _block("image", source=json_values),
+    st.dictionaries(st.sampled_from(["type", "text", "id", "name", "input", "content"]),
+                    json_values, max_size=4))
+anthropic_messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "user", "system"]),
+     "content": texts | st.lists(block, max_size=3)}), min_size=1, max_size=4)
+anthropic_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-oss-20b", "gpt-oss-20b", "llama-3.3-70b-versatile",
+                               "claude-haiku-5-5"]),
+     "messages": anthropic_messages},
+    optional={"max_tokens": st.integers(1, 50) | json_values, "stream": st.booleans(),
+              "system": texts | st.lists(_block("text", text=texts), max_size=2)
+              | json_values,
+              "tools": st.lists(st.fixed_dictionaries(
+                  {"name": texts},
+                  optional={"input_schema": deep_schema | json_values,
+                            "description": texts, "type": json_values,
+                            "defer_loading": st.booleans()}), max_size=2) | json_values,
+              "tool_choice": st.fixed_dictionaries(
+                  {"type": st.sampled_from(["auto", "any", "none", "tool", "x"])},
+                  optional={"name": texts}) | json_values,
+              "thinking": st.fixed_dictionaries(
+                  {"type": st.sampled_from(["enabled", "disabled", "adaptive"])},
+                  optional={"budget_tokens": json_values}) | json_values,
+              "output_config": json_values, "stop_sequences": json_values,
+              "temperature": json_values, "metadata": json_values,
+              "context_management": json_values})
+
+
+def check_messages_answer(response: httpx.Response) -> None:
+    """A 4xx Anthropic-shaped JSON error, or a valid message (JSON or a stream that keeps the
+    event grammar)."""
+    status = response.status_code
+    assert status < 500, (status, response.text[:500])
+    if status >= 400:
+        assert response.headers["content-type"].startswith("application/json")
+        body = response.json()
+        assert body["type"] == "error" and isinstance(body["error"]["message"], str)
+        return
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert "error" not in check_stream(response.content)
+    else:
+        assert response.json()["type"] == "message"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=anthropic_bodies)
+def test_malformed_messages_requests_get_anthropic_errors(proxy, transformers_server,
+                                                          groq_server, body: dict) -> None:
+    transformers_server.reset_state()
+    groq_server.reset_state()
+    with httpx.Client(timeout=30) as client:
+        response = client.post(f"{proxy.root_url}/v1/messages?beta=true",
+                               content=json.dumps(body).encode(),  # Infinity included
+                               headers={"content-type": "application/json"})
+        check_messages_answer(response)
+        assert client.get(f"{proxy.root_url}/health").status_code == 200
 
 
 @pytest.mark.parametrize(("status", "headers"), [

@@ -588,6 +588,29 @@ def test_keepalive_only_while_nothing_is_sent(hidden: bool) -> None:
     assert_matches_non_stream(run, exchange, whole_output(text))
 
 
+def test_idle_sends_the_start_then_keepalives_until_the_reply_ends() -> None:
+    """What the heartbeat writes while the model server prefills: the reply's start once,
+    then a keep-alive per interval of silence; nothing once the reply is over."""
+    clock = Clock()
+    exchange = make_exchange()
+    run = Run(exchange, keepalive_seconds=10, clock=clock)
+
+    def idle() -> bytes:  # written to the client between the translator's own outputs
+        data = run.translator.idle()
+        run.outputs.append([data] if data else [])
+        return data
+
+    assert idle() == b"".join(exchange.reply.start())
+    clock.now += 9
+    assert idle() == b""
+    clock.now += 1
+    assert idle() == KEEPALIVE
+    run.feed(*backend_stream(f"{A}Thinking.{F}Done."))
+    clock.now += 60
+    assert idle() == b"" and run.result.keepalives == 1
+    assert_matches_non_stream(run, exchange, whole_output(f"{A}Thinking.{F}Done."))
+
+
 def test_done_constant_is_the_sse_terminator() -> None:
     assert DONE == b"data: [DONE]\n\n" and KEEPALIVE.startswith(b":")
 

@@ -232,8 +232,12 @@ def test_streamed_flow_keeps_a_bounded_copy_and_is_assembled(hooks, fake_transfo
     flow = _chat_flow({**CHATS[0], "stream": True})
     asyncio.run(gateway.request(flow))
     flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
-    gateway.responseheaders(flow)
-    labels.responseheaders(flow)
+
+    async def headers() -> None:  # on an event loop, as mitmproxy runs its hooks
+        gateway.responseheaders(flow)
+        labels.responseheaders(flow)
+
+    asyncio.run(headers())
     stream = flow.response.stream
     assert isinstance(stream, StreamCopy)
     sent = b"".join(b"".join(stream(chunk)) for chunk in [*_sse(GENERATED, fake_transformers),
@@ -282,3 +286,43 @@ def test_other_flows_keep_their_usual_views_and_get_labels(hooks) -> None:
     assert flow.comment.startswith("groq · llama-3.3-70b-versatile · 503 · GROQ_API_KEY is not")
     assert flow.comment.endswith("…") and len(flow.comment) < 120
     assert flow.marked == MARKERS["groq"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_view_of_an_anthropic_messages_flow(hooks, fake_transformers, stream: bool) -> None:
+    gateway, labels = hooks
+    fake_transformers.script(GENERATED)
+    body = {"model": "gpt-oss-20b", "max_tokens": 100, "stream": stream, "system": "Be brief.",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    flow = _chat_flow(body)
+    flow.request.path = "/v1/messages?beta=true"
+    asyncio.run(gateway.request(flow))
+    if stream:
+        flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+
+        async def headers() -> None:
+            gateway.responseheaders(flow)
+            labels.responseheaders(flow)
+
+        asyncio.run(headers())
+        for chunk in [*_sse(GENERATED, fake_transformers), b""]:
+            flow.response.stream(chunk)
+        flow.response.data.content = None
+    gateway.response(flow)
+    labels.response(flow)
+
+    request = contentviews.prettify_message(flow.request, flow)
+    assert request.view_name == "Harmony" and "# Instructions\n   \n   Be brief." in request.text
+    client = request.text.split(
+        "ANTHROPIC MESSAGES REQUEST FROM THE CLIENT → POST /v1/messages?beta=true\n")[1]
+    assert json.loads(client) == body
+    response = contentviews.prettify_message(flow.response, flow).text
+    assert "── [2] assistant · channel=final · no end token\n   Hello there!" in response
+    title = "ANTHROPIC MESSAGES RESPONSE TO THE CLIENT (200"
+    shown = json.loads(response.split(title)[1].split("\n", 1)[1].split("\n\n")[0])
+    if stream:
+        assert shown["message"] == {"role": "assistant", "content": "Hello there!",
+                                    "thinking": "User greets."}
+    else:
+        assert [block["type"] for block in shown["content"]] == ["thinking", "text"]
+    assert flow.comment.startswith("gpt-oss · gpt-oss-20b · 200 · ")

@@ -26,6 +26,7 @@ from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.chat import ChatDialect
+from .dialects.messages import MessagesDialect
 from .dialects.responses import ResponsesDialect
 from .errors import ProxyError
 from .flows import (
@@ -80,9 +81,11 @@ class Gateway:
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
         self.responses = ResponsesDialect(OPTION_DEFAULTS["responses_store_bytes"])
+        self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
             Endpoint.CHAT: ChatDialect(), Endpoint.RESPONSES: self.responses,
-            Endpoint.RESPONSE_ITEM: self.responses}
+            Endpoint.RESPONSE_ITEM: self.responses, Endpoint.MESSAGES: self.messages,
+            Endpoint.COUNT_TOKENS: self.messages}
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, InterruptibleStream] = {}
@@ -199,6 +202,9 @@ class Gateway:
             flow.response = json_response(200, self.responses.stored(
                 flow.request.method, response_item_id(flow.request.path)))
             return
+        if endpoint is Endpoint.COUNT_TOKENS:
+            flow.response = json_response(200, {"input_tokens": self._count_tokens(flow)})
+            return
         await self._route(flow, dialect)
 
     def _body(self, flow: http.HTTPFlow) -> dict[str, Any]:
@@ -211,6 +217,16 @@ class Gateway:
             raise ProxyError(400, "The request body's content-encoding cannot be decoded.",
                              code="invalid_encoding") from None
         return parse_json_body(content)
+
+    def _count_tokens(self, flow: http.HTTPFlow) -> int:
+        """The rendered harmony prompt's length: exact for gpt-oss, an estimate for Groq."""
+        body = self._body(flow)
+        model = self.messages.model(body, self.config)
+        groq = choose_route(model, self.config.harmony_models).route is Route.GROQ
+        request = self.messages.chat(body, self.config, "placeholder" if groq else "refuse")
+        check_word_lengths(body)
+        transport = make_backend(self.config.backend).text_transport
+        return len(render_prompt(request, self.config.harmony_date, transport).token_ids)
 
     async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:
         body = self._body(flow)

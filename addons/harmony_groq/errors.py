@@ -44,12 +44,14 @@ class ProxyError(Exception):
         }
 
     def to_response(self, extra_headers: dict[str, str] | None = None,
-                    body: dict | None = None) -> http.Response:
-        """The error as a JSON response: OpenAI's shape unless a dialect gives its own."""
+                    body: dict | None = None, status: int | None = None) -> http.Response:
+        """The error as a JSON response: OpenAI's shape and status unless a dialect gives its
+        own."""
         headers = {"content-type": "application/json"}
         if extra_headers:
             headers.update(extra_headers)
-        return http.Response.make(self.status, json.dumps(body or self.body()).encode(), headers)
+        return http.Response.make(status or self.status, json.dumps(body or self.body()).encode(),
+                                  headers)
 
     def sse_event(self) -> bytes:
         """The error as a terminal SSE event pair, for failures after a stream started."""

@@ -18,7 +18,8 @@ from .records import META, record_of
 
 def answer(flow: http.HTTPFlow, error: ProxyError, dialect: Dialect,
            headers: dict[str, str] | None = None) -> None:
-    flow.response = error.to_response(headers, dialect.error_body(error))
+    flow.response = error.to_response(headers, dialect.error_body(error),
+                                      dialect.error_status(error))
     record = record_of(flow)
     record["error"] = error.message
     record.setdefault("route", "local")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 from mitmproxy import http
 
-from .chat_request import ChatRequest
+from .chat_request import EFFORTS
 from .records import META
 from .settings import Settings
 
@@ -46,6 +47,64 @@ def sanitize_body(body: dict[str, Any], model: str) -> dict[str, Any]:
         messages.append(message)
     out["messages"] = messages
     return out
+
+
+_GROQ_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME_LIMIT = 64
+
+
+def _safe_name(name: str, taken: dict[str, str]) -> str:
+    """``name`` within Groq's ``[a-zA-Z0-9_-]{1,64}``; too long, or clashing with a name
+    already given out, it keeps a prefix and gets 8 hex digits of its hash."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+    if len(safe) > _NAME_LIMIT or taken.get(safe, name) != name:
+        safe = f"{safe[:_NAME_LIMIT - 9]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def groq_tool_names(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A chat body with tool names Groq cannot take renamed (in ``tools``, the history's
+    ``tool_calls`` and ``tool_choice``), and the map Groq-safe name → client name."""
+    names = [t["function"]["name"] for t in body.get("tools") or []] + [
+        c["function"]["name"] for m in body["messages"] for c in m.get("tool_calls") or []]
+    unique = list(dict.fromkeys(names))
+    taken = {name: name for name in unique if _GROQ_NAME.fullmatch(name)}  # safe → client
+    renamed: dict[str, str] = {}  # client name → safe name, for the names that change
+    for name in unique:
+        if name not in taken:
+            renamed[name] = _safe_name(name, taken)
+            taken[renamed[name]] = name
+    if not renamed:
+        return body, {}
+
+    def rename(holder: dict[str, Any]) -> dict[str, Any]:
+        function = holder["function"]
+        return {**holder, "function": {**function,
+                                       "name": renamed.get(function["name"], function["name"])}}
+
+    out = {**body, "messages": [
+        {**m, "tool_calls": [rename(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m
+        for m in body["messages"]]}
+    if body.get("tools"):
+        out["tools"] = [rename(t) for t in body["tools"]]
+    if isinstance(body.get("tool_choice"), dict):
+        out["tool_choice"] = rename(body["tool_choice"])
+    return out, {safe: name for name, safe in renamed.items()}
+
+
+def groq_chat_request(body: dict[str, Any], model: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A chat body another dialect built, as Groq's chat API takes it: a reasoning effort only
+    for gpt-oss (Groq's other models reject it), usage at the end of a stream, the fields Groq
+    rejects dropped, and tool names it cannot take renamed (the map gives them back)."""
+    body = dict(body)
+    reasoning = body.pop("reasoning", None)
+    effort = body.pop("reasoning_effort", None) or (
+        reasoning.get("effort") if isinstance(reasoning, dict) else None)
+    if isinstance(effort, str) and effort.lower() in EFFORTS and "gpt-oss" in model.lower():
+        body["reasoning_effort"] = EFFORTS[effort.lower()]
+    if body.get("stream"):
+        body["stream_options"] = {"include_usage": True}
+    return groq_tool_names(sanitize_body(body, model))
 
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -181,57 +240,6 @@ class GroqModels:
         self.fetched_at = time.monotonic()
         self.last_error = None
         return self.cached
-
-
-_GROQ_NAME = re.compile(r"[^A-Za-z0-9_-]")
-GROQ_NAME_MAX = 64
-
-
-def groq_tool_names(names: list[str]) -> dict[str, str]:
-    """Client tool name → a name Groq takes (``[A-Za-z0-9_-]{1,64}``), unique."""
-    safe: dict[str, str] = {}
-    taken: set[str] = set()
-    for name in names:
-        base = _GROQ_NAME.sub("_", name)[:GROQ_NAME_MAX] or "_"
-        candidate, n = base, 2
-        while candidate in taken:
-            suffix = f"_{n}"
-            candidate, n = base[:GROQ_NAME_MAX - len(suffix)] + suffix, n + 1
-        safe[name] = candidate
-        taken.add(candidate)
-    return safe
-
-
-def groq_chat_body(chat: ChatRequest, model: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """A parsed conversation as a Groq chat-completions body, and the Groq-safe tool names
-    mapped back to the client's (for dialects that reach Groq through its chat API)."""
-    names = groq_tool_names([tool.name for tool in chat.tools] + [
-        call["function"]["name"] for message in chat.messages
-        for call in message.get("tool_calls") or []])
-    messages = []
-    for message in chat.messages:
-        if message.get("tool_calls"):
-            message = {**message, "tool_calls": [
-                {**call, "function": {**call["function"],
-                                      "name": names[call["function"]["name"]]}}
-                for call in message["tool_calls"]]}
-        messages.append(message)
-    body: dict[str, Any] = {"model": model, "messages": messages, "stream": chat.stream}
-    if chat.stream:
-        body["stream_options"] = {"include_usage": True}
-    if chat.tools and chat.tool_choice != "none":
-        body["tools"] = [{"type": "function", "function": {
-            "name": names[tool.name], "description": tool.description,
-            "parameters": tool.parameters or {"type": "object", "properties": {}}}}
-            for tool in chat.tools]
-        body["tool_choice"] = {"type": "function", "function": {
-            "name": names[chat.forced_tool]}} if chat.forced_tool else chat.tool_choice
-        body["parallel_tool_calls"] = chat.parallel_tool_calls
-    optional = {"max_completion_tokens": chat.max_tokens, "temperature": chat.temperature,
-                "top_p": chat.top_p, "seed": chat.seed, "response_format": chat.response_format,
-                "stop": list(chat.stop) or None}
-    body.update({key: value for key, value in optional.items() if value is not None})
-    return sanitize_body(body, model), {safe: name for name, safe in names.items()}
 
 
 class GroqKeyInjector:

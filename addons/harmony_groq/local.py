@@ -13,6 +13,7 @@ import httpx
 from mitmproxy import http
 
 from .backends import make_backend
+from .dialects.messages import anthropic_models
 from .groq import GroqModels
 from .routing import Route, choose_route
 from .settings import Config, Settings
@@ -93,10 +94,13 @@ class LocalEndpoints:
         return data
 
     async def model_list(self, request: http.Request) -> dict[str, Any]:
-        """OpenAI's list; Codex's catalog when it asks with ``client_version``."""
+        """OpenAI's list; Codex's catalog when it asks with ``client_version``; Anthropic's
+        shape for a client that sends ``anthropic-version``."""
         if "client_version" in request.query:
             return {"models": [codex_model(mid, self.server_info.get("context_length"))
                                for mid in self.config.harmony_model_ids]}
+        if "anthropic-version" in request.headers:
+            return anthropic_models(await self.model_ids())
         return {"object": "list", "data": await self.model_ids()}
 
 

@@ -67,7 +67,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("upstream_timeout", "UPSTREAM_TIMEOUT", int, 600,
                "Seconds to wait for the model server's answer (504 past it)."),
     OptionSpec("keepalive_seconds", "KEEPALIVE_SECONDS", int, 10,
-               "SSE keep-alive comment interval while hidden reasoning streams."),
+               "Seconds without an SSE event (a long prefill, hidden reasoning) before a "
+               "keep-alive (Anthropic's ping) is sent."),
     OptionSpec("models_cache_seconds", "MODELS_CACHE_SECONDS", int, 60,
                "How long Groq's model list is cached."),
     OptionSpec("responses_store_bytes", "RESPONSES_STORE_BYTES", int, 64 * 1024 * 1024,
@@ -75,6 +76,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("reasoning_memory_bytes", "REASONING_MEMORY_BYTES", int, 16 * 1024 * 1024,
                "Memory for the analysis before issued tool calls, restored when a client "
                "sends the call back without it; 0 disables.", minimum=0),
+    OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
+               "Comma-separated PATTERN=MODEL: Claude model names (Claude Code's aliases) "
+               "matching a glob PATTERN are served by MODEL; first match wins."),
 )
 
 OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
@@ -101,6 +105,7 @@ class Config:
     models_cache_seconds: int
     responses_store_bytes: int
     reasoning_memory_bytes: int
+    claude_model_map: tuple[tuple[str, str], ...]
     groq_api_key: str
     proxy_api_key: str
 
@@ -126,6 +131,17 @@ def _check_url(name: str, value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise exceptions.OptionsError(f"{name}={value!r} is not an http(s) URL")
     return value.rstrip("/")
+
+
+def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for entry in _split(value):
+        pattern, _, model = (part.strip() for part in entry.partition("="))
+        if not pattern or not model:
+            raise exceptions.OptionsError(f"claude_model_map entry {entry!r} is not "
+                                          "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
+        pairs.append((pattern.lower(), model))
+    return tuple(pairs)
 
 
 def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -166,6 +182,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         models_cache_seconds=values["models_cache_seconds"],
         responses_store_bytes=values["responses_store_bytes"],
         reasoning_memory_bytes=values["reasoning_memory_bytes"],
+        claude_model_map=_model_map(values["claude_model_map"]),
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

@@ -132,6 +132,22 @@ class HarmonyStreamTranslator(InterruptibleStream):
             logger.exception("stream translation failed")
             self._fail(ProxyError(502, f"The model server's stream could not be translated: "
                                   f"{exc}", code="translation_error"), out)
+        self._pace(out)
+        return out
+
+    def idle(self) -> bytes:
+        """What to send while the model server is silent: the reply's start, then a
+        keep-alive each ``keepalive_seconds`` (none after the reply ended)."""
+        if self.done:
+            return b""
+        out: list[bytes] = []
+        if not self.started:
+            self.started = True
+            out.extend(self.reply.start())
+        self._pace(out)
+        return b"".join(out)
+
+    def _pace(self, out: list[bytes]) -> None:
         now = self.clock()
         if not out and now - self.last_sent >= self.keepalive_seconds:
             # Hidden reasoning (or a long header) sends nothing: keep idle clients from timing out.
@@ -139,22 +155,6 @@ class HarmonyStreamTranslator(InterruptibleStream):
             self.result.keepalives += 1
         if out:
             self.last_sent = now
-        return out
-
-    def tick(self) -> bytes:
-        """What to send while the backend is silent: the opening events, or a keep-alive."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        if not self.started:
-            self.started = True
-            out.extend(self.reply.start())
-        elif self.clock() - self.last_sent >= self.keepalive_seconds:
-            out.append(self.reply.keepalive())
-            self.result.keepalives += 1
-        if out:
-            self.last_sent = self.clock()
-        return b"".join(out)
 
     def _event(self, payload: str, out: list[bytes]) -> None:
         if payload.strip() == "[DONE]":
@@ -206,50 +206,48 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.on_done(self.result)
 
 
-def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
-    """The HTTP/1 client's socket writer, when writing our own chunks to it is safe.
+def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
+    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
+    stream (``last``: and the body's end).
 
-    mitmproxy offers no way to add body data outside the stream callable; this reaches into
+    mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
-    ``writer``), so every step is checked and ``None`` means "don't". TLS clients (the bytes
-    would bypass encryption) and HTTP/2 clients (frames, not chunks) are never written to.
+    ``writer``); every step is checked and ``False`` means nothing was sent. A chunk is one
+    write on the event loop, so it never lands inside one of mitmproxy's. TLS clients (the
+    bytes would bypass the encryption) and HTTP/2 clients (frames, not chunks) get nothing.
     """
     response = flow.response
-    if (response is None or flow.request.is_http2 or flow.request.is_http3
+    if (not data or response is None or flow.request.is_http2 or flow.request.is_http3
             or flow.client_conn.tls_established
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
-        return None
+        return False
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
     io = getattr(handler, "transports", {}).get(flow.client_conn)
     writer = getattr(io, "writer", None)
     if writer is None or writer.is_closing():
-        return None
-    return writer
+        return False
+    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
+    return True
 
 
 def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
-    """Write ``data`` and the end of the chunked body to an HTTP/1 client, from the ``error``
-    hook, whose connection mitmproxy is about to close: without this the client gets a
-    truncated chunked body ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
-    writer = _client_writer(flow) if data else None
-    if writer is None:
-        return False
-    writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
-    return True
+    """Write ``data`` and the end of the body from the ``error`` hook, whose connection
+    mitmproxy is about to close: without it the client gets a truncated chunked body
+    ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
+    return write_chunk(flow, data, last=True)
 
 
 async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
     """While the model server sends nothing (a long prompt being prefilled), write the
-    stream's opening events at once and then keep-alives, so clients with an idle timeout
-    (Codex: 300 s, counting events only) keep waiting. Runs until the translation ends."""
+    reply's start at once and then keep-alives (a Responses ``in_progress`` event, Anthropic's
+    ``ping``), so clients with an idle timeout keep waiting (Codex: 300 s, counting events
+    only). Runs until the translation ends."""
     await asyncio.sleep(HEAD_DELAY)  # mitmproxy sends the response head once the hooks return
     while not translator.done:
-        data = translator.tick()
-        if data:
-            writer = _client_writer(flow)
-            if writer is None:
-                return
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-        await asyncio.sleep(min(1.0, translator.keepalive_seconds))
+        data = translator.idle()
+        if data and not write_chunk(flow, data):
+            return
+        due = translator.last_sent + translator.keepalive_seconds - translator.clock()
+        await asyncio.sleep(min(max(due, HEAD_DELAY), 1.0))

@@ -2,10 +2,11 @@
 
 mitmweb shows what went over the wire to the model server (a JSON body holding one prompt
 string; generated text). This view lays the harmony out message by message (author, channel,
-recipient, content type, content) next to the OpenAI request the client sent and the response
-it got, with the parser's repairs. mitmweb does not expose ``flow.metadata``, but a content view
-gets the flow, so it reads the record ``records.py`` keeps there (through ``flow_record``, the same
-summary the flow log writes). Registered with ``contentviews.add`` by ``addons/harmony.py``.
+recipient, content type, content) next to the request the client sent and the response it got
+(in the client's API: OpenAI's, Anthropic's Messages), with the parser's repairs. mitmweb does
+not expose ``flow.metadata``, but a content view gets the flow, so it reads the record
+``records.py`` keeps there (through ``flow_record``, the same summary the flow log writes).
+Registered with ``contentviews.add`` by ``addons/harmony.py``.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-API_NAMES = {"chat": "OPENAI", "responses": "OPENAI RESPONSES", "messages": "ANTHROPIC"}
+API_NAMES = {"chat": "OPENAI", "responses": "OPENAI RESPONSES", "messages": "ANTHROPIC MESSAGES"}
 
 
 def api_name(record: dict[str, Any]) -> str:

@@ -87,3 +87,17 @@ class Dialect(Protocol):
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall: ...
 
     def error_body(self, error: ProxyError) -> dict[str, Any]: ...
+
+    def error_status(self, error: ProxyError) -> int:
+        """The status ``error`` is answered with: clients retry by status, differently."""
+        ...
+
+
+class OpenAIErrors:
+    """OpenAI's error body and statuses, for the two OpenAI dialects."""
+
+    def error_body(self, error: ProxyError) -> dict[str, Any]:
+        return error.body()
+
+    def error_status(self, error: ProxyError) -> int:
+        return error.status

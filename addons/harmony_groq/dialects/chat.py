@@ -13,7 +13,7 @@ from ..groq import sanitize_body
 from ..parse import Event
 from ..settings import Config
 from ..sse import DONE, KEEPALIVE, encode_event
-from .base import Conversation, GroqCall, Outcome
+from .base import Conversation, GroqCall, OpenAIErrors, Outcome
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ChatReply:
         return KEEPALIVE
 
 
-class ChatDialect:
+class ChatDialect(OpenAIErrors):
     name = "chat"
 
     def model(self, body: dict[str, Any], config: Config) -> str:
@@ -71,6 +71,3 @@ class ChatDialect:
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         return GroqCall("/chat/completions", sanitize_body(body, model))
-
-    def error_body(self, error: ProxyError) -> dict[str, Any]:
-        return error.body()

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ProxyError, bad_request
-from ..groq import groq_chat_body
+from ..groq import groq_chat_request
 from ..response_store import ResponseStore
 from ..settings import Config
-from .base import Conversation, GroqCall
+from .base import Conversation, GroqCall, OpenAIErrors
 from .responses_reply import ResponsesReply
 from .responses_request import (
     ResponsesConversation,
@@ -106,7 +106,7 @@ def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
-class ResponsesDialect:
+class ResponsesDialect(OpenAIErrors):
     name = "responses"
 
     def __init__(self, store_bytes: int) -> None:
@@ -150,11 +150,8 @@ class ResponsesDialect:
         if groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
         parsed = self._parse(body)
-        chat_body, names = groq_chat_body(parsed.chat, model)
-        return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names)
-
-    def error_body(self, error: ProxyError) -> dict[str, Any]:
-        return error.body()
+        chat_body, names = groq_chat_request(parsed.chat_body, model)
+        return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 
     def stored(self, method: str, response_id: str) -> dict[str, Any]:
         """``GET`` or ``DELETE /v1/responses/{id}``."""

@@ -49,6 +49,7 @@ class ResponsesConversation:
     """A parsed Responses request: the chat form, the tool kinds, the items to store."""
 
     chat: ChatRequest
+    chat_body: dict[str, Any]  # the chat body ``chat`` was parsed from (Groq's chat API takes it)
     tools: dict[str, ToolKind]
     items: list[dict[str, Any]]  # the full input history as Responses items
     hosted_tools: list[str] = field(default_factory=list)
@@ -305,7 +306,7 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
         "max_completion_tokens": body.get("max_output_tokens"),
         "temperature": body.get("temperature"),
         "top_p": body.get("top_p"),
-        "seed": body.get("seed"),  # not in OpenAI's schema; vLLM's Responses takes it too
     }
-    chat = parse_chat_request({k: v for k, v in chat_body.items() if v is not None})
-    return ResponsesConversation(chat, kinds, items, hosted, builder.ignored)
+    chat_body = {k: v for k, v in chat_body.items() if v is not None}
+    return ResponsesConversation(parse_chat_request(chat_body), chat_body, kinds, items, hosted,
+                                 builder.ignored)
