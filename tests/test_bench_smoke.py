@@ -29,9 +29,10 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
                            re.MULTILINE)
     assert len(groq_rows) == 6 and all(float(ms) > 0 for ms in groq_rows)
     streams = out.split("## 3. gpt-oss route, streaming")[1].split("## 4.")[0]
-    assert streams.index("### Chat Completions") < streams.index("### Anthropic Messages")
+    assert (streams.index("### Chat Completions") < streams.index("### Responses")
+            < streams.index("### Anthropic Messages"))
     stream_rows = re.findall(r"^\| (1|16|64) \| \d+ \| ([\d,]+) \|", out, re.MULTILINE)
-    assert [n for n, _ in stream_rows] == ["1", "16", "64"] * 2
+    assert [n for n, _ in stream_rows] == ["1", "16", "64"] * 3
     assert all(int(rate.replace(",", "")) > 0 for _, rate in stream_rows)
     assert re.search(r"\| 100k-token coding \| (9\d{4}|1[01]\d{4}) \|", out)
     # Prefix reuse: carry-over makes a client that drops reasoning reuse what one that sends
