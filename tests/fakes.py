@@ -391,7 +391,7 @@ class _GroqHandler(_Handler):
         FORCED_ARGUMENTS), or when the user says ``call NAME {json}`` and NAME is declared."""
         declared = [t["function"]["name"] for t in body.get("tools") or []]
         choice = body.get("tool_choice")
-        last = body["messages"][-1]
+        last = body["messages"][-1] if body["messages"] else {}
         text = last.get("content") if last.get("role") == "user" else None
         if isinstance(choice, dict) or (choice == "required" and declared):
             name = choice["function"]["name"] if isinstance(choice, dict) else declared[0]
@@ -486,10 +486,18 @@ class _GroqHandler(_Handler):
         if not isinstance(body.get("messages"), list) or not all(
                 isinstance(m, dict) for m in body["messages"]):
             return "'messages' : value must be an array of objects"
-        for n, tool in enumerate(body.get("tools") or []):
-            if not GROQ_TOOL_NAME.fullmatch(tool["function"]["name"]):
+        tools = body.get("tools") or []
+        if not isinstance(tools, list):
+            return "'tools' : value must be an array"
+        for n, tool in enumerate(tools):
+            name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+            if not isinstance(name, str) or not GROQ_TOOL_NAME.fullmatch(name):
                 return (f"'tools.{n}.function.name' : value must match pattern "
                         f"{GROQ_TOOL_NAME.pattern}")
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and not isinstance(
+                (choice.get("function") or {}).get("name"), str):
+            return "'tool_choice' : value must name a function"
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"
