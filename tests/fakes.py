@@ -490,13 +490,15 @@ class _GroqHandler(_Handler):
         if not isinstance(tools, list):
             return "'tools' : value must be an array"
         for n, tool in enumerate(tools):
-            name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
             if not isinstance(name, str) or not GROQ_TOOL_NAME.fullmatch(name):
                 return (f"'tools.{n}.function.name' : value must match pattern "
                         f"{GROQ_TOOL_NAME.pattern}")
         choice = body.get("tool_choice")
-        if isinstance(choice, dict) and not isinstance(
-                (choice.get("function") or {}).get("name"), str):
+        function = choice.get("function") if isinstance(choice, dict) else None
+        if isinstance(choice, dict) and not (isinstance(function, dict)
+                                             and isinstance(function.get("name"), str)):
             return "'tool_choice' : value must name a function"
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
