@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from harmony_groq.local import CODEX_INSTRUCTIONS
+
 from agents import run_headless
 from fakes import FakeGroq, FakeTransformers
 from harmony_rules import final, last_message, tool_call, tool_names
@@ -76,7 +78,8 @@ def test_plain_answer(codex: Path, proxy: ProxyProcess, fake_transformers: FakeT
     assert stdout.strip() == answer
     prompt = fake_transformers.prompts[-1]
     assert "Say something." in prompt and "<|start|>developer" in prompt
-    assert {"exec_command", "apply_patch"} <= set(tool_names(prompt))
+    assert {"exec_command", "apply_patch"} <= set(tool_names(prompt))  # the catalog was read
+    assert CODEX_INSTRUCTIONS in prompt  # its base prompt, as the developer instructions
 
 
 def test_shell_round_trip(codex: Path, proxy: ProxyProcess,

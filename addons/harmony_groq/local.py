@@ -20,6 +20,13 @@ from .settings import Config, Settings
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONTEXT_WINDOW = 131_072  # gpt-oss-20b and -120b
+# Codex's base prompt for catalogued models (its own, for GPT-5, is ~17k characters): short, so
+# gpt-oss's context goes to the work; Codex adds its sandbox and environment messages itself.
+CODEX_INSTRUCTIONS = (
+    "You are Codex, a coding agent running in the Codex CLI on the user's computer. Work in the "
+    "current directory: run shell commands with exec_command, read files before you change "
+    "them, and edit files with apply_patch. Keep going until the task is done, then answer "
+    "with a short summary of what you did.")
 
 
 class LocalEndpoints:
@@ -116,7 +123,7 @@ def codex_model(slug: str, context_window: int | None) -> dict[str, Any]:
         "shell_type": "unified_exec", "visibility": "list", "supported_in_api": True,
         "priority": 1, "support_verbosity": False,
         "truncation_policy": {"mode": "bytes", "limit": 10_000},
-        "experimental_supported_tools": [], "base_instructions": "",
+        "experimental_supported_tools": [], "base_instructions": CODEX_INSTRUCTIONS,
         "apply_patch_tool_type": "freeform",
         "context_window": context_window or DEFAULT_CONTEXT_WINDOW,
     }
