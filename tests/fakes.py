@@ -466,8 +466,8 @@ class _GroqHandler(_Handler):
                   ("response.output_item.added", {"output_index": 0, "item": {
                       **message, "status": "in_progress", "content": []}}),
                   *(("response.output_text.delta", {"item_id": "msg_groq1", "output_index": 0,
-                                                    "content_index": 0, "delta": word + " "})
-                    for word in text.split(" ")),
+                                                    "content_index": 0, "delta": text[i:i + 6]})
+                    for i in range(0, len(text), 6)),
                   ("response.output_item.done", {"output_index": 0, "item": message}),
                   ("response.completed", {"response": response})]
         for n, (kind, payload) in enumerate(events):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from anthropic_stream import check_stream
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers, Scripted
+from responses_grammar import check_grammar, parse_sse
 
 HI = [{"role": "user", "content": "hi"}]
 SPECIALS = ["<|start|>", "<|end|>", "<|channel|>", "<|message|>", "<|call|>", "<|return|>",
@@ -178,6 +179,87 @@ def test_malformed_messages_requests_get_anthropic_errors(proxy, transformers_se
                                content=json.dumps(body).encode(),  # Infinity included
                                headers={"content-type": "application/json"})
         check_messages_answer(response)
+        assert client.get(f"{proxy.root_url}/health").status_code == 200
+
+
+def _item(kind: str, **fields: st.SearchStrategy) -> st.SearchStrategy:
+    return st.fixed_dictionaries({"type": st.just(kind), **fields},
+                                 optional={"id": texts, "status": json_values})
+
+
+call_ids = st.sampled_from(["call_1", "call_2", ""]) | json_values
+text_parts = st.lists(st.fixed_dictionaries({
+    "type": st.sampled_from(["input_text", "output_text", "input_image", "refusal", "x"]),
+    "text": texts}), max_size=2)
+# Mostly well-formed items (so requests get through to the model), some malformed.
+responses_items = st.lists(st.one_of(
+    _item("message", role=st.sampled_from(["user", "assistant", "developer", "system", "x"]),
+          content=texts | text_parts),
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": texts}),
+    _item("reasoning", summary=st.lists(_item("summary_text", text=texts), max_size=2)
+          | json_values, content=st.lists(_item("reasoning_text", text=texts), max_size=2)
+          | json_values),
+    _item("function_call", call_id=call_ids, name=texts, arguments=texts | json_values),
+    _item("function_call_output", call_id=call_ids, output=texts | text_parts | json_values),
+    _item("custom_tool_call", call_id=call_ids, name=texts, input=texts | json_values),
+    _item("custom_tool_call_output", call_id=call_ids, output=texts | json_values),
+    _item("item_reference"), _item("web_search_call"),
+    st.dictionaries(st.sampled_from(["type", "role", "content", "call_id", "output"]),
+                    json_values, max_size=3)), min_size=1, max_size=5)
+responses_tools = st.lists(st.one_of(
+    st.fixed_dictionaries({"type": st.just("function"), "name": texts},
+                          optional={"parameters": deep_schema | json_values,
+                                    "description": texts | json_values}),
+    st.fixed_dictionaries({"type": st.just("custom"), "name": texts},
+                          optional={"format": json_values, "description": texts}),
+    st.fixed_dictionaries({"type": st.just("namespace"), "name": texts,
+                           "tools": st.lists(st.fixed_dictionaries(
+                               {"type": st.sampled_from(["function", "custom"]),
+                                "name": texts}), max_size=2) | json_values}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search", "image_generation"])}),
+    json_values), max_size=3)
+responses_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-oss-20b", "gpt-oss-20b", "llama-3.3-70b-versatile"])
+     | json_values,
+     "input": texts | responses_items | json_values},
+    optional={"stream": st.booleans(), "store": st.booleans() | json_values,
+              "instructions": texts | json_values, "tools": responses_tools | json_values,
+              "tool_choice": st.sampled_from(["auto", "none", "required"]) | json_values,
+              "reasoning": st.fixed_dictionaries(
+                  {}, optional={"effort": st.sampled_from(["low", "xhigh", "minimal", "x"])
+                                | json_values, "summary": json_values}) | json_values,
+              "text": json_values, "max_output_tokens": st.integers(-2, 40) | json_values,
+              "previous_response_id": texts | json_values, "include": json_values,
+              "parallel_tool_calls": json_values, "prompt_cache_key": json_values})
+
+
+def check_responses_answer(response: httpx.Response) -> None:
+    """A 4xx OpenAI-style JSON error, or a valid response (JSON, or a stream that keeps the
+    Responses event grammar)."""
+    status = response.status_code
+    assert status < 500, (status, response.text[:500])
+    if status >= 400:
+        assert response.headers["content-type"].startswith("application/json")
+        assert isinstance(response.json()["error"]["message"], str)
+        return
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert check_grammar(parse_sse(response.content))["status"] in ("completed",
+                                                                        "incomplete")
+    else:
+        assert response.json()["object"] == "response"
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=responses_bodies)
+def test_malformed_responses_requests_get_openai_errors(proxy, transformers_server,
+                                                        groq_server, body: dict) -> None:
+    transformers_server.reset_state()
+    groq_server.reset_state()
+    with httpx.Client(timeout=30) as client:
+        response = client.post(f"{proxy.base_url}/responses",
+                               content=json.dumps(body).encode(),  # Infinity included
+                               headers={"content-type": "application/json"})
+        check_responses_answer(response)
         assert client.get(f"{proxy.root_url}/health").status_code == 200
 
 
