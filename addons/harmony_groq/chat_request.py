@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,19 +52,32 @@ def parse_json_body(raw: bytes | None) -> dict[str, Any]:
     return body
 
 
-def require_model_and_messages(body: dict[str, Any]) -> str:
-    """The checks every route makes: a non-empty string model and a non-empty message list."""
+def require_model(body: dict[str, Any]) -> str:
+    """The check every API's every route makes: a non-empty string ``model``."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise bad_request("'model' is required and must be a non-empty string.", param="model")
+    return model
+
+
+def require_messages(body: dict[str, Any], roles: Collection[str] | None = None,
+                     role_rule: str = "with a 'role'") -> None:
+    """A non-empty ``messages`` list of objects whose ``role`` is a string (in ``roles``)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' is required and must be a non-empty array.",
                           param="messages")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise bad_request(f"messages[{index}] must be an object with a 'role'.",
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or (roles is not None and role not in roles):
+            raise bad_request(f"messages[{index}] must be an object {role_rule}.",
                               param=f"messages[{index}]")
+
+
+def require_model_and_messages(body: dict[str, Any]) -> str:
+    """The checks both chat routes make: a model and a non-empty message list."""
+    model = require_model(body)
+    require_messages(body)
     return model
 
 

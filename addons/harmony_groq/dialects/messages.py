@@ -16,7 +16,7 @@ from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
     Images,
     chat_body,
-    require_model,
+    require_model_and_roles,
     resolve_model,
     thinking_hidden,
 )
@@ -37,7 +37,7 @@ class MessagesDialect:
     name = "messages"
 
     def model(self, body: dict[str, Any], config: Config) -> str:
-        return resolve_model(require_model(body), config.claude_model_map)
+        return resolve_model(require_model_and_roles(body), config.claude_model_map)
 
     def chat(self, body: dict[str, Any], config: Config, images: Images = "refuse"
              ) -> ChatRequest:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
+from ..chat_request import require_messages, require_model
 from ..errors import bad_request
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
@@ -42,19 +43,10 @@ def resolve_model(model: str, claude_map: tuple[tuple[str, str], ...]) -> str:
         code="model_not_mapped")
 
 
-def require_model(body: dict[str, Any]) -> str:
+def require_model_and_roles(body: dict[str, Any]) -> str:
     """The checks every route makes: a model and a non-empty list of messages with roles."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request("'model' is required and must be a non-empty string.", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' is required and must be a non-empty array.",
-                          param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise bad_request(f"messages[{index}] must be an object whose 'role' is user, "
-                              "assistant or system.", param=f"messages[{index}]")
+    model = require_model(body)
+    require_messages(body, ROLES, "whose 'role' is user, assistant or system")
     return model
 
 

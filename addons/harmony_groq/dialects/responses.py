@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..chat_request import require_model
 from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..response_store import ResponseStore
@@ -113,10 +114,7 @@ class ResponsesDialect(OpenAIErrors):
         self.store = ResponseStore(store_bytes)
 
     def model(self, body: dict[str, Any], config: Config) -> str:
-        model = body.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise bad_request("'model' is required and must be a non-empty string.",
-                              param="model")
+        model = require_model(body)
         input_items(body)
         return model
 
