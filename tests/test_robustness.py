@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -172,13 +173,19 @@ def check_messages_answer(response: httpx.Response) -> None:
 @given(body=anthropic_bodies)
 def test_malformed_messages_requests_get_anthropic_errors(proxy, transformers_server,
                                                           groq_server, body: dict) -> None:
+    post_fuzzed(proxy, transformers_server, groq_server, f"{proxy.root_url}/v1/messages?beta=true",
+                body, check_messages_answer)
+
+
+def post_fuzzed(proxy, transformers_server, groq_server, url: str, body: dict,
+                check: Callable[[httpx.Response], None]) -> None:
+    """POST a generated body (``Infinity`` included), check the answer, then ``/health``."""
     transformers_server.reset_state()
     groq_server.reset_state()
     with httpx.Client(timeout=30) as client:
-        response = client.post(f"{proxy.root_url}/v1/messages?beta=true",
-                               content=json.dumps(body).encode(),  # Infinity included
+        response = client.post(url, content=json.dumps(body).encode(),
                                headers={"content-type": "application/json"})
-        check_messages_answer(response)
+        check(response)
         assert client.get(f"{proxy.root_url}/health").status_code == 200
 
 
@@ -253,14 +260,8 @@ def check_responses_answer(response: httpx.Response) -> None:
 @given(body=responses_bodies)
 def test_malformed_responses_requests_get_openai_errors(proxy, transformers_server,
                                                         groq_server, body: dict) -> None:
-    transformers_server.reset_state()
-    groq_server.reset_state()
-    with httpx.Client(timeout=30) as client:
-        response = client.post(f"{proxy.base_url}/responses",
-                               content=json.dumps(body).encode(),  # Infinity included
-                               headers={"content-type": "application/json"})
-        check_responses_answer(response)
-        assert client.get(f"{proxy.root_url}/health").status_code == 200
+    post_fuzzed(proxy, transformers_server, groq_server, f"{proxy.base_url}/responses", body,
+                check_responses_answer)
 
 
 @pytest.mark.parametrize(("status", "headers"), [

@@ -100,10 +100,7 @@ class GroqChatTranslator(InterruptibleStream):
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done:
             return []
-        out: list[bytes] = []
-        if not self.started:
-            self.started = True
-            out.extend(self.reply.start())
+        out = self._opening()
         try:
             for payload in self.framer.feed(data):
                 self._event(payload, out)

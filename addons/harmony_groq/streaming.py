@@ -24,6 +24,7 @@ from mitmproxy import ctx, http
 
 from .backends import BackendFormatError, BackendOutput
 from .completion import AssembledMessage
+from .dialects.base import ReplyWriter
 from .encoding import harmony_encoding
 from .errors import ProxyError
 from .parse import Event, StrippedOutputError
@@ -72,9 +73,18 @@ class StreamResult:
 
 
 class InterruptibleStream:
-    """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events."""
+    """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events.
+    Its first output opens the client's stream (``reply.start()``) whatever arrives first."""
 
     done: bool
+    started: bool
+    reply: ReplyWriter
+
+    def _opening(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        return self.reply.start()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         raise NotImplementedError
@@ -112,10 +122,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done:
             return []
-        out: list[bytes] = []
-        if not self.started:
-            self.started = True
-            out.extend(self.reply.start())
+        out = self._opening()
         try:
             if not data:
                 raise ProxyError(502, "The model server ended the stream before the completion "
@@ -140,10 +147,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         keep-alive each ``keepalive_seconds`` (none after the reply ended)."""
         if self.done:
             return b""
-        out: list[bytes] = []
-        if not self.started:
-            self.started = True
-            out.extend(self.reply.start())
+        out = self._opening()
         self._pace(out)
         return b"".join(out)
 
