@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -189,6 +190,24 @@ def test_body_over_limit_is_413(start_proxy, fake_transformers: FakeTransformers
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
     assert fake_transformers.requests == []
+
+
+def test_compressed_bodies(start_proxy, fake_groq: FakeGroq) -> None:
+    """A gzip body is decoded, bounded by MAX_BODY_SIZE once decoded (a small bomb is a 413),
+    and sent on uncompressed."""
+    proxy = start_proxy(options={"max_body_size": "4000"}, env={"GROQ_API_KEY": GROQ_KEY})
+    body = {"model": "llama-3.3-70b-versatile", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = httpx.post(f"{proxy.base_url}/chat/completions", headers=headers,
+                          content=gzip.compress(json.dumps(body).encode()))
+    assert response.status_code == 200, response.text
+    sent = fake_groq.requests[-1]
+    assert json.loads(sent["raw"])["messages"] == body["messages"]
+    assert "content-encoding" not in {k.lower() for k in sent["headers"]}
+    bomb = gzip.compress(json.dumps({**body, "pad": "x" * 50_000}).encode())
+    assert len(bomb) < 4000
+    response = httpx.post(f"{proxy.base_url}/chat/completions", headers=headers, content=bomb)
+    assert response.status_code == 413
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -16,7 +16,7 @@ from harmony_groq.errors import ProxyError
 from harmony_groq.groq import sanitize_body
 from harmony_groq.records import FlowLog, flow_record
 from harmony_groq.redact import REDACTED, redact_headers, redact_text, redact_value
-from harmony_groq.routing import Endpoint, Route, choose_route, classify_path
+from harmony_groq.routing import Endpoint, Route, choose_route, classify_path, forward_endpoint
 from harmony_groq.settings import OPTIONS, Settings, build_config, env_default
 
 SUBSTRINGS = ("gpt-oss", "harmony")
@@ -46,9 +46,29 @@ def test_choose_route(model: str, route: Route, upstream: str) -> None:
     ("/v1/completions", Endpoint.UNKNOWN),
     ("/v1/embeddings", Endpoint.UNKNOWN),
     ("/", Endpoint.UNKNOWN),
+    ("/v1/responses", Endpoint.RESPONSES),
+    ("/v1/responses/resp_abc-1", Endpoint.RESPONSE_ITEM),
+    ("/v1/responses/a/b", Endpoint.UNKNOWN),
+    ("/v1/messages?beta=true", Endpoint.MESSAGES),
+    ("/v1/messages/count_tokens", Endpoint.COUNT_TOKENS),
 ])
 def test_classify_path(path: str, endpoint: Endpoint) -> None:
     assert classify_path(path) is endpoint
+
+
+@pytest.mark.parametrize(("method", "path", "endpoint"), [
+    ("POST", "/openai/v1/chat/completions", Endpoint.CHAT),
+    ("POST", "/v1/responses?x=1", Endpoint.RESPONSES),
+    ("POST", "/api/v1/messages", Endpoint.MESSAGES),
+    ("GET", "/v1/messages", None),
+    # Other APIs' …/messages and …/responses pass through untouched.
+    ("POST", "/v1/threads/thread_1/messages", None),
+    ("POST", "/v1.0/me/messages", None),
+    ("POST", "/api/responses", None),
+])
+def test_regular_mode_intercepts_only_the_client_apis(method: str, path: str,
+                                                      endpoint: Endpoint | None) -> None:
+    assert forward_endpoint(method, path) is endpoint
 
 
 def _values(**overrides: object) -> dict:

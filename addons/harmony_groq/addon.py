@@ -59,6 +59,7 @@ from .settings import OPTION_DEFAULTS, Config, Settings
 from .streaming import (
     HarmonyStreamTranslator,
     InterruptibleStream,
+    can_write_chunks,
     heartbeat,
     send_last_chunk,
     stripped_error,
@@ -216,6 +217,8 @@ class Gateway:
         except ValueError:
             raise ProxyError(400, "The request body's content-encoding cannot be decoded.",
                              code="invalid_encoding") from None
+        if len(content) > self.config.max_body_size:  # the limit holds once decompressed too
+            raise self._too_large()
         return parse_json_body(content)
 
     def _count_tokens(self, flow: http.HTTPFlow) -> int:
@@ -304,9 +307,10 @@ class Gateway:
         if exchange is not None and exchange.request.stream:
             translator = HarmonyStreamTranslator(
                 exchange, self.config.keepalive_seconds, lambda r: store(r.summary()))
-            with contextlib.suppress(RuntimeError):  # no loop: a hook called outside mitmproxy
-                self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
-                    heartbeat(flow, translator))
+            if can_write_chunks(flow):
+                with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
+                    self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
+                        heartbeat(flow, translator))
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)

@@ -57,7 +57,7 @@ def rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any]) -> None:
     """Point the flow at ``url`` with ``body``; client credentials never travel on."""
     request = flow.request
     request.scheme, request.host, request.port, request.path = _target(url)
-    for name in DROP_HEADERS:
+    for name in (*DROP_HEADERS, "content-encoding"):  # the new body is sent uncompressed
         request.headers.pop(name, None)
     request.headers["content-type"] = "application/json"
     request.content = json.dumps(body, ensure_ascii=False).encode()

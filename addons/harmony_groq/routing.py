@@ -45,8 +45,10 @@ ALLOWED_METHODS = {
     Endpoint.MESSAGES: ("POST",), Endpoint.COUNT_TOKENS: ("POST",),
 }
 # The client APIs that regular (forward) proxy mode intercepts on any host, by path suffix.
-_FORWARD_SUFFIXES = (("/chat/completions", Endpoint.CHAT), ("/responses", Endpoint.RESPONSES),
-                     ("/messages", Endpoint.MESSAGES))
+# Only ``/v1/…`` for the two short names: other APIs have ``…/messages`` (OpenAI Assistants'
+# ``/v1/threads/{id}/messages``, Microsoft Graph's ``/me/messages``) that must pass untouched.
+_FORWARD_SUFFIXES = (("/chat/completions", Endpoint.CHAT), ("/v1/responses", Endpoint.RESPONSES),
+                     ("/v1/messages", Endpoint.MESSAGES))
 
 GROQ_PREFIX = "groq/"
 

@@ -210,6 +210,13 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.on_done(self.result)
 
 
+def can_write_chunks(flow: http.HTTPFlow) -> bool:
+    """Whether chunks of our own can reach this client: HTTP/1 in plaintext (TLS clients: the
+    bytes would bypass the encryption; HTTP/2 clients take frames, not chunks)."""
+    return not (flow.request.is_http2 or flow.request.is_http3
+                or flow.client_conn.tls_established)
+
+
 def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
     stream (``last``: and the body's end).
@@ -217,12 +224,10 @@ def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
     ``writer``); every step is checked and ``False`` means nothing was sent. A chunk is one
-    write on the event loop, so it never lands inside one of mitmproxy's. TLS clients (the
-    bytes would bypass the encryption) and HTTP/2 clients (frames, not chunks) get nothing.
+    write on the event loop, so it never lands inside one of mitmproxy's.
     """
     response = flow.response
-    if (not data or response is None or flow.request.is_http2 or flow.request.is_http3
-            or flow.client_conn.tls_established
+    if (not data or response is None or not can_write_chunks(flow)
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
         return False
     master = getattr(ctx, "master", None)
@@ -247,7 +252,8 @@ async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) ->
     """While the model server sends nothing (a long prompt being prefilled), write the
     reply's start at once and then keep-alives (a Responses ``in_progress`` event, Anthropic's
     ``ping``), so clients with an idle timeout keep waiting (Codex: 300 s, counting events
-    only). Runs until the translation ends."""
+    only). Runs until the translation ends; started only where ``can_write_chunks``, since
+    what ``idle`` hands out is the client's only copy of the stream's opening."""
     await asyncio.sleep(HEAD_DELAY)  # mitmproxy sends the response head once the hooks return
     while not translator.done:
         data = translator.idle()
