@@ -175,8 +175,8 @@ async def oss_phase(setup: Setup, results: Results) -> None:
 
 
 async def stream_phase(setup: Setup, results: Results) -> None:
-    """Chat Completions and Anthropic Messages streams of the same harmony prompt, each
-    against the backend streaming it directly."""
+    """Chat Completions, Responses and Anthropic Messages streams of the same harmony prompt,
+    each against the backend streaming it directly."""
     budget = setup.budget
     first_text = nth_chunk(len(token_pieces("<|channel|>analysis<|message|>")))
     counts = {streams: max(streams * budget.streams_per_client, 2) for streams in (1, 16, 64)}

@@ -349,3 +349,15 @@ def test_reasoning_restored_for_a_function_call_without_its_reasoning_item(
         prompts.append(last_prompt(fake_transformers))
     assert prompts[0] == prompts[1] and "List the files first." in prompts[1]
     assert proxy.log_records(wait_for=1)[-1]["restored_reasoning"]
+
+
+def test_groq_refusing_the_server_key_is_not_the_clients_fault(client: openai.OpenAI,
+                                                               fake_groq: FakeGroq) -> None:
+    """A translated reply: Groq's 401 means the proxy's GROQ_API_KEY, so the client gets a
+    502 naming it, not a 401 that would make it ask its user for a new key."""
+    fake_groq.next_status.append((401, {}))
+    with pytest.raises(openai.InternalServerError) as error:
+        client.responses.create(model="llama-3.3-70b-versatile", input="hi")  # via chat
+    assert error.value.status_code == 502
+    assert error.value.body["code"] == "groq_key_rejected"
+    assert "GROQ_API_KEY" in error.value.body["message"]

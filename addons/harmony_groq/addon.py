@@ -37,8 +37,9 @@ from .flows import (
     restore_client_request,
     rewrite,
 )
-from .groq import GroqKeyInjector, GroqStreamRelay, apply_reasoning_keys
-from .groq_translate import GroqChatTranslator, groq_error, translate_whole
+from .groq import GroqStreamRelay, rename_reasoning
+from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
+from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
 from .parse import StrippedOutputError
 from .reasoning_memory import ReasoningMemory
@@ -70,9 +71,6 @@ from .upstream import ModelServerClient
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 NO_RETRY = {"x-should-retry": "false"}
-# Groq's answer headers a translated error keeps (the client's retry logic reads them).
-_KEPT_ERROR_HEADERS = ("retry-after",)
-
 
 class Gateway:
     """Answers local endpoints and routes each dialect's requests to Groq or gpt-oss."""
@@ -165,6 +163,8 @@ class Gateway:
         if endpoint is None:
             record_of(flow)["route"] = "passthrough"
             return
+        if endpoint in self.dialects:  # errors before routing count under the client's API too
+            record_of(flow)["dialect"] = dialect.name
         try:
             await self._answer_or_route(flow, endpoint, dialect)
         except ProxyError as exc:
@@ -234,7 +234,6 @@ class Gateway:
     async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:
         body = self._body(flow)
         record = record_of(flow)
-        record["dialect"] = dialect.name
         record["client_path"] = flow.request.path
         record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
                                     "body": body}
@@ -293,8 +292,7 @@ class Gateway:
         record = record_of(flow)
         assert flow.response is not None
         record.setdefault("response_headers_at", time.time())
-        if "authorization" in flow.request.headers and record.get("route") == "groq":
-            flow.request.headers["authorization"] = f"Bearer {REDACTED}"
+        _mask_groq_key(flow)
         if flow.response.status_code != 200 or is_local(flow):
             return
 
@@ -328,14 +326,7 @@ class Gateway:
         self.streams[flow.id] = stream
 
     def response(self, flow: http.HTTPFlow) -> None:
-        exchange = self.exchanges.pop(flow.id, None)
-        call = self.groq_calls.pop(flow.id, None)
-        self.streams.pop(flow.id, None)
-        self._stop_heartbeat(flow)
-        relay = self.relays.pop(flow.id, None)
-        record = record_of(flow)
-        if relay is not None:
-            record["stream_summary"] = relay.summary()
+        exchange, call, _ = self._forget(flow)
         response = flow.response
         if response is None or response.stream:
             return
@@ -374,61 +365,43 @@ class Gateway:
 
     def _groq_response(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         """Groq's whole answer: reasoning renamed (chat), or translated into the dialect."""
-        assert flow.response is not None
         response = flow.response
+        assert response is not None
         if call.reply is None:
             if record_of(flow).get("dialect") == "chat":
-                self._groq_reasoning(response)
-            return
-        dialect = self.flow_dialect(flow)
-        if response.status_code != 200:
-            error = groq_error(response.status_code, response.content or b"")
-            kept = {k: v for k, v in response.headers.items()
-                    if k.lower() in _KEPT_ERROR_HEADERS or k.lower().startswith("x-ratelimit-")}
-            answer(flow, error, dialect, kept)
+                rename_reasoning(response, reasoning_keys(self.config.reasoning_field, False))
             return
         try:
-            body, _, outcome = translate_whole(call, json.loads(response.content or b""))
+            body, outcome = translate_reply(call, response)
         except ProxyError as exc:
-            answer(flow, exc, dialect)
-            return
-        except ValueError:
-            answer(flow, ProxyError(502, "Groq's answer was not JSON.", code="upstream_error"),
-                   dialect)
+            answer(flow, exc, self.flow_dialect(flow), retry_headers(response))
             return
         record_of(flow)["usage"] = outcome.usage()
         flow.response = json_response(200, body)
 
-    def _groq_reasoning(self, response: http.Response) -> None:
-        """Groq answers ``message.reasoning``; offer it under the configured field names."""
-        content = response.content or b""
-        if response.status_code != 200 or b'"reasoning"' not in content:
-            return
-        try:
-            body = json.loads(content)
-            changed = any([apply_reasoning_keys(choice["message"], reasoning_keys(
-                self.config.reasoning_field, False)) for choice in body["choices"]])
-        except (ValueError, KeyError, TypeError):
-            return
-        if changed:
-            response.content = json.dumps(body, ensure_ascii=False).encode()
-
-    def _stop_heartbeat(self, flow: http.HTTPFlow) -> None:
+    def _forget(self, flow: http.HTTPFlow
+                ) -> tuple[HarmonyExchange | None, GroqCall | None, InterruptibleStream | None]:
+        """Drop all this flow kept here (its last hook runs); return what that hook needs."""
         task = self.heartbeats.pop(flow.id, None)
         if task is not None:
             task.cancel()
+        relay = self.relays.pop(flow.id, None)
+        if relay is not None:
+            record_of(flow)["stream_summary"] = relay.summary()
+        return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
+                self.streams.pop(flow.id, None))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._stop_heartbeat(flow)
-        self.exchanges.pop(flow.id, None)
-        self.groq_calls.pop(flow.id, None)
-        stream = self.streams.pop(flow.id, None)
+        _, _, stream = self._forget(flow)
         if stream is not None and flow.error is not None:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream
             # with an error event instead of a truncated body.
             send_last_chunk(flow, stream.abort(flow.error.msg))
-        relay = self.relays.pop(flow.id, None)
-        if relay is not None:
-            record_of(flow)["stream_summary"] = relay.summary()
-        if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
-            flow.request.headers["authorization"] = f"Bearer {REDACTED}"
+        _mask_groq_key(flow)
+
+
+def _mask_groq_key(flow: http.HTTPFlow) -> None:
+    """Once the request went to Groq, the injected key is masked in the flow (mitmweb, saved
+    flows) again."""
+    if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
+        flow.request.headers["authorization"] = f"Bearer {REDACTED}"

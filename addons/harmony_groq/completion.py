@@ -26,15 +26,6 @@ def finish_reason(*, truncated: bool, stopped: bool, tool_calls: int) -> str:
     return "tool_calls" if tool_calls else "stop"
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
-    }
-
-
 def tool_call_dict(call: ToolCall, with_index: bool) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": call.id,

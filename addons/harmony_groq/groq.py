@@ -13,8 +13,6 @@ import httpx
 from mitmproxy import http
 
 from .chat_request import EFFORTS
-from .records import META
-from .settings import Settings
 
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 DROP_HEADERS = CLIENT_KEY_HEADERS + (
@@ -108,6 +106,21 @@ def groq_chat_request(body: dict[str, Any], model: str) -> tuple[dict[str, Any],
 
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def rename_reasoning(response: http.Response, keys: tuple[str, ...]) -> None:
+    """Groq answers ``message.reasoning``; offer it under the configured field names."""
+    content = response.content or b""
+    if response.status_code != 200 or b'"reasoning"' not in content:
+        return
+    try:
+        body = json.loads(content)
+        changed = any([apply_reasoning_keys(choice["message"], keys)
+                       for choice in body["choices"]])
+    except (ValueError, KeyError, TypeError):
+        return
+    if changed:
+        response.content = json.dumps(body, ensure_ascii=False).encode()
 
 
 def apply_reasoning_keys(container: dict[str, Any], keys: tuple[str, ...]) -> bool:
@@ -240,27 +253,3 @@ class GroqModels:
         self.fetched_at = time.monotonic()
         self.last_error = None
         return self.cached
-
-
-class GroqKeyInjector:
-    """Adds the Groq key to a routed flow at the last moment.
-
-    mitmproxy runs the ``update`` hook across the chain right after ``request`` and sends the
-    request once it returns. Sitting at the very end of the chain, this runs after mitmweb's
-    view has published the flow, so the key never reaches a browser; ``Gateway`` masks it
-    again in ``responseheaders`` once it went upstream.
-    """
-
-    name = "harmony_groq_key_injector"
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def update(self, flows: list) -> None:
-        config = self.settings.config
-        for flow in flows:
-            # An intercepted flow waits in mitmweb: inject on the update its resume triggers.
-            if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
-                    and not flow.intercepted
-                    and flow.metadata.get(META, {}).pop("inject_key", False)):
-                flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"

@@ -4,10 +4,13 @@ its chat API: the reply is then written by the same dialect writer as a gpt-oss 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mitmproxy import http
 
 from .completion import AssembledMessage
 from .dialects.base import GroqCall, Outcome, ReplyWriter
@@ -15,6 +18,8 @@ from .errors import ProxyError
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .streaming import InterruptibleStream
+
+logger = logging.getLogger(__name__)
 
 
 def _reasoning(container: dict[str, Any]) -> str:
@@ -47,31 +52,46 @@ def outcome_of(finish_reason: str | None, usage: dict[str, Any] | None,
                    details.get("reasoning_tokens") or 0)
 
 
-def translate_whole(call: GroqCall, body: Any) -> tuple[dict[str, Any], AssembledMessage,
-                                                        Outcome]:
-    """Groq's ``chat.completion`` → the dialect's reply body."""
+def translate_reply(call: GroqCall, response: http.Response) -> tuple[dict[str, Any], Outcome]:
+    """Groq's whole ``chat.completion`` → the dialect's reply body and how it ended; Groq's
+    error (or an answer that is not a chat completion) as a ``ProxyError``."""
     assert call.reply is not None
+    content = response.content or b""
+    if response.status_code != 200:
+        raise groq_error(response.status_code, content)
     try:
+        body = json.loads(content)
         choice = body["choices"][0]
-        events = message_events(choice["message"], call.tool_names)
-    except (KeyError, IndexError, TypeError):
+        message = AssembledMessage()
+        message.add(message_events(choice["message"], call.tool_names))
+        outcome = outcome_of(choice.get("finish_reason"), body.get("usage"), message)
+    except Exception:  # noqa: BLE001 - any shape but a chat completion is Groq's fault
         raise ProxyError(502, "Groq's answer was not a chat completion.",
                          code="upstream_error") from None
-    message = AssembledMessage()
-    message.add(events)
-    outcome = outcome_of(choice.get("finish_reason"), body.get("usage"), message)
-    return call.reply.whole(message, outcome), message, outcome
+    return call.reply.whole(message, outcome), outcome
 
 
 def groq_error(status: int, content: bytes) -> ProxyError:
-    """Groq's OpenAI-shaped error as a ProxyError with the same status, code and message."""
+    """Groq's OpenAI-shaped error as a ProxyError with the same status, code and message;
+    except that Groq refusing the server's key (401/403) is the proxy's fault, not the
+    client's key: a 502 the client must not answer by logging in again."""
     try:
         error = json.loads(content)["error"]
         message, code = str(error.get("message") or ""), error.get("code")
     except (ValueError, KeyError, TypeError, AttributeError):
         message, code = content.decode("utf-8", "replace")[:500], None
+    if status in (401, 403):
+        return ProxyError(502, f"Groq refused the proxy's GROQ_API_KEY ({status}: {message}); "
+                          "fix the key in the proxy's environment.", code="groq_key_rejected")
     return ProxyError(status, message or f"Groq answered {status}.",
                       code=code if isinstance(code, str) else None)
+
+
+def retry_headers(response: http.Response) -> dict[str, str]:
+    """What of Groq's error answer a translated error keeps: the client's retry logic reads
+    ``retry-after`` and the rate-limit headers."""
+    return {k: v for k, v in response.headers.items()
+            if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")}
 
 
 @dataclass
@@ -113,6 +133,10 @@ class GroqChatTranslator(InterruptibleStream):
                 self._finish(out)
         except ProxyError as exc:
             self._fail(exc, out)
+        except Exception as exc:  # never let mitmproxy drop a chunk silently
+            logger.exception("Groq stream translation failed")
+            self._fail(ProxyError(502, f"Groq's stream could not be translated: {exc}",
+                                  code="translation_error"), out)
         return out
 
     def _event(self, payload: str, out: list[bytes]) -> None:
@@ -122,8 +146,10 @@ class GroqChatTranslator(InterruptibleStream):
         try:
             chunk = json.loads(payload)
         except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
             raise ProxyError(502, f"Groq sent an unreadable event: {payload[:200]!r}",
-                             code="upstream_error") from None
+                             code="upstream_error")
         error = chunk.get("error") or (chunk.get("x_groq") or {}).get("error")
         if error:
             message = error.get("message") if isinstance(error, dict) else str(error)

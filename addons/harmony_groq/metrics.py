@@ -275,8 +275,8 @@ class Metrics:
 
 class MetricsEndpoint:
     """Answers ``GET /metrics`` in reverse mode, ahead of ``Gateway``; with ``PROXY_API_KEY``
-    set, only to requests that carry it. ``health`` is ``Gateway.health``: its cached check of
-    the model server sets ``harmony_groq_model_server_up`` at scrape time."""
+    set, only to requests that carry it. ``health`` is ``LocalEndpoints.health``: its cached
+    check of the model server sets ``harmony_groq_model_server_up`` at scrape time."""
 
     def __init__(self, settings: Settings, metrics: Metrics,
                  health: Callable[[], Awaitable[dict[str, Any]]]) -> None:

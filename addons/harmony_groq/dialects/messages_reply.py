@@ -28,7 +28,8 @@ PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 # Faults no retry can fix. Claude Code retries every 5xx with backoff for about three minutes
 # before it prints anything, but prints a 400's message at once (its six quick retries with
 # features turned off are answered locally).
-PERMANENT = ("groq_key_missing", "harmony_tokens_stripped", "not_configured")
+PERMANENT = ("groq_key_missing", "groq_key_rejected", "harmony_tokens_stripped",
+             "not_configured")
 
 
 def error_status(error: ProxyError) -> int:

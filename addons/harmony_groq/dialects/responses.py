@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..chat_request import require_model
+from ..chat_request import EFFORTS, require_model
 from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..response_store import ResponseStore
@@ -22,6 +22,7 @@ from .responses_request import (
     ResponsesConversation,
     input_items,
     parse_responses_request,
+    parse_tools,
 )
 
 # Groq's Responses schema (additionalProperties: false), responses-api.md §4: what it takes.
@@ -29,8 +30,6 @@ GROQ_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temperatu
                "tools", "tool_choice", "text", "reasoning", "metadata", "parallel_tool_calls",
                "store", "stream", "user", "service_tier", "truncation")
 GROQ_SERVICE_TIERS = ("auto", "default", "flex")
-GROQ_EFFORTS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium",
-                "high": "high", "xhigh": "high", "max": "high"}
 GROQ_ITEMS = ("message", "function_call", "function_call_output")
 GROQ_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
 
@@ -90,8 +89,8 @@ def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["input"] = [_groq_item(item) for item in out["input"]]
     reasoning = out.pop("reasoning", None)
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    if isinstance(effort, str) and effort.lower() in GROQ_EFFORTS:
-        out["reasoning"] = {"effort": GROQ_EFFORTS[effort.lower()]}
+    if isinstance(effort, str) and effort.lower() in EFFORTS:
+        out["reasoning"] = {"effort": EFFORTS[effort.lower()]}
     text = out.pop("text", None)
     if isinstance(text, dict) and text.get("format"):
         out["text"] = {"format": text["format"]}
@@ -145,6 +144,7 @@ class ResponsesDialect(OpenAIErrors):
         return Conversation(parsed.chat, self._reply(body, parsed), body)
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
+        parse_tools(body.get("tools"))  # the same 400s as for gpt-oss before deciding
         if groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
         parsed = self._parse(body)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..chat_request import ChatRequest, parse_chat_request
@@ -22,8 +22,6 @@ from ..render import text_of
 logger = logging.getLogger(__name__)
 
 NAMESPACE_SEPARATOR = "__"
-HOSTED_TOOLS = ("web_search", "web_search_preview", "image_generation", "tool_search",
-                "file_search", "code_interpreter", "computer_use_preview", "local_shell", "mcp")
 IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output", "web_search_call",
                  "tool_search_call", "tool_search_output", "image_generation_call",
                  "compaction", "compaction_summary", "ghost_snapshot")
@@ -52,8 +50,6 @@ class ResponsesConversation:
     chat_body: dict[str, Any]  # the chat body ``chat`` was parsed from (Groq's chat API takes it)
     tools: dict[str, ToolKind]
     items: list[dict[str, Any]]  # the full input history as Responses items
-    hosted_tools: list[str] = field(default_factory=list)
-    ignored_items: list[str] = field(default_factory=list)
 
 
 def _where(index: int) -> str:
@@ -87,10 +83,11 @@ def _tool_entry(tool: dict[str, Any], where: str, namespace: str | None,
             "function": {"name": flat, "description": description, "parameters": parameters}}
 
 
-def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind], list[str]]:
-    """Responses tools → chat function tools, the kind of each, and the hosted ones dropped."""
+def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:
+    """Responses tools → chat function tools and the kind of each; hosted tools (run on
+    OpenAI's servers: gpt-oss has none here) are dropped with a log line."""
     if tools is None:
-        return [], {}, []
+        return [], {}
     if not isinstance(tools, list):
         raise bad_request("'tools' must be an array.", param="tools")
     chat_tools: list[dict[str, Any]] = []
@@ -113,13 +110,13 @@ def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind], 
                                       param=where)
                 chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
         elif isinstance(kind, str):
-            hosted.append(kind)  # hosted tools run on OpenAI's servers: gpt-oss has none here
+            hosted.append(kind)
         else:
             raise bad_request(f"{where} must be an object with a 'type'.", param=where)
     if hosted:
         logger.info("Responses request: hosted tools dropped (gpt-oss cannot run them): %s",
                     ", ".join(hosted))
-    return chat_tools, kinds, hosted
+    return chat_tools, kinds
 
 
 def _output_text(output: Any, where: str) -> str:
@@ -281,7 +278,7 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
                             ) -> ResponsesConversation:
     """Validate a Responses body; ``history`` is what ``previous_response_id`` stands for."""
     items = history + input_items(body)
-    chat_tools, kinds, hosted = parse_tools(body.get("tools"))
+    chat_tools, kinds = parse_tools(body.get("tools"))
     builder = _History(kinds)
     for index, item in enumerate(items):
         builder.add(item, index - len(history))
@@ -308,5 +305,7 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
         "top_p": body.get("top_p"),
     }
     chat_body = {k: v for k, v in chat_body.items() if v is not None}
-    return ResponsesConversation(parse_chat_request(chat_body), chat_body, kinds, items, hosted,
-                                 builder.ignored)
+    if builder.ignored:
+        logger.info("Responses request: items gpt-oss has no use for dropped: %s",
+                    ", ".join(builder.ignored))
+    return ResponsesConversation(parse_chat_request(chat_body), chat_body, kinds, items)
