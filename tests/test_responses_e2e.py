@@ -361,3 +361,21 @@ def test_groq_refusing_the_server_key_is_not_the_clients_fault(client: openai.Op
     assert error.value.status_code == 502
     assert error.value.body["code"] == "groq_key_rejected"
     assert "GROQ_API_KEY" in error.value.body["message"]
+
+
+def test_images_go_to_groq_vision_models_and_not_to_gpt_oss(
+        client: openai.OpenAI, proxy: ProxyProcess, fake_groq: FakeGroq) -> None:
+    image = "data:image/png;base64,iVBORw0KGgo="
+    content = [{"type": "input_text", "text": "What is this?"},
+               {"type": "input_image", "image_url": image}]
+    client.responses.create(model="meta-llama/llama-4-scout-17b-16e-instruct", store=False,
+                            input=[{"role": "user", "content": content}])
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert fake_groq.requests[-1]["path"] == "/openai/v1/chat/completions"
+    assert sent["messages"] == [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": image}}]}]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.responses.create(model="gpt-oss-20b", input=[{"role": "user",
+                                                              "content": content}])
+    assert error.value.body["code"] == "unsupported_content_type"

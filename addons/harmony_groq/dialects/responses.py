@@ -117,7 +117,7 @@ class ResponsesDialect(OpenAIErrors):
         input_items(body)
         return model
 
-    def _parse(self, body: dict[str, Any]) -> ResponsesConversation:
+    def _parse(self, body: dict[str, Any], images: bool = False) -> ResponsesConversation:
         history: list[dict[str, Any]] = []
         previous = body.get("previous_response_id")
         if previous is not None:
@@ -130,7 +130,7 @@ class ResponsesDialect(OpenAIErrors):
                                   param="previous_response_id",
                                   code="previous_response_not_found")
             history = stored.history
-        return parse_responses_request(body, history)
+        return parse_responses_request(body, history, images)
 
     def _reply(self, body: dict[str, Any], parsed: ResponsesConversation) -> ResponsesReply:
         def keep(response: dict[str, Any]) -> None:
@@ -147,7 +147,7 @@ class ResponsesDialect(OpenAIErrors):
         parse_tools(body.get("tools"))  # the same 400s as for gpt-oss before deciding
         if groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
-        parsed = self._parse(body)
+        parsed = self._parse(body, images=True)
         chat_body, names = groq_chat_request(parsed.chat_body, model)
         return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 

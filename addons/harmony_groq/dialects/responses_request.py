@@ -137,6 +137,21 @@ def _output_text(output: Any, where: str) -> str:
     raise bad_request(f"{where}.output must be a string or an array of parts.", param=where)
 
 
+def _chat_parts(parts: list[Any], where: str) -> list[dict[str, Any]]:
+    """User content parts with images, in chat's shape (``text``, ``image_url``)."""
+    chat = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_image" and isinstance(part.get("image_url"), str):
+            chat.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
+        elif kind in ("input_text", "text") and isinstance(part.get("text"), str):
+            chat.append({"type": "text", "text": part["text"]})
+        else:
+            raise bad_request(f"{where}: content part {kind!r} is not a text or image URL part.",
+                              param=where, code="unsupported_content_type")
+    return chat
+
+
 def _reasoning_text(item: dict[str, Any]) -> str:
     """The reasoning's own text (``content``), else its summary."""
     for key in ("content", "summary"):
@@ -152,8 +167,9 @@ def _reasoning_text(item: dict[str, Any]) -> str:
 class _History:
     """Builds chat messages from input items, one assistant turn at a time."""
 
-    def __init__(self, kinds: dict[str, ToolKind]) -> None:
+    def __init__(self, kinds: dict[str, ToolKind], images: bool) -> None:
         self.kinds = kinds
+        self.images = images  # pass user images on (a Groq vision model) instead of a 400
         self.messages: list[dict[str, Any]] = []
         self.turn: dict[str, Any] | None = None  # the open assistant turn
         self.reasoning = ""
@@ -200,7 +216,14 @@ class _History:
         role = item.get("role")
         if role not in ("user", "assistant", "system", "developer"):
             raise bad_request(f"{where}: unknown role {role!r}.", param=where)
-        content = text_of(item.get("content"), where)
+        parts = item.get("content")
+        if role == "user" and self.images and isinstance(parts, list) and any(
+                isinstance(p, dict) and p.get("type") == "input_image" for p in parts):
+            self._close_turn()
+            self.reasoning = ""
+            self.messages.append({"role": role, "content": _chat_parts(parts, where)})
+            return
+        content = text_of(parts, where)
         if role == "assistant":
             turn = self._open_turn()
             if turn.get("tool_calls"):  # text after a call opens a new turn
@@ -274,12 +297,13 @@ def input_items(body: dict[str, Any]) -> list[Any]:
     raise bad_request("'input' is required: a string or an array of items.", param="input")
 
 
-def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]]
-                            ) -> ResponsesConversation:
-    """Validate a Responses body; ``history`` is what ``previous_response_id`` stands for."""
+def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
+                            images: bool = False) -> ResponsesConversation:
+    """Validate a Responses body; ``history`` is what ``previous_response_id`` stands for;
+    ``images``: user images go on as chat image parts (Groq), else they are a 400 (gpt-oss)."""
     items = history + input_items(body)
     chat_tools, kinds = parse_tools(body.get("tools"))
-    builder = _History(kinds)
+    builder = _History(kinds, images)
     for index, item in enumerate(items):
         builder.add(item, index - len(history))
     messages = builder.messages
