@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -156,17 +157,23 @@ anthropic_bodies = st.fixed_dictionaries(
 def check_messages_answer(response: httpx.Response) -> None:
     """A 4xx Anthropic-shaped JSON error, or a valid message (JSON or a stream that keeps the
     event grammar)."""
-    status = response.status_code
-    assert status < 500, (status, response.text[:500])
-    if status >= 400:
-        assert response.headers["content-type"].startswith("application/json")
-        body = response.json()
-        assert body["type"] == "error" and isinstance(body["error"]["message"], str)
-        return
-    if response.headers["content-type"].startswith("text/event-stream"):
+    error = json_error(response)
+    if error is not None:
+        assert error["type"] == "error" and isinstance(error["error"]["message"], str)
+    elif response.headers["content-type"].startswith("text/event-stream"):
         assert "error" not in check_stream(response.content)
     else:
         assert response.json()["type"] == "message"
+
+
+def json_error(response: httpx.Response) -> Any:
+    """The JSON body of a 4xx answer (a 5xx fails the test), or None for a reply."""
+    status = response.status_code
+    assert status < 500, (status, response.text[:500])
+    if status < 400:
+        return None
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -243,13 +250,10 @@ responses_bodies = st.fixed_dictionaries(
 def check_responses_answer(response: httpx.Response) -> None:
     """A 4xx OpenAI-style JSON error, or a valid response (JSON, or a stream that keeps the
     Responses event grammar)."""
-    status = response.status_code
-    assert status < 500, (status, response.text[:500])
-    if status >= 400:
-        assert response.headers["content-type"].startswith("application/json")
-        assert isinstance(response.json()["error"]["message"], str)
-        return
-    if response.headers["content-type"].startswith("text/event-stream"):
+    error = json_error(response)
+    if error is not None:
+        assert isinstance(error["error"]["message"], str)
+    elif response.headers["content-type"].startswith("text/event-stream"):
         assert check_grammar(parse_sse(response.content))["status"] in ("completed",
                                                                         "incomplete")
     else:
