@@ -16,6 +16,7 @@ rewriting the header in the rendered text only: the proxy's rendering is unchang
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,13 +86,13 @@ def _turns(client: str) -> list[tuple[list[int], str, str]]:
     """Each turn's prompt ids, prompt text and completion text, for one kind of client."""
     body, replies, results = tool_chain()
     backend = TransformersBackend()
-    memory = ReasoningMemory() if client == CARRIED else None
+    memory = ReasoningMemory.in_memory() if client == CARRIED else None
     messages: list[dict[str, Any]] = list(body["messages"])
     turns = []
     for n, reply in enumerate(replies):
         request = parse_chat_request({**body, "messages": messages})
         if memory is not None:
-            restored, _ = memory.restore(messages)
+            restored, _ = asyncio.run(memory.restore(messages))
             request = parse_chat_request({**body, "messages": restored})
         prompt = render_prompt(request, DATE, backend.text_transport)
         turns.append((prompt.token_ids, prompt.text, reply.removesuffix("<|return|>")))

@@ -1,0 +1,188 @@
+"""The Redis-protocol store (Redis >= 7, Valkey; one server, not a cluster): shared by every
+proxy pointed at it, and kept across their restarts.
+
+Entries are ``hgg:v1:<namespace>:<key>`` with a TTL. Each namespace's byte budget is kept by
+a Lua script at write time: the entry's size goes into a hash and its write time into a sorted
+set, and the oldest written entries go until the namespace fits (the bookkeeping keys have the
+TTL of the longest-lived entry, so they go too when a namespace is idle). Entries that expired
+on their own are still counted until the budget pushes them out: the count errs on the side of
+keeping less.
+
+redis-py's asyncio client: no call blocks the event loop. A read gives up after the hot-path
+timeout; a write runs as a background task (at most ``MAX_PENDING_WRITES`` at once) with a
+longer one. A connection error or a timeout rests the store for ``RETRY_SECONDS``: calls in
+that time fail at once (counted) instead of each waiting for the timeout; the next call after
+it tries again, and a pooled connection the server dropped is reconnected once per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..redact import redact_text
+from .base import StoreUnavailable
+from .codec import decode, encode, entry_key, meta_key, password_of, public_url
+from .metrics import StoreMetrics
+
+logger = logging.getLogger(__name__)
+RETRY_SECONDS = 1.0
+WRITE_TIMEOUT_SECONDS = 1.0
+MAX_PENDING_WRITES = 1024
+
+# KEYS: entry, index (zset id -> write time), sizes (hash id -> bytes), total bytes.
+# ARGV: id, value, ttl ms, size, budget, entry key prefix.
+PUT_SCRIPT = """
+local id, ttl, size, budget = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local old = redis.call('HGET', KEYS[3], id)
+if old then redis.call('DECRBY', KEYS[4], old) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], now[1] * 1000000 + now[2], id)
+redis.call('HSET', KEYS[3], id, size)
+local total = redis.call('INCRBY', KEYS[4], size)
+while total > budget do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])
+  if #oldest == 0 then break end
+  local victim = oldest[1]
+  total = redis.call('DECRBY', KEYS[4], tonumber(redis.call('HGET', KEYS[3], victim) or '0'))
+  redis.call('HDEL', KEYS[3], victim)
+  redis.call('DEL', ARGV[6] .. victim)
+end
+for i = 2, 4 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return total
+"""
+# KEYS as for PUT_SCRIPT; ARGV: id.
+DELETE_SCRIPT = """
+local existed = redis.call('DEL', KEYS[1])
+local size = redis.call('HGET', KEYS[3], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DECRBY', KEYS[4], size)
+end
+return existed
+"""
+
+
+def _keys(namespace: str, key: str) -> list[str]:
+    return [entry_key(namespace, key), meta_key(namespace, "index"),
+            meta_key(namespace, "sizes"), meta_key(namespace, "bytes")]
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, budgets: Mapping[str, int], read_timeout: float,
+                 metrics: StoreMetrics) -> None:
+        self.shown = public_url(url)
+        self.password = password_of(url)
+        self.budgets = dict(budgets)
+        self.read_timeout = read_timeout
+        self.metrics = metrics
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=WRITE_TIMEOUT_SECONDS,
+            socket_connect_timeout=WRITE_TIMEOUT_SECONDS,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            retry_on_timeout=False)
+        self._put = self.client.register_script(PUT_SCRIPT)
+        self._delete = self.client.register_script(DELETE_SCRIPT)
+        self.pending: set[asyncio.Task] = set()
+        self.resting_until = 0.0
+        self.problem: str | None = None  # why the last call failed; None once one answered
+
+    async def _call(self, namespace: str, op: str, call: Callable[[], Awaitable[Any]],
+                    timeout: float) -> Any:
+        if time.monotonic() < self.resting_until:
+            self.metrics.failed(namespace, op, "resting")
+            raise StoreUnavailable(self.problem)
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                result = await call()
+        except (TimeoutError, RedisTimeoutError):
+            self._failed(namespace, op, "timeout", f"no answer within {timeout * 1000:g} ms")
+        except (RedisConnectionError, OSError) as exc:
+            self._failed(namespace, op, "connection", str(exc))
+        except RedisError as exc:  # the server answered with an error: no need to rest
+            self._failed(namespace, op, "error", str(exc), rest=False)
+        else:
+            self.metrics.answered(namespace, op, time.perf_counter() - start)
+            if self.problem is not None:
+                logger.info("state store %s answers again", self.shown)
+                self.problem = None
+            return result
+        raise StoreUnavailable(self.problem)
+
+    def _failed(self, namespace: str, op: str, reason: str, detail: str,
+                rest: bool = True) -> None:
+        self.metrics.failed(namespace, op, reason)
+        problem = redact_text(f"{reason}: {detail}", [self.password])
+        if self.problem is None:
+            logger.warning("state store %s failed (%s); requests go on without it, retried "
+                           "every %g s", self.shown, problem, RETRY_SECONDS)
+        self.problem = problem
+        if rest:
+            self.resting_until = time.monotonic() + RETRY_SECONDS
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[Any | None]:
+        names = [entry_key(namespace, key) for key in keys]
+        values = await self._call(namespace, "get", lambda: self.client.mget(names),
+                                  self.read_timeout)
+        return [None if value is None else decode(value) for value in values]
+
+    def put(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
+        if len(self.pending) >= MAX_PENDING_WRITES:
+            self.metrics.failed(namespace, "put", "backlog")
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self._write(namespace, key, value, ttl_seconds))
+        except RuntimeError:  # no event loop: only outside mitmproxy
+            self.metrics.failed(namespace, "put", "error")
+            return
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _write(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
+        data, budget = encode(value), self.budgets[namespace]
+        if len(data) > budget:
+            return  # larger than the namespace's budget: not kept, as in memory
+        args = [key, data, ttl_seconds * 1000, len(data), budget, entry_key(namespace, "")]
+        with contextlib.suppress(StoreUnavailable):  # counted; lost, as if evicted
+            await self._call(namespace, "put", lambda: self._put(_keys(namespace, key), args),
+                             WRITE_TIMEOUT_SECONDS)
+
+    async def delete(self, namespace: str, key: str) -> bool:
+        existed = await self._call(namespace, "delete",
+                                   lambda: self._delete(_keys(namespace, key), [key]),
+                                   self.read_timeout)
+        return bool(existed)
+
+    async def health(self) -> dict[str, Any]:
+        with contextlib.suppress(StoreUnavailable):  # the problem is kept for the answer
+            await self._call("none", "ping", self.client.ping, self.read_timeout)
+        status = "ok" if self.problem is None else "degraded"
+        body: dict[str, Any] = {"kind": self.kind, "url": self.shown, "status": status,
+                                "shared": True}
+        if self.problem is not None:
+            body["problem"] = self.problem
+        return body
+
+    async def close(self) -> None:
+        if self.pending:
+            await asyncio.wait(self.pending, timeout=WRITE_TIMEOUT_SECONDS)
+        await self.client.aclose()
