@@ -52,13 +52,15 @@ def decode(data: bytes) -> Any:
 
 
 def is_store_url(url: str) -> bool:
-    """A ``redis://`` or ``rediss://`` URL with a host that redis-py can connect with."""
+    """A ``redis://`` or ``rediss://`` URL with a host and a numbered database, if any."""
     try:
         parse_url(url)
         parts = urlsplit(url)
-        return parts.scheme in SCHEMES and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         return False
+    db = parts.path.strip("/")
+    return parts.scheme in SCHEMES and bool(parts.hostname) and (not db or db.isdigit())
 
 
 def public_url(url: str) -> str:
