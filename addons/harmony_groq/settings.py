@@ -22,7 +22,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .encoding import EncodingUnavailable, harmony_encoding
-from .state.codec import is_store_url, public_url, secret_url
+from .state.codec import is_store_url, password_of, public_url, secret_url
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,12 @@ class Config:
     claude_model_map: tuple[tuple[str, str], ...]
     groq_api_key: str
     proxy_api_key: str
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log may show: the keys and the state store's password."""
+        return tuple(s for s in (self.groq_api_key, self.proxy_api_key,
+                                 password_of(self.state_store)) if s)
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:
