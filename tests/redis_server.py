@@ -76,6 +76,11 @@ class RedisServer:
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def version(self) -> str:
+        done = subprocess.run([self.executable, "--version"], capture_output=True, text=True,
+                              timeout=10)
+        return done.stdout.split(" v=", 1)[-1].split(" ", 1)[0]
+
     def kill(self) -> None:
         """SIGKILL: the store is gone mid-run, with everything in it."""
         assert self.process is not None

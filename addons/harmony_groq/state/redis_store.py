@@ -10,9 +10,15 @@ keeping less.
 
 redis-py's asyncio client: no call blocks the event loop. A read gives up after the hot-path
 timeout; a write runs as a background task (at most ``MAX_PENDING_WRITES`` at once) with a
-longer one. A connection error or a timeout rests the store for ``RETRY_SECONDS``: calls in
-that time fail at once (counted) instead of each waiting for the timeout; the next call after
-it tries again, and a pooled connection the server dropped is reconnected once per call.
+longer one. Until its write is done, an entry is read from the task (``writing``): a client's
+next request to this proxy sees what its last reply stored, even while the write is still
+connecting; another proxy sees it once the write is on the server, which is before the reply
+leaves this proxy whenever a pooled connection is free (the task runs ahead of the reply's
+bytes on the event loop).
+
+A connection error or a timeout rests the store for ``RETRY_SECONDS``: calls in that time fail
+at once (counted) instead of each waiting for the timeout; the next call after it tries again,
+and a pooled connection the server dropped is reconnected once per call.
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class RedisStore:
         self._put = self.client.register_script(PUT_SCRIPT)
         self._delete = self.client.register_script(DELETE_SCRIPT)
         self.pending: set[asyncio.Task] = set()
+        self.writing: dict[tuple[str, str], tuple[asyncio.Task, Any]] = {}
         self.resting_until = 0.0
         self.problem: str | None = None  # why the last call failed; None once one answered
 
@@ -139,10 +146,13 @@ class RedisStore:
             self.resting_until = time.monotonic() + RETRY_SECONDS
 
     async def get_many(self, namespace: str, keys: Sequence[str]) -> list[Any | None]:
-        names = [entry_key(namespace, key) for key in keys]
-        values = await self._call(namespace, "get", lambda: self.client.mget(names),
-                                  self.read_timeout)
-        return [None if value is None else decode(value) for value in values]
+        local = [self.writing.get((namespace, key)) for key in keys]
+        names = [entry_key(namespace, key) for key, own in zip(keys, local, strict=True)
+                 if own is None]
+        found = iter(await self._call(namespace, "get", lambda: self.client.mget(names),
+                                      self.read_timeout) if names else ())
+        return [own[1] if own is not None else
+                (None if (value := next(found)) is None else decode(value)) for own in local]
 
     def put(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
         if len(self.pending) >= MAX_PENDING_WRITES:
@@ -155,7 +165,13 @@ class RedisStore:
             self.metrics.failed(namespace, "put", "error")
             return
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self.writing[(namespace, key)] = (task, value)
+        task.add_done_callback(lambda done: self._written(done, namespace, key))
+
+    def _written(self, task: asyncio.Task, namespace: str, key: str) -> None:
+        self.pending.discard(task)
+        if self.writing.get((namespace, key), (None,))[0] is task:
+            del self.writing[(namespace, key)]
 
     async def _write(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
         data, budget = encode(value), self.budgets[namespace]
@@ -167,6 +183,9 @@ class RedisStore:
                              WRITE_TIMEOUT_SECONDS)
 
     async def delete(self, namespace: str, key: str) -> bool:
+        own = self.writing.get((namespace, key))
+        if own is not None:  # a write landing after the delete would bring the entry back
+            await asyncio.wait([own[0]], timeout=WRITE_TIMEOUT_SECONDS)
         existed = await self._call(namespace, "delete",
                                    lambda: self._delete(_keys(namespace, key), [key]),
                                    self.read_timeout)
