@@ -4,37 +4,19 @@ machine runs as root), otherwise the tests that need it are skipped with the com
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
+from debian import find_or_install
 from proxy_process import terminate
 
 PASSWORD = "store-secret-Pa55word"  # every test server requires it: it must never be shown
 
 
 def find_or_install_redis() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("redis-server is missing and cannot be installed here (needs apt-get as "
-                    "root): apt-get install redis-server")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["apt-get", "update"], ["apt-get", "install", "-y", "redis-server"]):
-        done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            pytest.skip(f"installing redis-server failed ({' '.join(step)}):\n"
-                        f"{done.stderr[-2000:]}")
-    found = shutil.which("redis-server")
-    if not found:
-        pytest.skip("apt-get installed redis-server but it is not on PATH")
-    return found
+    return find_or_install("redis-server", ("redis-server",))
 
 
 def free_port() -> int:

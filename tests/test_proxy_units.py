@@ -18,7 +18,6 @@ from harmony_groq.records import FlowLog, flow_record
 from harmony_groq.redact import REDACTED, redact_headers, redact_text, redact_value
 from harmony_groq.routing import Endpoint, Route, choose_route, classify_path, forward_endpoint
 from harmony_groq.settings import OPTIONS, Settings, build_config, env_default
-from harmony_groq.state.addon import State
 
 SUBSTRINGS = ("gpt-oss", "harmony")
 
@@ -156,7 +155,7 @@ def _chat_flow(body: bytes, path: bytes = b"/v1/chat/completions") -> http.HTTPF
 @pytest.fixture()
 def gateway(tmp_path):
     settings = Settings()
-    gateway = Gateway(settings, State(settings))
+    gateway = Gateway(settings)
     log = FlowLog(settings)
     old = dict(os.environ)
     os.environ["GROQ_API_KEY"] = "gsk_unit0123456789abcdef"

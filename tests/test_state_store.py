@@ -18,9 +18,16 @@ import redis.asyncio as aioredis
 from mitmproxy import exceptions
 from prometheus_client import CollectorRegistry
 
-from harmony_groq.settings import OPTION_DEFAULTS, OPTIONS, build_config, env_default
+from harmony_groq.settings import (
+    OPTION_DEFAULTS,
+    OPTIONS,
+    Settings,
+    build_config,
+    env_default,
+)
 from harmony_groq.state import Namespace, StoreUnavailable
 from harmony_groq.state import redis_store as redis_store_module
+from harmony_groq.state.addon import State
 from harmony_groq.state.codec import decode, public_url, secret_url
 from harmony_groq.state.memory import MemoryStore, json_size
 from harmony_groq.state.metrics import StoreMetrics
@@ -167,6 +174,35 @@ def test_a_client_chosen_id_cannot_reach_the_bookkeeping(redis_server: RedisServ
         assert await store.get_many("resp", ["meta:resp:index", "../meta", "*"]) == [None] * 3
         assert (await store.health())["status"] == "ok"
         await store.close()
+
+    run(scenario())
+
+
+def test_a_value_is_read_back_while_its_write_is_under_way(redis_server: RedisServer) -> None:
+    """The client's next request to the same proxy may come before the write landed (a cold
+    pool connects first): it must still see what its last reply stored."""
+    async def scenario() -> None:
+        store = make_redis(redis_server)
+        store.put("resp", "r1", VALUE, 60)
+        assert store.pending  # not written yet
+        assert await store.get_many("resp", ["r1", "r2"]) == [VALUE, None]
+        assert await store.delete("resp", "r1") is True  # waits for the write, then deletes
+        await settle(store)
+        assert await store.get_many("resp", ["r1"]) == [None] and not store.writing
+        await store.close()
+
+    run(scenario())
+
+
+def test_the_spill_namespace_takes_strings_with_a_ttl_of_their_own() -> None:
+    """The API the spill-over code uses: ``State.spill``, on the default store."""
+    state = State(Settings())
+
+    async def scenario() -> None:
+        state.spill.put("conversation-1", "groq", ttl_seconds=30)
+        assert await state.spill.get("conversation-1") == "groq"
+        assert await state.spill.get("conversation-2") is None
+        assert (await state.health())["status"] == "ok"
 
     run(scenario())
 

@@ -25,7 +25,6 @@ from harmony_groq.labels import MARKERS, FlowLabels, StreamCopy, flow_label
 from harmony_groq.records import flow_record
 from harmony_groq.render import render_prompt
 from harmony_groq.settings import Settings
-from harmony_groq.state.addon import State
 from harmony_groq.views import OUTSIDE, HarmonyContentview, HarmonyMessage, split_messages
 
 from fakes import FakeTransformers, token_pieces
@@ -108,7 +107,7 @@ def hooks(fake_transformers: FakeTransformers, tmp_path) -> Iterator[tuple]:
     registered as ``addons/harmony.py`` does."""
     contentviews.add(HarmonyContentview)
     settings, labels = Settings(), FlowLabels(keep_bytes=300)
-    gateway = Gateway(settings, State(settings))
+    gateway = Gateway(settings)
     old = dict(os.environ)
     os.environ.pop("GROQ_API_KEY", None)
     try:

@@ -77,12 +77,12 @@ NO_RETRY = {"x-should-retry": "false"}
 class Gateway:
     """Answers local endpoints and routes each dialect's requests to Groq or gpt-oss."""
 
-    def __init__(self, settings: Settings, state: State) -> None:
+    def __init__(self, settings: Settings, state: State | None = None) -> None:
         self.settings = settings
-        self.state = state
+        self.state = state or State(settings)  # harmony.py passes the one it loads as an addon
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
-        self.responses = ResponsesDialect(ResponseStore(state.responses))
+        self.responses = ResponsesDialect(ResponseStore(self.state.responses))
         self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
             Endpoint.CHAT: ChatDialect(), Endpoint.RESPONSES: self.responses,
@@ -93,7 +93,7 @@ class Gateway:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
-        self.memory = ReasoningMemory(state.reasoning)
+        self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self._startup_check: asyncio.Task | None = None
 
