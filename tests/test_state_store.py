@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from mitmproxy import exceptions
+from mitmproxy.test import taddons
 from prometheus_client import CollectorRegistry
 
 from harmony_groq.settings import (
@@ -328,3 +329,23 @@ def test_a_bad_url_never_shows_its_password() -> None:
     with pytest.raises(exceptions.OptionsError) as error:
         build_config({**OPTION_DEFAULTS, "state_store": f"http://u:{PASSWORD}@h:1/0"}, {})
     assert PASSWORD not in str(error.value)
+
+
+def test_a_live_change_resizes_the_store_or_replaces_it(redis_server: RedisServer) -> None:
+    """mitmweb's options page: a new budget or TTL keeps what is stored; a new STATE_STORE
+    starts the new store, which every user of the namespaces then reads."""
+    settings = Settings()
+    state = State(settings)
+    with taddons.context(settings, state) as tctx:
+        tctx.options.mode = ["reverse:http://127.0.0.1:9@127.0.0.1:0"]
+        tctx.configure(settings, responses_store_bytes=10_000)
+        memory = state.store
+        state.responses.put("r1", VALUE)
+        assert run(state.responses.get("r1")) == VALUE
+        tctx.configure(settings, responses_store_bytes=50, responses_store_ttl=60)
+        assert state.store is memory and state.responses.ttl == 60
+        assert memory.namespaces["resp"].budget == 50  # type: ignore[attr-defined]
+        assert run(state.responses.get("r1")) == VALUE
+        tctx.configure(settings, state_store=redis_server.url)
+        assert state.store.kind == "redis" and state.reasoning.store is state.store
+        assert run(state.health())["url"].endswith(f"127.0.0.1:{redis_server.port}/0")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -17,9 +17,9 @@ from .metrics import StoreMetrics
 from .redis_store import RedisStore
 
 logger = logging.getLogger(__name__)
-STORE_OPTIONS = frozenset({"state_store", "state_store_timeout_ms", "responses_store_bytes",
-                           "reasoning_memory_bytes", "responses_store_ttl",
-                           "reasoning_memory_ttl"})
+STORE_OPTIONS = frozenset({"state_store", "state_store_timeout_ms"})  # a new store
+LIMIT_OPTIONS = frozenset({"responses_store_bytes", "reasoning_memory_bytes",
+                           "responses_store_ttl", "reasoning_memory_ttl"})  # the same, resized
 SPILL_TTL_SECONDS = 3600  # the spill-over code passes its own
 
 
@@ -48,18 +48,21 @@ class State:
         self._closing: set[asyncio.Task] = set()
 
     def configure(self, updated: set[str]) -> None:
-        config = cast(Config, self.settings.config)
-        if config is None or not updated & STORE_OPTIONS:
+        config = self.settings.config
+        if config is None:
             return
-        old, self.store = self.store, make_store(config, self.metrics)
-        for namespace in (self.responses, self.reasoning, self.spill):
-            namespace.store = self.store
+        if updated & STORE_OPTIONS:
+            old, self.store = self.store, make_store(config, self.metrics)
+            for namespace in (self.responses, self.reasoning, self.spill):
+                namespace.store = self.store
+            shown = getattr(self.store, "shown", "memory")
+            logger.info("state store: %s (%s)", shown, "shared by every proxy that uses it"
+                        if self.store.kind == "redis" else "this process only")
+            self._close_later(old)
+        elif updated & LIMIT_OPTIONS:
+            self.store.resize(_budgets(vars(config)))
         self.responses.ttl = config.responses_store_ttl
         self.reasoning.ttl = config.reasoning_memory_ttl
-        shown = getattr(self.store, "shown", "memory")
-        logger.info("state store: %s (%s)", shown, "shared by every proxy that uses it"
-                    if self.store.kind == "redis" else "this process only")
-        self._close_later(old)
 
     def _close_later(self, store: StateStore) -> None:
         try:

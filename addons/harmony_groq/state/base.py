@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 NAMESPACES = ("resp", "reason", "spill")
@@ -28,6 +28,11 @@ class StateStore(Protocol):
 
     async def delete(self, namespace: str, key: str) -> bool:
         """Whether something was there; raises ``StoreUnavailable``."""
+        ...
+
+    def resize(self, budgets: Mapping[str, int]) -> None:
+        """New byte budgets per namespace (a live change); entries are kept, and evicted as
+        the next writes need."""
         ...
 
     async def health(self) -> dict[str, Any]:

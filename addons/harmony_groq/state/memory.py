@@ -82,6 +82,10 @@ class MemoryStore:
     async def delete(self, namespace: str, key: str) -> bool:
         return self.namespaces[namespace].pop(key)
 
+    def resize(self, budgets: Mapping[str, int]) -> None:
+        for name, budget in budgets.items():
+            self.namespaces[name].budget = budget
+
     async def health(self) -> dict[str, Any]:
         return {"kind": self.kind, "status": "ok", "shared": False,
                 "bytes": {name: lru.size for name, lru in self.namespaces.items()}}

@@ -191,6 +191,9 @@ class RedisStore:
                                    self.read_timeout)
         return bool(existed)
 
+    def resize(self, budgets: Mapping[str, int]) -> None:
+        self.budgets = dict(budgets)
+
     async def health(self) -> dict[str, Any]:
         with contextlib.suppress(StoreUnavailable):  # the problem is kept for the answer
             await self._call("none", "ping", self.client.ping, self.read_timeout)
