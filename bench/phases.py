@@ -14,7 +14,15 @@ from load import LoadResult, nth_chunk, run_load, run_streams
 from prefix import PrefixRow
 from procs import Monitor, Usage
 from spy import profiled
-from store import KINDS, StoreResult, StoreSetup, chained_turns, interleaved
+from store import (
+    KINDS,
+    StoreResult,
+    StoreSetup,
+    chained_turns,
+    interleaved,
+    store_calls_ms,
+    stored_response,
+)
 
 from harmony_groq.backends import TransformersBackend
 from harmony_groq.chat_request import parse_chat_request
@@ -221,12 +229,15 @@ async def store_phase(setup: Setup, results: Results) -> None:
     if store is None:
         return
     budget = setup.budget
-    latency = await interleaved([store.targets[kind][0] for kind in KINDS],
-                                budget.short_repeat * budget.rounds, budget.seconds)
+    with Monitor(setup.pids) as usage:
+        latency = await interleaved([store.targets[kind][0] for kind in KINDS],
+                                    budget.short_repeat * budget.rounds, budget.seconds)
     chained = {kind: await chained_turns(store.targets[kind], budget.chain_turns)
                for kind in KINDS}
+    calls = await store_calls_ms(store.redis.url, await stored_response(store.targets["redis"][0]),
+                                 budget.short_repeat * budget.rounds)
     results.store = StoreResult(dict(zip(KINDS, latency, strict=True)), chained,
-                                store.redis.version())
+                                store.redis.version(), usage, calls)
 
 
 def groq_targets(direct_port: int, bare_port: int, proxy_port: int,

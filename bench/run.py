@@ -209,6 +209,8 @@ def start_store(work: Path, stack: contextlib.ExitStack, services: list[Service]
     (work / "redis").mkdir()
     store = StoreSetup(RedisServer(executable, work / "redis"))
     stack.callback(store.redis.stop)
+    assert store.redis.process is not None
+    under_test["redis-server"] = store.redis.process.pid  # part of what is measured: CPU 0
     for kind in KINDS:
         state = "memory" if kind == "memory" else store.redis.url
         for proxy in "AB":

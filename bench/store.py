@@ -12,17 +12,27 @@ every turn's parent is on the other proxy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+import httpx
 from httpclient import Connection, Target
 from load import LoadResult, check
+from procs import Usage
+
+from harmony_groq.state.memory import MemoryStore
+from harmony_groq.state.metrics import StoreMetrics
+from harmony_groq.state.redis_store import RedisStore
 
 from redis_server import RedisServer
 
 KINDS = ("memory", "redis")
+BUDGETS = {"resp": 64 << 20, "reason": 16 << 20, "spill": 4 << 20}
 
 
 @dataclass
@@ -36,6 +46,16 @@ class StoreResult:
     latency: dict[str, LoadResult]  # kind → the chained request's latencies
     chained: dict[str, tuple[int, int]]  # kind → (turns answered 200, turns sent)
     redis_version: str
+    usage: Usage  # while the latencies were measured: how busy the rest of the machine was
+    calls_ms: dict[str, float]  # kind → p50 of one read + one write, timed in-process
+
+    @property
+    def paired_ms(self) -> float:
+        """The median over the rounds of (Redis − memory): each pair ran back to back, so
+        contention that comes and goes cancels out."""
+        pairs = zip(self.latency["redis"].latencies, self.latency["memory"].latencies,
+                    strict=True)
+        return 1000 * statistics.median(redis - memory for redis, memory in pairs)
 
 
 def redis_server_binary() -> str | None:
@@ -73,6 +93,46 @@ async def chained_turns(targets: list[Target], turns: int) -> tuple[int, int]:
     finally:
         for connection in connections:
             connection.close()
+
+
+async def store_calls_ms(url: str, stored: dict[str, Any], count: int) -> dict[str, float]:
+    """p50 of what a chained turn asks of the store, one read and one write (awaited here,
+    a background task in the proxy), timed in this process: the store's own cost, without the
+    scheduling of three processes that the through-the-proxy numbers include."""
+    stores = {"memory": MemoryStore(BUDGETS),
+              "redis": RedisStore(url, BUDGETS, 1.0, StoreMetrics())}
+    out = {}
+    for kind, store in stores.items():
+        store.put("resp", "parent", stored, 3600)
+        await asyncio.gather(*getattr(store, "pending", ()))
+        timings = []
+        for n in range(count):
+            started = time.perf_counter()
+            (parent,) = await store.get_many("resp", ["parent"])
+            store.put("resp", f"child-{n}", parent, 3600)
+            await asyncio.gather(*getattr(store, "pending", ()))
+            timings.append(time.perf_counter() - started)
+        out[kind] = 1000 * statistics.median(timings)
+        await store.close()
+    return out
+
+
+async def stored_response(target: Target) -> dict[str, Any]:
+    """What the proxy stored for the chained request's parent, as ``GET`` returns it, with
+    the history of the same length (the value a chained turn reads)."""
+    connection = Connection(target)
+    await connection.open()
+    try:
+        parent = await _turn(connection, None, 0)
+        assert parent is not None
+    finally:
+        connection.close()
+    async with httpx.AsyncClient(trust_env=False) as client:
+        response = (await client.get(f"http://127.0.0.1:{target.port}/v1/responses/{parent}",
+                                     timeout=10)).json()
+    return {"response": response, "history": [{"role": "user", "content": "Turn 0: what is "
+                                                                          "2+2?"},
+                                              *response["output"]]}
 
 
 async def interleaved(targets: list[Target], count: int, seconds: float
