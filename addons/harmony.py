@@ -27,5 +27,4 @@ _gateway = Gateway(_settings, _state)
 # MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
 # after the Gateway has rewritten them.
 addons = [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
-          _gateway,
-          FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
+          _gateway, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
