@@ -283,6 +283,7 @@ def test_the_agents_sdk_chains_across_two_proxies(
     # it continues, which the other proxy must read from the shared store.
     assert sent[0]["previous_response_id"] is None
     assert all(s["previous_response_id"] for s in sent[1:])
+    assert {s["store"] for s in sent} == {None}  # left to the API's default: stored
     assert sent[1]["input_types"] == ["function_call_output"]
     assert sent[2]["input_types"] == ["message"]
     last = fake_transformers.prompts[-1]

@@ -18,7 +18,6 @@ from openai import AsyncOpenAI
 
 from agents import (
     Agent,
-    ModelSettings,
     OpenAIResponsesModel,
     Runner,
     function_tool,
@@ -59,8 +58,7 @@ async def main(urls: list[str], model: str, stream: bool) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=urls[0], api_key="sk-agents-client-key", max_retries=0,
                          http_client=httpx.AsyncClient(transport=transport, timeout=20))
     agent = Agent(name="assistant", instructions="Be terse.", tools=[get_weather],
-                  model=OpenAIResponsesModel(model=model, openai_client=client),
-                  model_settings=ModelSettings(store=True))
+                  model=OpenAIResponsesModel(model=model, openai_client=client))
     outputs = []
     previous = None
     for question in ("Weather in Paris?", "And in Lyon?"):

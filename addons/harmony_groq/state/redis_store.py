@@ -155,6 +155,8 @@ class RedisStore:
                 (None if (value := next(found)) is None else decode(value)) for own in local]
 
     def put(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
+        if not self.budgets[namespace]:
+            return  # a budget of 0 keeps nothing (REASONING_MEMORY_BYTES=0)
         if len(self.pending) >= MAX_PENDING_WRITES:
             self.metrics.failed(namespace, "put", "backlog")
             return
@@ -170,6 +172,8 @@ class RedisStore:
 
     def _written(self, task: asyncio.Task, namespace: str, key: str) -> None:
         self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: say so, go on
+            logger.error("state store write failed", exc_info=task.exception())
         if self.writing.get((namespace, key), (None,))[0] is task:
             del self.writing[(namespace, key)]
 
