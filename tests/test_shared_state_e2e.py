@@ -24,7 +24,7 @@ import pytest
 
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from proxy_process import ProxyProcess
-from redis_server import PASSWORD, RedisServer
+from redis_server import PASSWORD, QUOTED_PASSWORD, RedisServer
 from responses_grammar import check_grammar, parse_sse
 from test_carry_over_e2e import STEPS, ask
 
@@ -192,6 +192,26 @@ def test_nothing_is_lost_when_both_proxies_restart(
     assert "Paris first." in fake_transformers.prompts[-1]
 
 
+def test_a_tls_store_off_localhost_style_works_the_same(
+        start_proxy: Start, redis_executable: str, tmp_path: Path,
+        fake_transformers: FakeTransformers) -> None:
+    """``rediss://`` with a password (what a store on another machine needs): the CA in the
+    URL's query, the password in the environment only."""
+    (tmp_path / "tls").mkdir()
+    server = RedisServer(redis_executable, tmp_path / "tls", tls=True)
+    try:
+        proxies = start_pair(start_proxy, server)
+        harmony_answers(fake_transformers, range(3))
+        chain(proxies, "gpt-oss-20b", range(3), stream=False)
+        assert all(f"<|message|>{answer}<|end|>" in fake_transformers.prompts[-1]
+                   for answer in ANSWERS[:2])
+        store = health(proxies[1])["state_store"]
+        assert store["status"] == "ok"
+        assert store["url"].startswith("rediss://default:***redacted***@127.0.0.1:")
+    finally:
+        server.stop()
+
+
 # -- the store killed mid-run -----------------------------------------------------------------
 
 def health(proxy: ProxyProcess) -> dict[str, Any]:
@@ -229,7 +249,8 @@ def test_a_store_killed_mid_run_degrades_and_recovers(
     for proxy in proxies:
         body = health(proxy)
         assert body["status"] == "degraded" and body["state_store"]["status"] == "degraded"
-        assert PASSWORD not in json.dumps(body) and "***redacted***" in body["state_store"]["url"]
+        assert "***redacted***" in body["state_store"]["url"]
+        assert PASSWORD not in json.dumps(body) and QUOTED_PASSWORD not in json.dumps(body)
         assert metric(proxy, "harmony_groq_state_store_errors_total") >= 1
         assert metric(proxy, "harmony_groq_state_store_up") == 0
 
@@ -248,8 +269,10 @@ def test_a_store_killed_mid_run_degrades_and_recovers(
         assert metric(proxy, "harmony_groq_state_store_up") == 1
         assert proxy.process.poll() is None
         output = "".join(proxy.output)
-        assert "Traceback" not in output and PASSWORD not in output
-        assert PASSWORD not in proxy.log_path.read_text()
+        log = proxy.log_path.read_text()
+        assert "Traceback" not in output and "***redacted***" in log
+        for secret in (PASSWORD, QUOTED_PASSWORD):
+            assert secret not in output and secret not in log
         assert [r for r in proxy.log_records() if (r.get("status") or 0) >= 500] == []
 
 

@@ -34,7 +34,7 @@ from harmony_groq.state.memory import MemoryStore, json_size
 from harmony_groq.state.metrics import StoreMetrics
 from harmony_groq.state.redis_store import RedisStore
 
-from redis_server import PASSWORD, RedisServer
+from redis_server import PASSWORD, QUOTED_PASSWORD, RedisServer
 
 BUDGETS = {"resp": 1000, "reason": 1000, "spill": 1000}
 VALUE = {"text": "x" * 80}  # a 93-byte entry (memory counts JSON; Redis the encoded bytes)
@@ -232,7 +232,8 @@ def test_a_dead_redis_degrades_and_the_same_store_recovers(redis_server: RedisSe
         store.put("resp", "r2", VALUE, 60)  # dropped, counted
         await settle(store)
         health = await store.health()
-        assert health["status"] == "degraded" and PASSWORD not in str(health)
+        assert health["status"] == "degraded"
+        assert PASSWORD not in str(health) and QUOTED_PASSWORD not in str(health)
         assert health["url"] == f"redis://default:***redacted***@127.0.0.1:{redis_server.port}/0"
         assert sample(registry, "harmony_groq_state_store_errors_total", namespace="resp",
                       op="get", reason="connection") == 1
@@ -252,7 +253,8 @@ def test_a_dead_redis_degrades_and_the_same_store_recovers(redis_server: RedisSe
         await store.close()
 
     run(scenario())
-    assert PASSWORD not in caplog.text and "answers again" in caplog.text
+    assert PASSWORD not in caplog.text and QUOTED_PASSWORD not in caplog.text
+    assert "answers again" in caplog.text
 
 
 def test_a_stalled_redis_times_out_in_milliseconds(redis_server: RedisServer,
@@ -305,13 +307,14 @@ def test_writes_beyond_the_backlog_are_dropped_and_counted(redis_server: RedisSe
 # -- settings: the URL and its password ------------------------------------------------------
 
 def test_the_password_is_masked_in_the_option_and_taken_from_the_environment() -> None:
-    url = f"rediss://app:{PASSWORD}@cache.example:6380/2"
+    url = f"rediss://app:{QUOTED_PASSWORD}@cache.example:6380/2"
     spec = next(spec for spec in OPTIONS if spec.name == "state_store")
     shown = env_default(spec, {"STATE_STORE": url})
     assert shown == public_url(url) == "rediss://app:***redacted***@cache.example:6380/2"
     assert secret_url(shown, url) == url
     values = {**OPTION_DEFAULTS, "state_store": shown}
-    assert build_config(values, {"STATE_STORE": url}).state_store == url
+    config = build_config(values, {"STATE_STORE": url})
+    assert config.state_store == url and set(config.secrets) == {PASSWORD, QUOTED_PASSWORD}
     # A URL set as an option (no password in the environment) is used as it is.
     plain = "redis://127.0.0.1:6379/0"
     assert build_config({**OPTION_DEFAULTS, "state_store": plain}, {}).state_store == plain
@@ -327,8 +330,8 @@ def test_a_bad_store_url_is_one_clear_line(value: str) -> None:
 
 def test_a_bad_url_never_shows_its_password() -> None:
     with pytest.raises(exceptions.OptionsError) as error:
-        build_config({**OPTION_DEFAULTS, "state_store": f"http://u:{PASSWORD}@h:1/0"}, {})
-    assert PASSWORD not in str(error.value)
+        build_config({**OPTION_DEFAULTS, "state_store": f"http://u:{QUOTED_PASSWORD}@h:1/0"}, {})
+    assert QUOTED_PASSWORD not in str(error.value)
 
 
 def test_a_live_change_resizes_the_store_or_replaces_it(redis_server: RedisServer) -> None:

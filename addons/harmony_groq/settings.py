@@ -22,7 +22,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .encoding import EncodingUnavailable, harmony_encoding
-from .state.codec import is_store_url, password_of, public_url, secret_url
+from .state.codec import is_store_url, passwords_of, public_url, secret_url
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What no log may show: the keys and the state store's password."""
-        return tuple(s for s in (self.groq_api_key, self.proxy_api_key,
-                                 password_of(self.state_store)) if s)
+        keys = tuple(s for s in (self.groq_api_key, self.proxy_api_key) if s)
+        return keys + passwords_of(self.state_store)
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:

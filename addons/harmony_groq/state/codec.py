@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import zlib
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.connection import parse_url
 
@@ -81,5 +81,7 @@ def secret_url(shown: str, environ_url: str) -> str:
     return shown
 
 
-def password_of(url: str) -> str:
-    return urlsplit(url).password or ""
+def passwords_of(url: str) -> tuple[str, ...]:
+    """The password as written in the URL and as sent (percent-decoded): what to redact."""
+    password = urlsplit(url).password
+    return tuple(dict.fromkeys((password, unquote(password)))) if password else ()

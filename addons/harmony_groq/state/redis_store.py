@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..redact import redact_text
 from .base import StoreUnavailable
-from .codec import decode, encode, entry_key, meta_key, password_of, public_url
+from .codec import decode, encode, entry_key, meta_key, passwords_of, public_url
 from .metrics import StoreMetrics
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RedisStore:
     def __init__(self, url: str, budgets: Mapping[str, int], read_timeout: float,
                  metrics: StoreMetrics) -> None:
         self.shown = public_url(url)
-        self.password = password_of(url)
+        self.passwords = passwords_of(url)
         self.budgets = dict(budgets)
         self.read_timeout = read_timeout
         self.metrics = metrics
@@ -137,7 +137,7 @@ class RedisStore:
     def _failed(self, namespace: str, op: str, reason: str, detail: str,
                 rest: bool = True) -> None:
         self.metrics.failed(namespace, op, reason)
-        problem = redact_text(f"{reason}: {detail}", [self.password])
+        problem = redact_text(f"{reason}: {detail}", self.passwords)
         if self.problem is None:
             logger.warning("state store %s failed (%s); requests go on without it, retried "
                            "every %g s", self.shown, problem, RETRY_SECONDS)
