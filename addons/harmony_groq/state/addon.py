@@ -55,8 +55,8 @@ class State:
             old, self.store = self.store, make_store(config, self.metrics)
             for namespace in (self.responses, self.reasoning, self.spill):
                 namespace.store = self.store
-            shown = getattr(self.store, "shown", "memory")
-            logger.info("state store: %s (%s)", shown, "shared by every proxy that uses it"
+            logger.info("state store: %s (%s)", self.store.shown,
+                        "shared by every proxy that uses it"
                         if self.store.kind == "redis" else "this process only")
             self._close_later(old)
         elif updated & LIMIT_OPTIONS:

@@ -17,6 +17,7 @@ class StateStore(Protocol):
     """Values are JSON-like (dicts, lists, strings, numbers); a ``put`` never waits."""
 
     kind: str  # "memory" | "redis"
+    shown: str  # what logs and /health say it is: "memory", or the URL without its password
 
     async def get_many(self, namespace: str, keys: Sequence[str]) -> list[Any | None]:
         """The values under ``keys`` (``None`` where none); raises ``StoreUnavailable``."""

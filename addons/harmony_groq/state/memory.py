@@ -63,7 +63,7 @@ def json_size(value: Any) -> int:
 class MemoryStore:
     """Values are kept as given (callers never change what they put or got)."""
 
-    kind = "memory"
+    kind = shown = "memory"
 
     def __init__(self, budgets: Mapping[str, int],
                  clock: Callable[[], float] = time.monotonic) -> None:
