@@ -22,7 +22,8 @@ contentviews.add(HarmonyContentview)
 _settings = Settings()
 _gateway = Gateway(_settings)
 _metrics = Metrics(_settings)
+_metrics.spill_status = _gateway.spill.status
 # MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
-# after the Gateway has rewritten them.
+# after the Gateway has rewritten them; Spillover's hooks see the replies the Gateway wrote.
 addons = [_settings, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-          FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
+          _gateway.spill, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]

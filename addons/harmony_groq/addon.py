@@ -57,6 +57,7 @@ from .routing import (
     response_item_id,
 )
 from .settings import OPTION_DEFAULTS, Config, Settings
+from .spillover import Spillover
 from .streaming import (
     HarmonyStreamTranslator,
     InterruptibleStream,
@@ -92,6 +93,7 @@ class Gateway:
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.memory = ReasoningMemory()
         self.injector = GroqKeyInjector(settings)
+        self.spill = Spillover(settings, lambda: self.memory)  # an addon after this one
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -244,8 +246,12 @@ class Gateway:
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
-        else:
-            await self._to_harmony(flow, dialect.conversation(body, self.config))
+            return
+        # The local model server, unless spill-over sends it to Groq's twin (spillover.py).
+        call = await self.spill.route(flow, dialect.conversation(body, self.config),
+                                      self._to_harmony)
+        if call is not None:
+            self._to_groq(flow, call)
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         if not self.config.groq_api_key:
