@@ -1,0 +1,104 @@
+"""The done-when of spill-over: real Codex and Claude Code sessions (pinned CLIs, agents.py) go
+on without an error when the local model server stops mid-session, the proxy spilling to
+(fake) Groq's gpt-oss twin with the open tool chain's reasoning."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_claude_code import run as run_claude
+from test_codex import run_codex
+
+from conftest import PINNED_DATE
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from harmony_rules import tool_call
+from proxy_process import ProxyProcess
+
+
+@pytest.fixture()
+def stopping_local() -> Iterator[FakeTransformers]:
+    """A local model server of this test's own, which the test stops mid-session."""
+    server = FakeTransformers()
+    server.stopped = False  # type: ignore[attr-defined]
+    yield server
+    if not server.stopped:  # type: ignore[attr-defined]
+        server.close()
+
+
+@pytest.fixture()
+def spill_proxy(tmp_path: Path, stopping_local: FakeTransformers,
+                groq_server: FakeGroq) -> Iterator[ProxyProcess]:
+    (tmp_path / "proxy").mkdir()
+    process = ProxyProcess(tmp_path / "proxy", upstream=stopping_local.url, options={
+        "transformers_url": stopping_local.url, "groq_base_url": groq_server.base_url,
+        "harmony_date": PINNED_DATE, "upstream_timeout": "5", "spillover": "down"},
+        env={"GROQ_API_KEY": GROQ_KEY})
+    yield process
+    process.stop()
+
+
+def stop_after_this_answer(server: FakeTransformers) -> None:
+    """Stop listening (the answer being written still reaches the proxy)."""
+    server.stopped = True  # type: ignore[attr-defined]
+    threading.Thread(target=server.close).start()
+
+
+def groq_bodies(fake: FakeGroq) -> list[dict[str, Any]]:
+    return [json.loads(r["raw"]) for r in fake.requests
+            if r["path"] == "/openai/v1/chat/completions"]
+
+
+def check_spilled_turn(body: dict[str, Any], secret: str, reasoning: str) -> None:
+    """Groq got the twin, the tool's output, and the reasoning before the open call."""
+    assert body["model"] == "openai/gpt-oss-20b" and body["stream"] is True
+    calls = [m for m in body["messages"] if m["role"] == "assistant" and m.get("tool_calls")]
+    assert calls[-1]["reasoning"] == reasoning
+    assert any(secret in json.dumps(m) for m in body["messages"] if m["role"] == "tool")
+
+
+def test_codex_goes_on_at_groq_when_local_stops(agent_cli, spill_proxy: ProxyProcess,
+                                                stopping_local: FakeTransformers,
+                                                fake_groq: FakeGroq, tmp_path: Path) -> None:
+    secret = f"SECRET-{secrets.token_hex(6)}"
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text(secret + "\n")
+
+    def rule(prompt: str) -> str:
+        stop_after_this_answer(stopping_local)
+        return tool_call("exec_command", {"cmd": "cat notes.txt"}, "Read the file first.")
+
+    stopping_local.respond(rule)
+    stdout, _ = run_codex(agent_cli("codex"), spill_proxy, tmp_path, "What does notes.txt say?")
+    assert stdout.strip().startswith("groq says:")
+    assert len(stopping_local.prompts) == 1
+    (body,) = groq_bodies(fake_groq)
+    check_spilled_turn(body, secret, "Read the file first.")
+    records = [r for r in spill_proxy.log_records(wait_for=2) if r.get("served_by")]
+    assert [r["served_by"] for r in records][-2:] == ["local", "groq"]
+
+
+def test_claude_code_goes_on_at_groq_when_local_stops(agent_cli, spill_proxy: ProxyProcess,
+                                                      stopping_local: FakeTransformers,
+                                                      fake_groq: FakeGroq,
+                                                      tmp_path: Path) -> None:
+    secret = f"kumquat-{secrets.token_hex(4)}"
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "hello.txt").write_text(f"hello {secret}\n")
+
+    def rule(prompt: str) -> str:
+        stop_after_this_answer(stopping_local)
+        return tool_call("Bash", {"command": "cat hello.txt", "description": "Print it"},
+                         "Use Bash.")
+
+    stopping_local.respond(rule)
+    out = run_claude(agent_cli("claude"), spill_proxy, tmp_path, "Print hello.txt")
+    assert out.strip().startswith("groq says:")
+    (body,) = groq_bodies(fake_groq)
+    check_spilled_turn(body, secret, "Use Bash.")
