@@ -263,6 +263,32 @@ def test_tool_round_trip_spills_between_turns(down_proxy: ProxyProcess, local: L
     assert any("reasoning before the last final answer not sent" in n for n in notes), notes
 
 
+def test_previous_response_id_across_a_spill(down_proxy: ProxyProcess, local: Local,
+                                             fake_groq: FakeGroq) -> None:
+    """Stored Responses chain across local → Groq → (local back) Groq: the spilled reply is
+    stored like a local one, and the chain stays on Groq."""
+    url = f"{down_proxy.root_url}/v1/responses"
+
+    def ask(text: str, previous: str | None) -> httpx.Response:
+        body = {"model": MODEL, "input": text, **({"previous_response_id": previous}
+                                                  if previous else {})}
+        return httpx.post(url, json=body, timeout=30)
+
+    first = ask(unique("hi"), None)
+    assert first.headers["x-harmony-groq-served-by"] == "local"
+    local.down()
+    second = ask("more", first.json()["id"])
+    assert second.status_code == 200 and second.headers["x-harmony-groq-served-by"] == "groq"
+    (sent,) = groq_chats(fake_groq)
+    assert [m["role"] for m in sent["messages"]][-3:] == ["user", "assistant", "user"]
+    assert sent["messages"][-2]["content"] == "Hello!"
+    local.start()
+    third = ask("again", second.json()["id"])
+    assert third.headers["x-harmony-groq-served-by"] == "groq"
+    assert third.json()["output"][-1]["content"][0]["text"].startswith("groq says: again")
+    assert httpx.get(f"{url}/{third.json()['id']}", timeout=5).json()["id"] == third.json()["id"]
+
+
 @EACH
 def test_groq_429_pauses_spill_until_retry_after(spill_proxy: Callable[..., ProxyProcess],
                                                  local: Local, fake_groq: FakeGroq,

@@ -220,9 +220,8 @@ class Spillover:
         record.setdefault("spill", {})["spent_tokens"] = counted
 
     def status(self) -> dict[str, Any]:
-        """Budget and limits for the metrics scrape."""
-        return {"budget": self.budget.status(), "inflight": len(
-            getattr(self.capacity, "inflight", ()))}
+        """What the metrics scrape shows: the budget's state."""
+        return {"budget": self.budget.status()}
 
 
 def _unavailable(flow: http.HTTPFlow, refusal: str) -> ProxyError:
