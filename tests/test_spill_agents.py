@@ -1,6 +1,6 @@
-"""The done-when of spill-over: real Codex and Claude Code sessions (pinned CLIs, agents.py) go
-on without an error when the local model server stops mid-session, the proxy spilling to
-(fake) Groq's gpt-oss twin with the open tool chain's reasoning."""
+"""The done-when of spill-over: real Codex, Claude Code and opencode sessions (pinned CLIs,
+agents.py) go on without an error when the local model server stops mid-session, the proxy
+spilling to (fake) Groq's gpt-oss twin with the open tool chain's reasoning."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from agents import run_headless
+from conftest import PINNED_DATE
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from harmony_rules import final, tool_call, tool_names
+from proxy_process import ProxyProcess
+from test_agents_e2e import AGENT_SETUPS, RUN_TIMEOUT
 from test_claude_code import run as run_claude
 from test_codex import run_codex
 
-from conftest import PINNED_DATE
-from fakes import GROQ_KEY, FakeGroq, FakeTransformers
-from harmony_rules import tool_call
-from proxy_process import ProxyProcess
+pytestmark = pytest.mark.agents
 
 
 @pytest.fixture()
@@ -102,3 +106,30 @@ def test_claude_code_goes_on_at_groq_when_local_stops(agent_cli, spill_proxy: Pr
     assert out.strip().startswith("groq says:")
     (body,) = groq_bodies(fake_groq)
     check_spilled_turn(body, secret, "Use Bash.")
+
+
+def test_opencode_goes_on_at_groq_when_local_stops(agent_cli, spill_proxy: ProxyProcess,
+                                                   stopping_local: FakeTransformers,
+                                                   fake_groq: FakeGroq, tmp_path: Path) -> None:
+    opencode = AGENT_SETUPS[0]
+    secret = f"SECRET-{secrets.token_hex(16)}"
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    (work / "secret.txt").write_text(f"{secret}\n")
+    executable = agent_cli("opencode")
+    opencode.configure(executable, home, spill_proxy.base_url)
+
+    def rule(prompt: str) -> str:
+        if opencode.shell_tool not in tool_names(prompt):
+            return final("A title", thinking="A short title.")  # opencode's own request
+        stop_after_this_answer(stopping_local)
+        return tool_call(opencode.shell_tool, opencode.shell_arguments, "Run it.")
+
+    stopping_local.respond(rule)
+    done = run_headless(executable, opencode.command(home, "Print the file secret.txt"),
+                        home=home, cwd=work, env=opencode.env, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "groq says:" in done.stdout
+    body = next(b for b in groq_bodies(fake_groq) if b.get("tools"))
+    check_spilled_turn(body, secret, "Run it.")

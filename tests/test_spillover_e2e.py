@@ -13,13 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from spill_clients import DIALECTS, send
 
 from harmony_groq.spill_capacity import PROBE_SECONDS
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers, Scripted
 from proxy_process import ProxyProcess
+from spill_clients import DIALECTS, send
 
 MODEL = "gpt-oss-20b"
 TWIN = "openai/gpt-oss-20b"
