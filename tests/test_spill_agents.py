@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,11 @@ def spill_proxy(tmp_path: Path, stopping_local: FakeTransformers,
 
 
 def stop_after_this_answer(server: FakeTransformers) -> None:
-    """Stop listening (the answer being written still reaches the proxy)."""
-    server.stopped = True  # type: ignore[attr-defined]
-    threading.Thread(target=server.close).start()
+    """Stop listening before this answer goes out (it still reaches the proxy on its own
+    connection): the client's next request finds the server down."""
+    if not server.stopped:  # type: ignore[attr-defined]
+        server.stopped = True  # type: ignore[attr-defined]
+        server.close()
 
 
 def groq_bodies(fake: FakeGroq) -> list[dict[str, Any]]:
