@@ -151,3 +151,11 @@ def test_spill_reply_gives_out_its_own_call_ids() -> None:
     assert call["id"].encode() not in chunks and b"functions.f:0" not in chunks
     streamed.finish(message, Outcome("tool_calls", 1, 1, 0))
     assert done[1].tool_calls[0].id.encode() in chunks
+
+
+def test_mitmweb_label_says_a_flow_spilled() -> None:
+    from harmony_groq.labels import flow_label
+    label = flow_label({"route": "groq", "model": "gpt-oss-20b", "status": 200,
+                        "spill": {"reason": "saturated"}, "usage": {"prompt_tokens": 9,
+                                                                    "completion_tokens": 3}})
+    assert label == "groq · gpt-oss-20b · 200 · spilled to Groq (saturated) · 9→3 tok"

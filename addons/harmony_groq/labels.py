@@ -34,12 +34,12 @@ def flow_label(summary: dict[str, Any]) -> str:
         parts.append(summary["model"])
     parts.append(str(summary["status"]) if summary.get("status") is not None else "no response")
     usage = summary.get("usage") or {}
+    if summary.get("spill"):  # a gpt-oss request served by Groq's twin (spillover.py)
+        parts.append(f"spilled to Groq ({summary['spill'].get('reason')})")
     tokens_in = usage.get("prompt_tokens", summary.get("prompt_tokens"))
     tokens_out = usage.get("completion_tokens")
     if tokens_in is not None or tokens_out is not None:
         parts.append(f"{_count(tokens_in)}→{_count(tokens_out)} tok")
-    if summary.get("spill"):  # a gpt-oss request served by Groq's twin (spillover.py)
-        parts.append(f"spilled to Groq ({summary['spill'].get('reason')})")
     if summary.get("restored_reasoning"):
         parts.append(f"reasoning restored ×{len(summary['restored_reasoning'])}")
     first = summary.get("ttft_ms")
