@@ -181,6 +181,7 @@ def test_spills_when_saturated(spill_proxy: Callable[..., ProxyProcess], local: 
     held = _hold_one(proxy, local, dialect)
     reply = send(proxy.base_url, dialect, MODEL, user(unique("now")), stream)
     assert reply.status == 200 and reply.served_by == "groq"
+    assert held.is_alive()  # the new conversation did not wait for the full local server
     assert reply.message["content"].startswith("groq says:")
     held.join(10)
     assert held.results[0].served_by == "local"  # type: ignore[attr-defined]

@@ -111,9 +111,13 @@ class Spillover:
 
     async def _reason(self, model: str, conversation: Conversation) -> str | None:
         """Why this request should go to Groq: sticky, down, saturated; None: local."""
-        for key in conversation_keys(conversation.chat.messages):
-            if await self.sticky.get(key) == GROQ:
-                return "sticky"
+        try:
+            for key in conversation_keys(conversation.chat.messages):
+                if await self.sticky.get(key) == GROQ:
+                    return "sticky"
+        except Exception:  # noqa: BLE001 - a store that fails (a shared one) is a miss
+            logger.warning("spill-over: the sticky store failed; treated as not sticky",
+                           exc_info=True)
         if not await self.capacity.can_serve(model):
             return "down"
         if self.config.spillover == "saturated" and self.capacity.all_full(model):
@@ -175,11 +179,17 @@ class Spillover:
     def _stick(self, keys: list[str]) -> None:
         """Mark the conversation as spilled (async store: a task, done before the next turn)."""
         with contextlib.suppress(RuntimeError):  # no loop: a hook called outside mitmproxy
+            task = asyncio.get_running_loop().create_task(self._put(keys))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _put(self, keys: list[str]) -> None:
+        try:
             for key in keys:
-                task = asyncio.get_running_loop().create_task(
-                    self.sticky.put(key, GROQ, self.config.spillover_sticky_seconds))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                await self.sticky.put(key, GROQ, self.config.spillover_sticky_seconds)
+        except Exception:  # noqa: BLE001 - the reply is sent; the next turn may go local
+            logger.warning("spill-over: the sticky store failed; the conversation may not "
+                           "stay on Groq", exc_info=True)
 
     # -- hooks (after the gateway's) ------------------------------------------------------------
 
