@@ -246,11 +246,9 @@ class Gateway:
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
-            return
-        # The local model server, unless spill-over sends it to Groq's twin (spillover.py).
-        call = await self.spill.route(flow, dialect.conversation(body, self.config),
-                                      self._to_harmony)
-        if call is not None:
+        # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spillover.py)
+        elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
+                                            self._to_harmony):
             self._to_groq(flow, call)
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
