@@ -4,6 +4,7 @@ streamed."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -93,13 +94,21 @@ def down_proxy(spill_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
 
 
 def groq_chats(fake: FakeGroq) -> list[dict[str, Any]]:
-    import json
     return [json.loads(r["raw"]) for r in fake.requests
             if r["path"] == "/openai/v1/chat/completions"]
 
 
-def last_record(proxy: ProxyProcess, count: int) -> dict[str, Any]:
-    return proxy.log_records(wait_for=count)[-1]
+def records_with(proxy: ProxyProcess, needle: str, count: int = 1) -> list[dict[str, Any]]:
+    """The flow records whose client request holds ``needle``, once ``count`` are written
+    (the log is written by a thread after the reply; a flow's record also means its last
+    hook, Spillover's included, has run)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in proxy.log_records()
+                 if needle in json.dumps(r.get("client_request"), ensure_ascii=False)]
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def user(text: str) -> list[dict[str, Any]]:
@@ -115,7 +124,6 @@ def unique(text: str) -> str:
 def test_spills_when_local_is_down(down_proxy: ProxyProcess, local: Local, fake_groq: FakeGroq,
                                    dialect: str, stream: bool) -> None:
     local.down()
-    before = len(down_proxy.log_records())
     question = unique("What is up?")
     reply = send(down_proxy.base_url, dialect, MODEL, user(question), stream,
                  reasoning_effort="high") if dialect == "chat" else send(
@@ -128,7 +136,7 @@ def test_spills_when_local_is_down(down_proxy: ProxyProcess, local: Local, fake_
     assert sent["model"] == TWIN and sent["stream"] is stream
     assert sent["reasoning_effort"] == ("high" if dialect == "chat" else "medium")
     assert sent["messages"][-1] == {"role": "user", "content": question}
-    record = last_record(down_proxy, before + 1)
+    (record,) = records_with(down_proxy, question)
     assert (record["route"], record["served_by"], record["model"]) == ("groq", "groq", MODEL)
     assert record["spill"]["reason"] == "down" and record["spill"]["twin"] == TWIN
     assert GROQ_KEY not in str(record)
@@ -162,14 +170,15 @@ def _hold_one(proxy: ProxyProcess, local: Local, dialect: str) -> threading.Thre
     """A slow local reply in flight (the fake holds it 2 s before its headers)."""
     local.fake.script(Scripted("<|channel|>final<|message|>slow<|return|>", delay_headers=2))
     results: list[Any] = []
+    needle = unique("slow")
     thread = threading.Thread(target=lambda: results.append(
-        send(proxy.base_url, dialect, MODEL, user(unique("slow")), stream=True)))
+        send(proxy.base_url, dialect, MODEL, user(needle), stream=True)))
     thread.start()
     deadline = time.monotonic() + 10
     while not local.fake.prompts and time.monotonic() < deadline:
         time.sleep(0.02)
     assert local.fake.prompts, "the held request never reached the local server"
-    thread.results = results  # type: ignore[attr-defined]
+    thread.results, thread.needle = results, needle  # type: ignore[attr-defined]
     return thread
 
 
@@ -185,6 +194,7 @@ def test_spills_when_saturated(spill_proxy: Callable[..., ProxyProcess], local: 
     assert reply.message["content"].startswith("groq says:")
     held.join(10)
     assert held.results[0].served_by == "local"  # type: ignore[attr-defined]
+    assert records_with(proxy, held.needle)  # type: ignore[attr-defined] # its flow is over
     after = send(proxy.base_url, dialect, MODEL, user(unique("later")), stream)
     assert after.served_by == "local"  # nothing in flight: local again
 
@@ -208,9 +218,8 @@ def test_sticky_then_new_conversations_local(down_proxy: ProxyProcess, local: Lo
     convo = user(unique("first"))
     first = send(down_proxy.base_url, dialect, MODEL, convo, stream=True)
     assert first.served_by == "groq"
-    calls = user(unique("call lookup {\"city\":\"Oslo\"}"))
-    calls[-1]["content"] = "call lookup {\"city\":\"Oslo\"}"
-    calls.insert(0, {"role": "system", "content": unique("tools")})
+    calls = [{"role": "system", "content": unique("tools")},
+             {"role": "user", "content": "call lookup {\"city\":\"Oslo\"}"}]
     called = send(down_proxy.base_url, dialect, MODEL, calls, stream=False, tools=("lookup",))
     assert called.served_by == "groq"
     (call,) = called.message["tool_calls"]
@@ -225,7 +234,9 @@ def test_sticky_then_new_conversations_local(down_proxy: ProxyProcess, local: Lo
     assert result.served_by == "groq"
     fresh = send(down_proxy.base_url, dialect, MODEL, user(unique("new")), stream=True)
     assert fresh.served_by == "local" and fresh.message["content"] == "Hello!"
-    assert [r["spill"]["reason"] for r in down_proxy.log_records()[-3:-1]] == ["sticky"] * 2
+    reasons = [[r.get("spill", {}).get("reason") for r in records_with(down_proxy, needle, 2)]
+               for needle in (convo[1]["content"], calls[0]["content"])]
+    assert reasons == [["down", "sticky"]] * 2
 
 
 @EACH
@@ -247,7 +258,6 @@ def test_tool_round_trip_spills_between_turns(down_proxy: ProxyProcess, local: L
         del turn["reasoning"]  # a chat client that drops it: the proxy remembers it
     convo += [turn, {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]
     local.down()
-    before = len(down_proxy.log_records())
     answer = send(down_proxy.base_url, dialect, MODEL, convo, stream, tools=("lookup",))
     assert answer.status == 200 and answer.served_by == "groq"
     (sent,) = groq_chats(fake_groq)
@@ -259,7 +269,7 @@ def test_tool_round_trip_spills_between_turns(down_proxy: ProxyProcess, local: L
     assert assistants[1]["tool_calls"][0]["id"] == call["id"]
     assert sent["messages"][-1]["role"] == "tool" and sent["messages"][-1]["content"] == "sunny"
     assert sent["tools"][0]["function"]["name"] == "lookup"
-    record = last_record(down_proxy, before + 1)
+    record = records_with(down_proxy, convo[1]["content"], 3)[-1]
     notes = record["spill"]["notes"]
     assert any("reasoning before the last final answer not sent" in n for n in notes), notes
 
@@ -340,9 +350,9 @@ def test_budget_is_never_exceeded(spill_proxy: Callable[..., ProxyProcess], loca
                         spillover_budget_tokens=str(budget), spillover_budget_window="hour")
     local.down()
     fake_groq.completion_tokens = 500
-    served = 0
+    served, tag = 0, unique("budget")
     for n, dialect in enumerate(DIALECTS * 3):  # bounded: 9 requests at most
-        reply = send(proxy.base_url, dialect, MODEL, user(unique(f"q{n}")), stream)
+        reply = send(proxy.base_url, dialect, MODEL, user(f"{tag} q{n}"), stream)
         if reply.status != 200:
             assert reply.status == 503 and "SPILLOVER_BUDGET_TOKENS" in str(reply.body)
             break
@@ -352,7 +362,7 @@ def test_budget_is_never_exceeded(spill_proxy: Callable[..., ProxyProcess], loca
     assert served >= 2
     spent = _metric(proxy, "harmony_groq_spill_budget_tokens", 'kind="spent"')
     assert _metric(proxy, "harmony_groq_spill_budget_tokens", 'kind="limit"') == budget
-    records = [r for r in proxy.log_records() if r.get("served_by") == "groq"]
+    records = [r for r in records_with(proxy, tag, served + 1) if r["served_by"] == "groq"]
     assert sum(r["spill"]["spent_tokens"] for r in records) == spent
     assert sum(r["usage"]["total_tokens"] for r in records) == spent <= budget
     # The last requests were capped to what the budget had left, and that is in the log.
@@ -363,10 +373,10 @@ def test_budget_is_never_exceeded(spill_proxy: Callable[..., ProxyProcess], loca
 def test_failover_after_a_local_5xx(down_proxy: ProxyProcess, local: Local,
                                     fake_groq: FakeGroq) -> None:
     local.fake.script(Scripted("", status=500))
-    before = len(down_proxy.log_records())
-    reply = send(down_proxy.base_url, "responses", MODEL, user(unique("x")))
+    question = unique("x")
+    reply = send(down_proxy.base_url, "responses", MODEL, user(question))
     assert reply.status == 200 and reply.served_by == "groq"
-    record = last_record(down_proxy, before + 1)
+    (record,) = records_with(down_proxy, question)
     assert record["spill"]["reason"] == "failover"
     assert "answered 500" in record["local_failure"]
     text = httpx.get(f"{down_proxy.root_url}/metrics", timeout=5).text
