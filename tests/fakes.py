@@ -10,6 +10,7 @@ without ``<|return|>``, one SSE event per token and no ``[DONE]``, errors as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -78,6 +79,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.connections: set[socket.socket] = set()  # open client connections
         self._listen(0)
 
     def _listen(self, port: int) -> None:
@@ -86,6 +88,12 @@ class FakeServer:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def drop_connections(self) -> None:
+        """Cut every open connection (after ``close``: a server process that died)."""
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def restart(self) -> None:
         """Listen again on the same port after ``close`` (a server that went down and came
@@ -103,6 +111,14 @@ class FakeServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.fake.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.fake.connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, *args: Any) -> None:
         pass

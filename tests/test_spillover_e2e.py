@@ -39,8 +39,10 @@ class Local:
         self.up = True
 
     def down(self) -> None:
+        """Stopped like a killed process: no listener, no open (keep-alive) connection."""
         if self.up:
             self.fake.close()
+            self.fake.drop_connections()
             self.up = False
 
     def start(self) -> None:
@@ -389,3 +391,26 @@ def test_bad_spillover_settings_fail_at_start(tmp_path: Path) -> None:
     result = run_to_exit(tmp_path, ["--set", "spillover_models=gpt-oss-20b"])
     assert "spillover_models entry 'gpt-oss-20b' is not LOCAL=GROQ" in (
         result.stdout + result.stderr)
+
+
+def test_settings_from_the_environment(tmp_path: Path, local: Local,
+                                       groq_server: FakeGroq) -> None:
+    """SPILLOVER, SPILLOVER_MODELS, SPILLOVER_MAX_INFLIGHT as environment variables; a model
+    without a twin never spills."""
+    groq_server.reset_state()
+    proxy = ProxyProcess(tmp_path, upstream=local.fake.url, options={
+        "transformers_url": local.fake.url, "groq_base_url": groq_server.base_url,
+        "harmony_date": PINNED_DATE},
+        env={"GROQ_API_KEY": GROQ_KEY, "SPILLOVER": "saturated", "SPILLOVER_MAX_INFLIGHT": "1",
+             "SPILLOVER_MODELS": "gpt-oss-120b=openai/gpt-oss-120b"})
+    try:
+        local.down()
+        big = send(proxy.base_url, "chat", "gpt-oss-120b", user(unique("a")))
+        assert big.served_by == "groq" and groq_chats(groq_server)[0]["model"] == (
+            "openai/gpt-oss-120b")
+        small = send(proxy.base_url, "chat", MODEL, user(unique("b")))
+        assert small.status == 503, (small.served_by, small.body, small.message)
+        assert small.body["error"]["code"] == "upstream_unavailable"
+        assert len(groq_chats(groq_server)) == 1
+    finally:
+        proxy.stop()
