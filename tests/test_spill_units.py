@@ -116,7 +116,9 @@ def test_reasoning_carried_for_the_open_chain_only() -> None:
     assert out[1] == {"role": "assistant", "content": "Hello!"}
     assert out[3]["reasoning"] == "plan" and "thinking" not in out[3]
     assert "reasoning_details" not in out[3]
-    assert len(notes) == 2 and "messages[1]" in notes[0] and "encrypted" in notes[1]
+    assert notes[0] == ("dropped: messages[1] reasoning (3 characters), before the last final "
+                        "answer (harmony drops it too)")
+    assert len(notes) == 2 and notes[1].startswith("dropped: messages[3] reasoning_details")
     assert messages[1]["reasoning_content"] == "old"  # the client's request is not changed
 
 
@@ -134,7 +136,8 @@ def test_spill_body_keeps_what_the_client_asked() -> None:
     assert body["response_format"] == {"type": "json_object"} and len(body["stop"]) == 4
     safe = body["tools"][0]["function"]["name"]
     assert names == {safe: "my.tool"} and body["tool_choice"]["function"]["name"] == safe
-    assert any("stop" in n for n in notes) and any("capped" in n for n in notes)
+    assert "dropped: stop strings past Groq's 4: ['e']" in notes
+    assert any(n.startswith("changed: max_completion_tokens 500") for n in notes)
 
 
 def test_spill_reply_gives_out_its_own_call_ids() -> None:

@@ -273,7 +273,8 @@ def test_tool_round_trip_spills_between_turns(down_proxy: ProxyProcess, local: L
     assert sent["tools"][0]["function"]["name"] == "lookup"
     record = records_with(down_proxy, convo[1]["content"], 3)[-1]
     notes = record["spill"]["notes"]
-    assert any("reasoning before the last final answer not sent" in n for n in notes), notes
+    assert any(n.startswith("dropped: messages[2] reasoning (13 characters), before the last "
+                            "final answer") for n in notes), notes
 
 
 def test_previous_response_id_across_a_spill(down_proxy: ProxyProcess, local: Local,

@@ -47,13 +47,13 @@ def carry_reasoning(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         details = message.get("reasoning_details")
         if isinstance(details, list) and any(
                 isinstance(d, dict) and d.get("type") != "reasoning.text" for d in details):
-            notes.append(f"messages[{n}]: reasoning_details other than reasoning.text "
-                         "(encrypted or summaries) dropped: Groq's chat API takes text only")
+            notes.append(f"dropped: messages[{n}] reasoning_details other than reasoning.text "
+                         "(encrypted or summaries): Groq's chat API takes reasoning as text only")
         if reasoning and n >= start:
             kept["reasoning"] = reasoning
         elif reasoning:
-            notes.append(f"messages[{n}]: reasoning before the last final answer not sent "
-                         f"({len(reasoning)} characters; harmony drops it too)")
+            notes.append(f"dropped: messages[{n}] reasoning ({len(reasoning)} characters), "
+                         "before the last final answer (harmony drops it too)")
         out.append(kept)
     return out, notes
 
@@ -78,11 +78,11 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
     if request.stop:
         body["stop"] = list(request.stop)
         if len(request.stop) > MAX_STOP:
-            notes.append(f"stop: only the first {MAX_STOP} of {len(request.stop)} stop strings "
-                         "sent (Groq's limit); the rest not applied")
+            notes.append(f"dropped: stop strings past Groq's {MAX_STOP}: "
+                         f"{list(request.stop[MAX_STOP:])}")
     if max_completion is not None and max_completion != request.max_tokens:
-        notes.append(f"max_completion_tokens {max_completion} (asked: "
-                     f"{request.max_tokens or 'none'}): capped by SPILLOVER_BUDGET_TOKENS")
+        notes.append(f"changed: max_completion_tokens {max_completion} (asked: "
+                     f"{request.max_tokens or 'none'}), capped by SPILLOVER_BUDGET_TOKENS")
     for key, value in (("max_completion_tokens", max_completion or request.max_tokens),
                        ("temperature", request.temperature), ("top_p", request.top_p),
                        ("seed", request.seed)):
