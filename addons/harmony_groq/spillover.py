@@ -219,7 +219,7 @@ class Spillover:
             return
         record = record_of(flow)
         summary = record.get("stream_summary")
-        usage = (summary or {}).get("usage") if summary else record.get("usage")
+        usage = summary.get("usage") if summary else record.get("usage")
         status = flow.response.status_code if flow.response is not None else None
         used = None
         if isinstance(usage, dict):
