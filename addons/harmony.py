@@ -24,7 +24,9 @@ _settings = Settings()
 _metrics = Metrics(_settings)
 _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memory, spill-over
 _gateway = Gateway(_settings, _state)
+_metrics.spill_status = _gateway.spill.status
 # MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
-# after the Gateway has rewritten them.
+# after the Gateway has rewritten them; Spillover's hooks see the replies the Gateway wrote.
 addons = [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
-          _gateway, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
+          _gateway, _gateway.spill, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed),
+          _metrics]

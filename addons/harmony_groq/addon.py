@@ -58,6 +58,7 @@ from .routing import (
     response_item_id,
 )
 from .settings import Config, Settings
+from .spillover import Spillover
 from .state.addon import State
 from .streaming import (
     HarmonyStreamTranslator,
@@ -95,6 +96,8 @@ class Gateway:
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
+        self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
+                               sticky=self.state.spill)
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -253,8 +256,10 @@ class Gateway:
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
-        else:
-            await self._to_harmony(flow, dialect.conversation(body, self.config))
+        # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spillover.py)
+        elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
+                                            self._to_harmony):
+            self._to_groq(flow, call)
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         if not self.config.groq_api_key:

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 REASONING_FIELDS = ("both", "reasoning", "reasoning_content", "none")
 BACKENDS = ("transformers", "vllm", "llamacpp")
+SPILLOVER_MODES = ("off", "down", "saturated")
+BUDGET_WINDOWS = ("hour", "day")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
                "Comma-separated PATTERN=MODEL: Claude model names (Claude Code's aliases) "
                "matching a glob PATTERN are served by MODEL; first match wins."),
+    OptionSpec("spillover", "SPILLOVER", str, "off",
+               "Send gpt-oss requests to Groq's hosted twin: off, down (no local server can "
+               "serve) or saturated (also when every local server is full).", SPILLOVER_MODES),
+    OptionSpec("spillover_models", "SPILLOVER_MODELS", str,
+               "gpt-oss-20b=openai/gpt-oss-20b,gpt-oss-120b=openai/gpt-oss-120b",
+               "Comma-separated LOCAL=GROQ: each gpt-oss model's twin on Groq."),
+    OptionSpec("spillover_max_inflight", "SPILLOVER_MAX_INFLIGHT", int, 8,
+               "Requests in flight to one local server beyond which it counts as full."),
+    OptionSpec("spillover_budget_tokens", "SPILLOVER_BUDGET_TOKENS", int, 0,
+               "Groq tokens (prompt + completion) spill-over may spend per window; 0: no "
+               "budget.", minimum=0),
+    OptionSpec("spillover_budget_window", "SPILLOVER_BUDGET_WINDOW", str, "day",
+               "The budget's window: hour or day (UTC clock hours or days).", BUDGET_WINDOWS),
+    OptionSpec("spillover_sticky_seconds", "SPILLOVER_STICKY_SECONDS", int, 1800,
+               "How long after its last turn a spilled conversation stays on Groq."),
 )
 
 OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
@@ -124,6 +141,12 @@ class Config:
     state_store: str  # "memory" or the URL, password included
     state_store_timeout_ms: int
     claude_model_map: tuple[tuple[str, str], ...]
+    spillover: str
+    spillover_models: tuple[tuple[str, str], ...]
+    spillover_max_inflight: int
+    spillover_budget_tokens: int
+    spillover_budget_window: str
+    spillover_sticky_seconds: int
     groq_api_key: str
     proxy_api_key: str
 
@@ -157,14 +180,14 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+def _pairs(name: str, value: str, example: str) -> tuple[tuple[str, str], ...]:
+    """``A=B,C=D`` as pairs, left sides lowercased; one clear line on a malformed entry."""
     pairs = []
     for entry in _split(value):
-        pattern, _, model = (part.strip() for part in entry.partition("="))
-        if not pattern or not model:
-            raise exceptions.OptionsError(f"claude_model_map entry {entry!r} is not "
-                                          "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
-        pairs.append((pattern.lower(), model))
+        left, _, right = (part.strip() for part in entry.partition("="))
+        if not left or not right:
+            raise exceptions.OptionsError(f"{name} entry {entry!r} is not {example}")
+        pairs.append((left.lower(), right))
     return tuple(pairs)
 
 
@@ -175,6 +198,10 @@ def _state_store(value: str, environ: Mapping[str, str]) -> str:
         raise exceptions.OptionsError(f"state_store={public_url(value)!r} is not memory or a "
                                       "redis://host:port/db or rediss:// URL")
     return secret_url(value, environ.get("STATE_STORE", "").strip())
+
+
+def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+    return _pairs("claude_model_map", value, "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
 
 
 def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -220,6 +247,13 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         state_store=_state_store(values["state_store"].strip(), environ),
         state_store_timeout_ms=values["state_store_timeout_ms"],
         claude_model_map=_model_map(values["claude_model_map"]),
+        spillover=values["spillover"],
+        spillover_models=_pairs("spillover_models", values["spillover_models"],
+                                "LOCAL=GROQ (e.g. gpt-oss-20b=openai/gpt-oss-20b)"),
+        spillover_max_inflight=values["spillover_max_inflight"],
+        spillover_budget_tokens=values["spillover_budget_tokens"],
+        spillover_budget_window=values["spillover_budget_window"],
+        spillover_sticky_seconds=values["spillover_sticky_seconds"],
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )
