@@ -86,7 +86,7 @@ class Spillover:
             if reason is not None:
                 refusal = self._refusal(flow, conversation)
                 if refusal is None:
-                    return self._spill(flow, conversation, twin, reason)
+                    return await self._spill(flow, conversation, twin, reason)
                 record["spill_refused"] = refusal
                 # Saturated: queue locally as without spill-over; sticky: local if it can.
                 if reason == "down" or (reason == "sticky"
@@ -98,13 +98,13 @@ class Spillover:
         except ProxyError as exc:
             if twin is None or exc.code != "upstream_unavailable":
                 raise
-            return self._failover(flow, conversation, twin, exc.message)
+            return await self._failover(flow, conversation, twin, exc.message)
         response = flow.response
         if (twin is not None and response is not None and response.status_code >= 500
                 and not conversation.chat.stream):
             flow.response = None
-            return self._failover(flow, conversation, twin,
-                                  f"the model server answered {response.status_code}")
+            return await self._failover(flow, conversation, twin,
+                                        f"the model server answered {response.status_code}")
         return None
 
     async def _reason(self, model: str, conversation: Conversation) -> str | None:
@@ -122,8 +122,8 @@ class Spillover:
             return "saturated"
         return None
 
-    def _failover(self, flow: http.HTTPFlow, conversation: Conversation, twin: str,
-                  why: str) -> GroqCall:
+    async def _failover(self, flow: http.HTTPFlow, conversation: Conversation, twin: str,
+                        why: str) -> GroqCall:
         """The local attempt failed before its first byte: Groq, if limits allow."""
         self.capacity.end(flow.id)
         self.capacity.failed(conversation.chat.model)
@@ -133,7 +133,7 @@ class Spillover:
         if refusal is not None:
             record["spill_refused"] = refusal
             raise _unavailable(flow, refusal)
-        return self._spill(flow, conversation, twin, "failover")
+        return await self._spill(flow, conversation, twin, "failover")
 
     def _refusal(self, flow: http.HTTPFlow, conversation: Conversation) -> str | None:
         """Why Groq must not take this request now (rate limits, budget), or None; on None the
@@ -152,11 +152,11 @@ class Spillover:
             record["spill_allowance"] = allowance
         return refusal
 
-    def _spill(self, flow: http.HTTPFlow, conversation: Conversation, twin: str,
-               reason: str) -> GroqCall:
+    async def _spill(self, flow: http.HTTPFlow, conversation: Conversation, twin: str,
+                     reason: str) -> GroqCall:
         record = record_of(flow)
         request = conversation.chat
-        messages, restored = self.memory().restore(request.messages)
+        messages, restored = await self.memory().restore(request.messages)
         if restored:
             record["restored_reasoning"] = restored
         body, names, notes = spill_body(dataclasses.replace(request, messages=messages), twin,
