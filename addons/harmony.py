@@ -1,6 +1,7 @@
 """mitmproxy entry script: ``mitmdump -s addons/harmony.py``.
 
-Thin on purpose: the logic lives in the ``harmony_groq`` package next to this file.
+Thin on purpose: the logic lives in the ``harmony_groq`` package next to this file. mitmproxy's
+chain gets one addon (``HarmonyGroq``, entry.py) that calls the parts below in this order.
 """
 
 import os
@@ -11,6 +12,7 @@ from mitmproxy import contentviews
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harmony_groq.addon import Gateway  # noqa: E402
+from harmony_groq.entry import HarmonyGroq  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
 from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
@@ -22,7 +24,9 @@ contentviews.add(HarmonyContentview)
 _settings = Settings()
 _gateway = Gateway(_settings)
 _metrics = Metrics(_settings)
-# MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
-# after the Gateway has rewritten them.
-addons = [_settings, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-          FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
+# MetricsEndpoint answers /metrics before the Gateway routes; FlowLabels labels what the Gateway
+# answered; the flow log and the metrics read the finished flow once its reply was sent.
+addons = [HarmonyGroq(
+    [_settings, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
+     FlowLabels()],
+    bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]
