@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -52,6 +53,9 @@ DEFAULT_ANSWER = ("<|channel|>analysis<|message|>User says hi.<|end|><|start|>as
                   "<|channel|>final<|message|>Hello!<|return|>")
 
 
+HOLD_LIMIT = 10.0  # seconds a held body stays open at most
+
+
 @dataclass
 class Scripted:
     """One scripted completion of the fake model server."""
@@ -63,6 +67,8 @@ class Scripted:
     status: int = 200
     delay_headers: float = 0.0
     prefill: float = 0.0  # seconds between the stream's headers and its first token
+    hold: bool = False  # after the last event (or the error event), keep the body open until
+    #                     the proxy drops the connection (HOLD_LIMIT at most)
 
 
 class _Server(ThreadingHTTPServer):
@@ -139,6 +145,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def hold_open(self, hold: bool) -> None:
+        """Keep the body open after the last event: the proxy cannot see the stream's end, so
+        what the client does meanwhile (hanging up) reaches it first, every time."""
+        deadline = time.monotonic() + HOLD_LIMIT
+        while hold and time.monotonic() < deadline:
+            # The proxy closes its side once the client left: stop holding then.
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                return
+
     def reset(self) -> None:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
                                    b"\x00\x00\x00\x00")
@@ -213,6 +229,7 @@ class _TransformersHandler(_Handler):
                     return
                 if script.error_after is not None and n == script.error_after:
                     self.send_chunk(b'data: {"error": "CUDA out of memory (scripted)"}\n\n')
+                    self.hold_open(script.hold)
                     self.end_chunks()
                     return
                 if fake.strip_specials and not piece:
@@ -224,6 +241,7 @@ class _TransformersHandler(_Handler):
             last = {**base, "choices": [{"finish_reason": finish, "index": 0, "text": ""}],
                     "usage": usage}
             self.send_chunk(f"data: {json.dumps(last)}\n\n".encode())
+            self.hold_open(script.hold)
             self.end_chunks()
         except (BrokenPipeError, ConnectionResetError):
             fake.disconnects += 1
@@ -377,12 +395,19 @@ class _GroqHandler(_Handler):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
                                         "logprobs": None, "finish_reason": None}]})
             time.sleep(fake.token_delay)
+            if fake.stream_error:  # Groq's signal of a stream stopped early (x_groq.error)
+                send({**chunk, "choices": [], "x_groq": {"id": "req_01fake",
+                                                         "error": fake.stream_error}})
+                self.hold_open(fake.hold)
+                self.end_chunks()
+                return
         send({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                     "finish_reason": "stop"}],
               "x_groq": {"id": "req_01fake", "usage": usage}, "usage": usage})
         if (body.get("stream_options") or {}).get("include_usage"):
             send({**chunk, "choices": [], "usage": usage})
         self.send_chunk(b"data: [DONE]\n\n")
+        self.hold_open(fake.hold)
         self.end_chunks()
 
     @staticmethod
@@ -473,6 +498,7 @@ class _GroqHandler(_Handler):
         for n, (kind, payload) in enumerate(events):
             data = json.dumps({"type": kind, "sequence_number": n, **payload})
             self.send_chunk(f"event: {kind}\ndata: {data}\n\n".encode())
+        self.hold_open(self.fake.hold)
         self.end_chunks()
 
     @staticmethod
@@ -555,6 +581,8 @@ class FakeGroq(FakeServer):
         self.next_status: deque[tuple[int, dict[str, str]]] = deque()
         self.models_status = 200
         self.token_delay = 0.0
+        self.stream_error: str | None = None  # sent as x_groq.error after the first word
+        self.hold = False  # streams: keep the body open after the last event (hold_open)
         super().__init__()
 
     @property
@@ -566,6 +594,8 @@ class FakeGroq(FakeServer):
         self.next_status.clear()
         self.models_status = 200
         self.token_delay = 0.0
+        self.stream_error = None
+        self.hold = False
 
 
 class _NpmRegistryHandler(_Handler):

@@ -109,6 +109,15 @@ def test_repair_kind_drops_the_variable_part(repair: str, kind: str) -> None:
      "service_unavailable"),
     (finished({"stream_summary": {"error": None}}), None),
     (finished({}), None),
+    # First cause wins: the backend's error event, then the client hanging up on it.
+    (finished({"stream_summary": {"error": "The model server failed: OOM"}}, 200,
+              error="Client disconnected."), "stream_error"),
+    # The client hung up after the stream's last event: no failure.
+    (finished({"stream_summary": {"error": None}, "ended_before_error": True}, 200,
+              error="Client disconnected."), None),
+    (finished({"stream_summary": {"error": "The stream was interrupted: Client disconnected.",
+                                  "interrupted": True}}, 200, error="Client disconnected."),
+     "stream_interrupted"),
 ])
 def test_error_code(flow: http.HTTPFlow, code: str | None) -> None:
     assert error_code(flow, flow.metadata[META].get("stream_summary")) == code

@@ -392,11 +392,17 @@ class Gateway:
                 self.streams.pop(flow.id, None))
 
     def error(self, flow: http.HTTPFlow) -> None:
+        relay = self.relays.get(flow.id)
         _, _, stream = self._forget(flow)
-        if stream is not None and flow.error is not None:
-            # Upstream reset or client gone mid-stream: log it, and end the client's stream
-            # with an error event instead of a truncated body.
-            send_last_chunk(flow, stream.abort(flow.error.msg))
+        if flow.error is not None:
+            if (stream or relay) is not None and (stream or relay).done:
+                # The stream had ended (its last event, or its own error, was sent) before
+                # this: a client hanging up at once is no failure, a backend error stays first.
+                record_of(flow)["ended_before_error"] = True
+            elif stream is not None:
+                # Upstream reset or client gone mid-stream: log it, and end the client's stream
+                # with an error event instead of a truncated body.
+                send_last_chunk(flow, stream.abort(flow.error.msg))
         _mask_groq_key(flow)
 
 

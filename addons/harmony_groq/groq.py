@@ -149,6 +149,7 @@ class GroqStreamRelay:
     error: Any = None
     first_token_at: float | None = None
     events: int = 0
+    done: bool = False  # Groq's [DONE] went through
 
     def __call__(self, data: bytes) -> bytes | list[bytes]:
         if not data:
@@ -164,6 +165,7 @@ class GroqStreamRelay:
             return raw
         payload = raw[5:].strip()
         if payload == b"[DONE]":
+            self.done = True
             return raw
         try:
             event = json.loads(payload)

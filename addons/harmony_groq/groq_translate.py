@@ -193,7 +193,8 @@ class GroqChatTranslator(InterruptibleStream):
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         out.extend(self.reply.fail(error))
-        self._close({"finish_reason": None, "usage": None, "error": error.message})
+        self._close({"finish_reason": None, "usage": None, "error": error.message,
+                     "interrupted": self.interrupted})
 
     def _close(self, summary: dict[str, Any]) -> None:
         self.done = True
