@@ -169,3 +169,34 @@ def test_groq_stream_error_stays_the_error_when_the_client_hangs_up(
     assert record["client_disconnected"] is True
     assert wait_counted(proxy, before, "groq") == {
         "interrupted": 0, "errors": 1, "aborted": 1, "ok": 1}
+
+
+def test_groq_responses_stream_direct_counts_tokens_and_ttft_and_its_end(
+        proxy: ProxyProcess, fake_groq: FakeGroq) -> None:
+    """``store: false`` goes to Groq's own Responses endpoint and its stream is relayed as it
+    is; the relay still reads it: usage and time to first token reach the metrics, and a
+    client leaving after ``response.completed`` is a success."""
+    fake_groq.hold = True
+    text, before = marker(), scrape(proxy)
+    received = b""
+    with httpx.Client(timeout=20) as http, http.stream(
+            "POST", proxy.root_url + "/v1/responses",
+            json={"model": LLAMA, "stream": True, "store": False, "input": text}) as reply:
+        for data in reply.iter_raw():
+            received += data
+            if b"event: response.completed" in received:
+                break
+    assert text.encode() in received
+    record = record_for(proxy, text)
+    assert record["upstream_request"]["url"].endswith("/openai/v1/responses")
+    assert "error" not in record and record["client_disconnected"] is True
+    assert record["usage"]["input_tokens"] == 11 and record["ttft_ms"] > 0
+    assert record["client_response"]["message"]["content"] == f"groq responses says: {text}"
+    counts = wait_counted(proxy, before, "groq")
+    assert counts == {"interrupted": 0, "errors": 0, "aborted": 0, "ok": 1}
+    after = scrape(proxy)
+    assert changed(before, after, "harmony_groq_tokens_total", model=LLAMA, kind="prompt") == 11
+    assert changed(before, after, "harmony_groq_tokens_total", model=LLAMA,
+                   kind="completion") == 6
+    assert changed(before, after, "harmony_groq_time_to_first_token_seconds_count",
+                   route="groq", model=LLAMA) == 1

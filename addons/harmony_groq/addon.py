@@ -37,7 +37,8 @@ from .flows import (
     restore_client_request,
     rewrite,
 )
-from .groq import GroqStreamRelay, rename_reasoning
+from .groq import rename_reasoning
+from .groq_stream import GroqResponsesRelay, GroqStreamRelay
 from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
@@ -88,7 +89,7 @@ class Gateway:
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, InterruptibleStream] = {}
-        self.relays: dict[str, GroqStreamRelay] = {}
+        self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.memory = ReasoningMemory()
         self.injector = GroqKeyInjector(settings)
@@ -312,8 +313,9 @@ class Gateway:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)
-        elif call is not None and sse and record.get("dialect") == "chat":
-            relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
+        elif call is not None and sse:  # Groq's own chat or Responses stream, read as it passes
+            relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False)) if (
+                record.get("dialect") == "chat") else GroqResponsesRelay()
             self.relays[flow.id] = relay
             flow.response.stream = relay
             return
