@@ -82,9 +82,9 @@ class FakeServer:
 
     handler: type[BaseHTTPRequestHandler]
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.server = _Server(("127.0.0.1", 0), self.handler)
+        self.server = _Server(("127.0.0.1", port), self.handler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -529,6 +529,12 @@ class _GroqHandler(_Handler):
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"
+        limit = next((m["max_completion_tokens"] for m in GROQ_MODELS
+                      if m["id"] == body.get("model")), None)
+        for key in ("max_tokens", "max_completion_tokens"):
+            if limit and isinstance(body.get(key), int) and body[key] > limit:
+                return (f"`{key}` must be less than or equal to `{limit}`, the maximum value "
+                        f"for `{key}` is less than the `context_window` for this model")
         for n, message in enumerate(body.get("messages") or []):
             if message.get("role") == "assistant" and "reasoning_content" in message:
                 return (f"'messages.{n}' : for 'role:assistant' the following must be satisfied"
@@ -551,6 +557,11 @@ def _responses_problem(body: Any) -> str | None:
             return f"property '{key}' is unsupported"
     if body.get("store") not in (None, False):
         return "'store' : currently only supports false or null"
+    limit = next((m["max_completion_tokens"] for m in GROQ_MODELS
+                  if m["id"] == body.get("model")), None)
+    if limit and isinstance(body.get("max_output_tokens"), int) and (
+            body["max_output_tokens"] > limit):
+        return f"`max_output_tokens` must be less than or equal to `{limit}`"
     if set(body.get("reasoning") or {}) - {"effort"}:
         return "'reasoning.summary' : not supported"
     if set(body.get("text") or {}) - {"format"}:

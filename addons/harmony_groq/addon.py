@@ -37,11 +37,11 @@ from .flows import (
     restore_client_request,
     rewrite,
 )
-from .groq import rename_reasoning
+from .groq import clamp_max_tokens, rename_reasoning
 from .groq_stream import GroqResponsesRelay, GroqStreamRelay
 from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
-from .local import LocalEndpoints
+from .local import LocalEndpoints, model_list_dialect
 from .parse import StrippedOutputError
 from .reasoning_memory import ReasoningMemory
 from .records import header_pairs, record_of
@@ -124,6 +124,7 @@ class Gateway:
         if self.settings.config is not None:
             self._startup_check = asyncio.get_running_loop().create_task(
                 self.local.check_server())
+            self.local.fetch_groq_models()  # Groq's output limits, before the first request
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
@@ -166,6 +167,8 @@ class Gateway:
             return
         if endpoint in self.dialects:  # errors before routing count under the client's API too
             record_of(flow)["dialect"] = dialect.name
+        elif endpoint is Endpoint.MODELS:
+            record_of(flow)["dialect"] = model_list_dialect(flow.request)
         try:
             await self._answer_or_route(flow, endpoint, dialect)
         except ProxyError as exc:
@@ -254,18 +257,17 @@ class Gateway:
                              "models are unavailable. Set it in the proxy's environment.",
                              code="groq_key_missing")
         url = self.config.groq_base_url + call.path
-        rewrite(flow, url, call.body)
+        body = clamp_max_tokens(call.body, self.local.groq_limit(call.body.get("model", "")))
+        rewrite(flow, url, body)
         record = record_of(flow)
-        record["upstream_request"] = {"url": url, "body": call.body}
+        record["upstream_request"] = {"url": url, "body": body}
         record["inject_key"] = True
         self.groq_calls[flow.id] = call
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
         config, local = self.config, self.local
-        if config.backend == "vllm" and "context_length" not in local.server_info:
-            await local.refresh_health()  # vLLM needs the context length for its max_tokens
         check_word_lengths(conversation.body)
-        backend = make_backend(config.backend, local.server_info.get("context_length"))
+        backend = make_backend(config.backend, await local.context_length())
         request = conversation.chat
         record = record_of(flow)
         messages, restored = self.memory.restore(request.messages)

@@ -121,11 +121,22 @@ def rename_reasoning(response: http.Response, keys: tuple[str, ...]) -> None:
         response.content = json.dumps(body, ensure_ascii=False).encode()
 
 
+def clamp_max_tokens(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """``body`` with its output limit (``max_tokens``, ``max_completion_tokens``, Responses'
+    ``max_output_tokens``) no higher than the model's ``limit``: Groq refuses a larger one
+    with a 400 (Claude Code asks for 32 000, and 128 000 after a ``max_tokens`` stop)."""
+    over = {key: limit for key in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+            if limit and type(body.get(key)) is int and body[key] > limit}
+    return {**body, **over} if over else body
+
+
 class GroqModels:
-    """Groq's live model list, fetched with the server key and cached briefly."""
+    """Groq's live model list, fetched with the server key and cached briefly; ``limits`` maps
+    each model to its ``max_completion_tokens``."""
 
     def __init__(self) -> None:
         self.cached: list[dict[str, Any]] = []
+        self.limits: dict[str, int] = {}
         self.fetched_at = 0.0
         self.last_error: str | None = None
 
@@ -148,6 +159,8 @@ class GroqModels:
             self.last_error = f"Groq model list unavailable: {type(exc).__name__}"
             return self.cached
         self.cached = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        self.limits = {m["id"]: m["max_completion_tokens"] for m in self.cached
+                       if type(m.get("max_completion_tokens")) is int}
         self.fetched_at = time.monotonic()
         self.last_error = None
         return self.cached

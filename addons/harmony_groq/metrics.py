@@ -232,7 +232,7 @@ class Metrics:
     def _observe(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         route = record.get("route") or "none"
-        dialect = record.get("dialect", "chat")
+        dialect = record.get("dialect", "none")  # /health, /metrics, passthrough
         response = flow.response
         status = None if response is None else response.status_code
         summary: dict[str, Any] | None = record.get("stream_summary")

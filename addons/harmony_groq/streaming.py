@@ -80,13 +80,14 @@ class InterruptibleStream:
     done: bool
     started: bool
     interrupted: bool = False
+    prompt_tokens = 0  # known before generation (gpt-oss): the reply's opening reports it
     reply: ReplyWriter
 
     def _opening(self) -> list[bytes]:
         if self.started:
             return []
         self.started = True
-        return self.reply.start()
+        return self.reply.start(self.prompt_tokens)
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         raise NotImplementedError
@@ -116,6 +117,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.keepalive_seconds = keepalive_seconds
         self.on_done = on_done
         self.result = StreamResult(keys=exchange.reply.keys)
+        self.prompt_tokens = len(exchange.prompt.token_ids)
         self.started = False
         self.done = False
         self.completion_tokens = 0
