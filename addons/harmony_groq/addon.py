@@ -93,6 +93,7 @@ class Gateway:
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.memory = ReasoningMemory()
         self.injector = GroqKeyInjector(settings)
+        self.late_key = True  # the injector on the chain's end adds the key (see running)
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -117,9 +118,12 @@ class Gateway:
                 self.memory = ReasoningMemory(self.config.reasoning_memory_bytes)
 
     def running(self) -> None:
-        # The key injector must see flows after every other addon (mitmweb's view included),
-        # so it joins the end of mitmproxy's chain rather than this script's list.
-        if self.injector not in ctx.master.addons.chain:
+        # Where flows are shown (mitmweb's view), the key injector must see them after every
+        # other addon, so it joins the end of mitmproxy's chain rather than this script's
+        # list. mitmdump shows no flow before it is sent: the key goes in with the request
+        # hook there, which spares mitmproxy one more addon to call on every event.
+        self.late_key = ctx.master.addons.get("view") is not None
+        if self.late_key and self.injector not in ctx.master.addons.chain:
             ctx.master.addons.add(self.injector)
         if self.settings.config is not None:
             self._startup_check = asyncio.get_running_loop().create_task(
@@ -261,7 +265,10 @@ class Gateway:
         rewrite(flow, url, body)
         record = record_of(flow)
         record["upstream_request"] = {"url": url, "body": body}
-        record["inject_key"] = True
+        if self.late_key:
+            record["inject_key"] = True
+        else:
+            self.injector.inject(flow)
         self.groq_calls[flow.id] = call
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
