@@ -5,6 +5,7 @@ context length measured once vLLM is up."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable
 
@@ -102,8 +103,6 @@ def test_max_tokens_is_clamped_to_the_groq_models_limit(
 
 
 def fake_groq_body(fake_groq: FakeGroq) -> dict:
-    import json
-
     return json.loads(next(r for r in reversed(fake_groq.requests)
                            if r["path"] != "/openai/v1/models")["raw"])
 
@@ -171,3 +170,21 @@ def test_groq_clamp_needs_no_list(start_proxy: Callable[..., ProxyProcess],
         client.chat.completions.create(model=LLAMA, max_tokens=100_000,
                                        messages=[{"role": "user", "content": "hi"}])
     assert "must be less than or equal to `32768`" in refused.value.message
+
+
+def test_a_groq_chat_body_taken_as_it_is_goes_on_as_the_clients_bytes(
+        proxy: ProxyProcess, fake_groq: FakeGroq) -> None:
+    """Not parsed and written again when nothing changes (the Groq route's hot path); a body
+    that needs sanitising is written again without what Groq rejects."""
+    raw = (b'{"model": "llama-3.3-70b-versatile",\n  "messages": [{"role": "user", '
+           b'"content": "caf\\u00e9"}], "max_tokens": 64}')
+    reply = httpx.post(f"{proxy.base_url}/chat/completions", content=raw,
+                       headers={"content-type": "application/json"}, timeout=10)
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == (
+        "groq says: café")
+    assert fake_groq.requests[-1]["raw"] == raw
+    changed = raw.replace(b'"max_tokens": 64', b'"cache_control": {"type": "ephemeral"}')
+    assert httpx.post(f"{proxy.base_url}/chat/completions", content=changed,
+                      headers={"content-type": "application/json"}, timeout=10).status_code == 200
+    assert json.loads(fake_groq.requests[-1]["raw"]) == {
+        "model": LLAMA, "messages": [{"role": "user", "content": "café"}]}

@@ -262,8 +262,11 @@ class Gateway:
                              code="groq_key_missing")
         url = self.config.groq_base_url + call.path
         body = clamp_max_tokens(call.body, self.local.groq_limit(call.body.get("model", "")))
-        rewrite(flow, url, body)
         record = record_of(flow)
+        # A chat body Groq takes as it is goes on as the client's (uncompressed) bytes.
+        unchanged = (body == record["client_request"]["body"]
+                     and "content-encoding" not in flow.request.headers)
+        rewrite(flow, url, None if unchanged else body)
         record["upstream_request"] = {"url": url, "body": body}
         if self.late_key:
             record["inject_key"] = True

@@ -56,21 +56,25 @@ def _target(url: str) -> tuple[str, str, int, bytes, str]:
             host if default else f"{host}:{port}")
 
 
-# The new body is sent uncompressed, so its content-encoding goes too.
-_DROPPED = frozenset(name.encode() for name in (*DROP_HEADERS, "content-encoding"))
+_CREDENTIALS = frozenset(name.encode() for name in DROP_HEADERS)
+# A new body is sent uncompressed, so its content-encoding goes too.
+_DROPPED = _CREDENTIALS | {b"content-encoding"}
 
 
-def rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any]) -> None:
-    """Point the flow at ``url`` with ``body``; client credentials never travel on."""
+def rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any] | None) -> None:
+    """Point the flow at ``url`` with ``body`` (``None``: the client's body is sent as it
+    came, its bytes not serialised again); client credentials never travel on."""
     request = flow.request
     # The fields themselves, then the Host header once: the host and port setters each
     # rebuild it.
     request.scheme, request.data.host, request.data.port, request.data.path, host = _target(url)
     request.host_header = host
     headers = request.headers  # one pass over the raw fields: ten pops cost 8 µs
-    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in _DROPPED)
-    headers["content-type"] = "application/json"
-    request.content = json.dumps(body, ensure_ascii=False).encode()
+    dropped = _DROPPED if body is not None else _CREDENTIALS
+    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in dropped)
+    if body is not None:
+        headers["content-type"] = "application/json"
+        request.content = json.dumps(body, ensure_ascii=False).encode()
 
 
 def prepare_sse(flow: http.HTTPFlow) -> None:

@@ -52,7 +52,9 @@ def client_disconnected(flow: http.HTTPFlow) -> bool:
 
 
 def header_pairs(message: http.Message) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in message.headers.items(multi=True)]
+    # Straight from the raw fields, decoded as mitmproxy's ``Headers`` does.
+    return [(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in message.headers.fields]
 
 
 class FlowLog:
