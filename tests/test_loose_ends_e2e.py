@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable
 
 import anthropic
@@ -174,17 +175,35 @@ def test_groq_clamp_needs_no_list(start_proxy: Callable[..., ProxyProcess],
 
 def test_a_groq_chat_body_taken_as_it_is_goes_on_as_the_clients_bytes(
         proxy: ProxyProcess, fake_groq: FakeGroq) -> None:
-    """Not parsed and written again when nothing changes (the Groq route's hot path); a body
-    that needs sanitising is written again without what Groq rejects."""
+    """Not parsed and written again when nothing changes (the Groq route's hot path), and
+    logged once; a body that needs sanitising is written again without what Groq rejects."""
+    marker = f"caf\\u00e9 {time.monotonic_ns()}"
     raw = (b'{"model": "llama-3.3-70b-versatile",\n  "messages": [{"role": "user", '
-           b'"content": "caf\\u00e9"}], "max_tokens": 64}')
+           b'"content": "' + marker.encode() + b'"}], "max_tokens": 64}')
+    text = json.loads(raw)["messages"][0]["content"]
     reply = httpx.post(f"{proxy.base_url}/chat/completions", content=raw,
                        headers={"content-type": "application/json"}, timeout=10)
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == (
-        "groq says: café")
+        f"groq says: {text}")
     assert fake_groq.requests[-1]["raw"] == raw
+    record = logged(proxy, text, 64)
+    assert record["upstream_request"]["body"] == "<see client_request>"
+    assert record["client_request"]["body"] == json.loads(raw)
     changed = raw.replace(b'"max_tokens": 64', b'"cache_control": {"type": "ephemeral"}')
     assert httpx.post(f"{proxy.base_url}/chat/completions", content=changed,
                       headers={"content-type": "application/json"}, timeout=10).status_code == 200
-    assert json.loads(fake_groq.requests[-1]["raw"]) == {
-        "model": LLAMA, "messages": [{"role": "user", "content": "café"}]}
+    sent = {"model": LLAMA, "messages": [{"role": "user", "content": text}]}
+    assert json.loads(fake_groq.requests[-1]["raw"]) == sent
+    assert logged(proxy, text, None)["upstream_request"]["body"] == sent
+
+
+def logged(proxy: ProxyProcess, text: str, max_tokens: int | None) -> dict:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for record in proxy.log_records():
+            body = (record.get("client_request") or {}).get("body") or {}
+            if body.get("messages", [{}])[0].get("content") == text and (
+                    body.get("max_tokens") == max_tokens):
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no record for {text}")

@@ -267,7 +267,8 @@ class Gateway:
         unchanged = (body == record["client_request"]["body"]
                      and "content-encoding" not in flow.request.headers)
         rewrite(flow, url, None if unchanged else body)
-        record["upstream_request"] = {"url": url, "body": body}
+        record["upstream_request"] = {
+            "url": url, "body": record["client_request"]["body"] if unchanged else body}
         if self.late_key:
             record["inject_key"] = True
         else:

@@ -118,6 +118,9 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
         # The rendered prompt is logged once, under "prompt" (100k tokens are ~400 KB).
         record["upstream_request"] = {**upstream, "body": {**upstream["body"],
                                                            "prompt": "<see prompt>"}}
+    elif upstream and upstream["body"] is (record.get("client_request") or {}).get("body"):
+        # Sent as the client's own bytes: logged once, under client_request.
+        record["upstream_request"] = {**upstream, "body": "<see client_request>"}
     record["path"] = flow.request.path if record.get("route") in ("local", None) else (
         record.get("client_path") or flow.request.path)
     response = flow.response
