@@ -261,8 +261,8 @@ class Gateway:
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
         config, local = self.config, self.local
-        if config.backend == "vllm" and "context_length" not in local.server_info:
-            await local.refresh_health()  # vLLM needs the context length for its max_tokens
+        if config.backend != "transformers" and "context_length" not in local.server_info:
+            await local.refresh_health()  # for vLLM's max_tokens and llama.cpp's prompt check
         check_word_lengths(conversation.body)
         backend = make_backend(config.backend, local.server_info.get("context_length"))
         request = conversation.chat
