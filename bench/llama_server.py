@@ -42,7 +42,7 @@ class Budget:
     seeds: int  # seeds per validity rate
 
 
-FULL, QUICK = Budget(40, 5, 50), Budget(5, 1, 4)
+FULL, QUICK = Budget(40, 8, 50), Budget(5, 1, 4)
 
 
 def _p50_ms(samples: list[float]) -> float:
@@ -61,22 +61,31 @@ def _timed(client: httpx.Client, targets: list[tuple[str, dict[str, Any]]],
     return samples
 
 
-def _stream_rate(client: httpx.Client, url: str, body: dict[str, Any], count: int,
-                 tokens: int) -> float:
-    """Generated tokens per second over ``count`` streams (first byte to last)."""
-    elapsed = 0.0
+def _stream_rates(client: httpx.Client, targets: list[tuple[str, dict[str, Any]]], count: int,
+                  tokens: int) -> list[float]:
+    """Generated tokens per second for each ``(url, body)`` over ``count`` streams each,
+    request to last byte, taken in turn (drift hits all alike)."""
+    elapsed = [0.0] * len(targets)
     for _ in range(count):
-        start = time.perf_counter()
-        with client.stream("POST", url, json=body) as reply:
-            reply.raise_for_status()
-            for _chunk in reply.iter_bytes():
-                pass
-        elapsed += time.perf_counter() - start
-    return tokens * count / elapsed
+        for n, (url, body) in enumerate(targets):
+            start = time.perf_counter()
+            # llama-server closes the connection after a stream: never reuse it.
+            with client.stream("POST", url, json=body,
+                               headers={"connection": "close"}) as reply:
+                reply.raise_for_status()
+                for _chunk in reply.iter_bytes():
+                    pass
+            elapsed[n] += time.perf_counter() - start
+    return [tokens * count / seconds for seconds in elapsed]
 
 
-def _upstream_body(proxy: ProxyProcess) -> dict[str, Any]:
-    return proxy.log_records(wait_for=1)[-1]["upstream_request"]["body"]
+def _forwarded(client: httpx.Client, proxy: ProxyProcess, body: dict[str, Any]
+               ) -> dict[str, Any]:
+    """Send ``body`` through the proxy; the flow record of what it sent to llama-server."""
+    before = len(proxy.log_records())
+    client.post(f"{proxy.base_url}/chat/completions", json=body).raise_for_status()
+    records = proxy.log_records(wait_for=before + 1)[before:]
+    return next(r for r in records if "upstream_request" in r and "usage" in r)
 
 
 def _valid(arguments: str) -> bool:
@@ -110,9 +119,14 @@ def llamacpp_section(quick: bool) -> list[str]:
     model = harness.tiny_gguf(source)
     with tempfile.TemporaryDirectory(prefix="bench-llama-") as tmp:
         work = Path(tmp)
-        servers = {"short": harness.LlamaServer(binary, model, work, script=FINAL_SCRIPT),
-                   "long": harness.LlamaServer(binary, model, work, script=LONG_SCRIPT),
-                   "random": harness.LlamaServer(binary, model, work)}
+        # One generation thread, so that on a 2-core machine the proxy has a core of its own
+        # and what is measured is the proxy, not the two competing for a core.
+        one_thread = ["-t", "1"]
+        servers = {"short": harness.LlamaServer(binary, model, work, script=FINAL_SCRIPT,
+                                                extra_args=one_thread),
+                   "long": harness.LlamaServer(binary, model, work, script=LONG_SCRIPT,
+                                               extra_args=one_thread),
+                   "random": harness.LlamaServer(binary, model, work, extra_args=one_thread)}
         proxies: dict[str, ProxyProcess] = {}
         try:
             for name, server in servers.items():
@@ -133,8 +147,8 @@ def _measure(servers: dict[str, harness.LlamaServer], proxies: dict[str, ProxyPr
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}]}
     with httpx.Client(timeout=120, trust_env=False) as client:
         proxied_url = f"{proxies['short'].base_url}/chat/completions"
-        client.post(proxied_url, json=chat).raise_for_status()  # warm: the prompt is cached
-        direct_body = _upstream_body(proxies["short"])
+        # A first request warms the server's prompt cache and shows the body to send direct.
+        direct_body = _forwarded(client, proxies["short"], chat)["upstream_request"]["body"]
         direct_url = f"{servers['short'].url}/completion"
         proxied, direct = _timed(client, [(proxied_url, chat), (direct_url, direct_body)],
                                  budget.requests)
@@ -142,14 +156,14 @@ def _measure(servers: dict[str, harness.LlamaServer], proxies: dict[str, ProxyPr
         for name, body in (("long", chat), ("random", {**chat, "temperature": 0,
                                                         "max_tokens": FREE_TOKENS})):
             url = f"{proxies[name].base_url}/chat/completions"
-            client.post(url, json=body).raise_for_status()
-            record = proxies[name].log_records(wait_for=1)[-1]
+            record = _forwarded(client, proxies[name], body)
             tokens = record["usage"]["completion_tokens"]
             direct_stream = {**record["upstream_request"]["body"], "stream": True}
-            rates[name] = (tokens, _stream_rate(client, url, {**body, "stream": True},
-                                                budget.streams, tokens),
-                           _stream_rate(client, f"{servers[name].url}/completion",
-                                        direct_stream, budget.streams, tokens))
+            proxied_rate, direct_rate = _stream_rates(
+                client, [(url, {**body, "stream": True}),
+                         (f"{servers[name].url}/completion", direct_stream)],
+                budget.streams, tokens)
+            rates[name] = (tokens, proxied_rate, direct_rate)
         strict = _validity(client, proxies["random"], True, budget.seeds)
         free = _validity(client, proxies["random"], False, budget.seeds)
     return [
