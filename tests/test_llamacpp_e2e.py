@@ -26,6 +26,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from test_realserver_e2e import sdk
 
 from harmony_groq.encoding import harmony_encoding
 
@@ -127,11 +128,6 @@ def proxies(servers: dict[str, harness.LlamaServer],
     finally:
         for process in started.values():
             process.stop()
-
-
-def sdk(proxy: ProxyProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0,
-                         timeout=120)
 
 
 def ask(text: str = "Say hello.") -> list[dict[str, str]]:

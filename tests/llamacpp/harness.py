@@ -17,14 +17,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import httpx
-
 from harmony_groq.encoding import harmony_encoding
 
+from proxy_process import terminate
 from realserver import harness as realserver
 
 HERE = Path(__file__).resolve().parent
@@ -123,19 +121,9 @@ class LlamaServer:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LlamaCppSetupError(f"llama-server exited ({self.process.returncode}):\n"
-                                         + self.log_tail())
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise LlamaCppSetupError(f"llama-server not healthy after {timeout:.0f} s:\n"
-                                 + self.log_tail())
+        problem = realserver.health_problem(self.process, self.url, timeout)
+        if problem is not None:
+            raise LlamaCppSetupError(f"llama-server {problem}:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL: the server dies as in a crash (mid-stream tests)."""
@@ -144,12 +132,7 @@ class LlamaServer:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process)
 
 
 def start_servers(binary: Path, model: Path, workdir: Path, count: int,
