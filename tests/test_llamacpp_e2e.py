@@ -30,6 +30,7 @@ from test_realserver_e2e import sdk
 
 from harmony_groq.encoding import harmony_encoding
 
+from anthropic_stream import check_stream
 from conftest import PINNED_DATE
 from llamacpp import harness
 from proxy_process import ProxyProcess
@@ -269,33 +270,68 @@ def test_prompt_longer_than_the_context_is_a_400_before_any_generation(
     assert "upstream_request" not in record  # refused before the server was asked
 
 
-def test_server_killed_mid_stream_ends_with_the_dialects_error(
-        llama_build: tuple[Path, Path], tmp_path: Path) -> None:
+LONG_SCRIPT = ("<|channel|>analysis<|message|>" + "step " * 2000 + "<|end|><|start|>assistant"
+               "<|channel|>final<|message|>done<|return|>")
+RAW_STREAMS = {  # client API → (path, body, headers)
+    "responses": ("/v1/responses", {"model": MODEL, "input": "Say hello.", "stream": True}, {}),
+    "messages": ("/v1/messages", {"model": MODEL, "max_tokens": 3000, "stream": True,
+                                  "messages": ask()}, {"anthropic-version": "2023-06-01"}),
+}
+
+
+@pytest.fixture()
+def doomed(llama_build: tuple[Path, Path], tmp_path: Path
+           ) -> Iterator[tuple[harness.LlamaServer, ProxyProcess]]:
+    """A server streaming a 2000-token analysis (to be killed), and a proxy in front of it."""
     binary, model = llama_build
-    script = ("<|channel|>analysis<|message|>" + "step " * 2000 + "<|end|><|start|>assistant"
-              "<|channel|>final<|message|>done<|return|>")
-    server = harness.LlamaServer(binary, model, tmp_path / "doomed", script=script)
+    server = harness.LlamaServer(binary, model, tmp_path / "doomed", script=LONG_SCRIPT)
     server.wait_healthy()
     proxy = llamacpp_proxy(tmp_path / "proxy", server.url)
-    try:
-        received: list[Any] = []
-        with pytest.raises(openai.APIError) as caught:
-            stream = sdk(proxy).chat.completions.create(
-                model=MODEL, messages=ask(), stream=True, max_tokens=3000)
-            for chunk in stream:
-                received.append(chunk)
-                if len(received) == 5:
-                    server.kill()
-        assert not isinstance(caught.value, openai.APIConnectionError)
-        assert "interrupted" in caught.value.message
-        assert len(received) == 5
-        assert "".join(reasoning_of(c.choices[0].delta) or "" for c in received
-                       if c.choices).startswith("step step")
-        record = proxy.log_records(wait_for=1)[-1]
-        assert "error" in record
-    finally:
-        proxy.stop()
-        server.stop()
+    yield server, proxy
+    proxy.stop()
+    server.stop()
+
+
+def test_server_killed_mid_chat_stream_ends_with_its_error(
+        doomed: tuple[harness.LlamaServer, ProxyProcess]) -> None:
+    server, proxy = doomed
+    received: list[Any] = []
+    with pytest.raises(openai.APIError) as caught:
+        stream = sdk(proxy).chat.completions.create(
+            model=MODEL, messages=ask(), stream=True, max_tokens=3000)
+        for chunk in stream:
+            received.append(chunk)
+            if len(received) == 5:
+                server.kill()
+    assert not isinstance(caught.value, openai.APIConnectionError)
+    assert "interrupted" in caught.value.message
+    assert len(received) == 5
+    assert "".join(reasoning_of(c.choices[0].delta) or "" for c in received
+                   if c.choices).startswith("step step")
+    assert "incomplete chunked read" in proxy.log_records(wait_for=1)[-1]["error"]
+
+
+@pytest.mark.parametrize("api", RAW_STREAMS)
+def test_server_killed_mid_stream_ends_with_the_apis_failure_event(
+        doomed: tuple[harness.LlamaServer, ProxyProcess], api: str) -> None:
+    server, proxy = doomed
+    path, body, headers = RAW_STREAMS[api]
+    raw = b""
+    with httpx.stream("POST", proxy.root_url + path, json=body, timeout=60,
+                      headers={"authorization": "Bearer sk-client", **headers}) as reply:
+        assert reply.status_code == 200
+        for data in reply.iter_bytes():
+            raw += data
+            if raw.count(b"step") >= 3 and server.process.poll() is None:
+                server.kill()
+    if api == "responses":
+        failed = check_grammar(parse_sse(raw))
+        assert failed["status"] == "failed"
+        assert "interrupted" in failed["error"]["message"]
+    else:
+        ended = check_stream(raw)
+        assert "interrupted" in ended["error"]["message"]
+        assert ended["content"][0]["thinking"].startswith("step step")
 
 
 # -- constrained decoding ----------------------------------------------------------------------
