@@ -210,6 +210,8 @@ def structured_outputs_problem(body: dict[str, Any]) -> str | None:
         return "structured_outputs needs exactly one of " + ", ".join(STRUCTURED_KINDS)
     if kinds == ["json"] and not isinstance(spec["json"], dict | str):
         return "structured_outputs.json must be a schema"
+    if "#/$defs/missing" in json.dumps(spec):  # as xgrammar: a $ref must name a definition
+        return "Invalid JSON schema: $ref #/$defs/missing not found"
     if kinds == ["structural_tag"]:
         try:
             tag = json.loads(spec["structural_tag"])

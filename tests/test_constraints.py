@@ -150,3 +150,17 @@ def test_transformers_serve_says_it_cannot_constrain(proxy: ProxyProcess,
                                                        "temperature", "top_p", "seed"}
     assert any("no constrained decoding: tool a not enforced" in line
                for line in proxy.output)
+
+
+def test_a_schema_vllm_cannot_compile_is_the_clients_400(vllm_proxy: ProxyProcess,
+                                                         vllm_server: FakeVllm) -> None:
+    vllm_server.reset_state()
+    client = openai.OpenAI(base_url=vllm_proxy.base_url, api_key="sk-client", max_retries=0)
+    broken = tool("a", True, {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-oss-120b", tools=[broken],  # type: ignore
+                                       messages=[{"role": "user", "content": "hi"}])
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "unsupported_schema"
+    assert "$ref #/$defs/missing not found" in error["message"]
+    assert vllm_server.generated == []  # nothing was generated

@@ -369,6 +369,21 @@ class LlamaCppBackend:
                             model=props.get("model_path"), context_length=n_ctx)
 
 
+def upstream_refusal(status: int, excerpt: str, sent: dict[str, Any]) -> ProxyError:
+    """The error for a model server's non-200 answer: its 400 for a constraint it could not
+    compile (``grammar``, ``structured_outputs``) or a prompt over its context is the client's
+    400; anything else is a 502."""
+    if status == 400 and ("grammar" in sent or "structured_outputs" in sent):
+        return ProxyError(400, "The model server could not compile the constraint for the "
+                          f"strict tools or the response format: {excerpt}",
+                          code="unsupported_schema")
+    if status == 400 and "exceed_context_size_error" in excerpt:
+        return ProxyError(400, f"The prompt does not fit the model server's context: {excerpt}",
+                          code="context_length_exceeded", param="messages")
+    return ProxyError(502, f"The model server answered {status}: {excerpt}",
+                      code="upstream_error")
+
+
 def make_backend(name: str, context_length: int | None = None) -> Backend:
     """The adapter for ``BACKEND=name``; ``context_length`` (from ``describe``) lets the vLLM
     adapter default ``max_tokens`` to the rest of the context and the llama.cpp adapter refuse
