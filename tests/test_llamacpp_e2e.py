@@ -26,7 +26,6 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from test_realserver_e2e import sdk
 
 from harmony_groq.encoding import harmony_encoding
 
@@ -37,6 +36,7 @@ from proxy_process import ProxyProcess
 from realserver.build_tiny_model import FINAL_SCRIPT, TOOL_SCRIPT
 from responses_grammar import check_grammar, parse_sse
 from test_messages_e2e import Claude
+from test_realserver_e2e import sdk
 
 pytestmark = pytest.mark.llamacpp
 
