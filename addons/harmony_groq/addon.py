@@ -42,6 +42,9 @@ from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
 from .parse import StrippedOutputError
+from .pool.dispatch import Dispatcher
+from .pool.pool import Pools
+from .pool.resume import Failover
 from .reasoning_memory import ReasoningMemory
 from .records import header_pairs, record_of
 from .redact import REDACTED, redact_headers
@@ -79,6 +82,10 @@ class Gateway:
         self.settings = settings
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
+        self.pools = Pools(self.upstream.client)
+        self.dispatcher = Dispatcher(self.pools, self.upstream)
+        self.failover = Failover(self.dispatcher, self.upstream.client,
+                                 lambda: self.config.upstream_timeout)
         self.responses = ResponsesDialect(OPTION_DEFAULTS["responses_store_bytes"])
         self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
@@ -111,6 +118,7 @@ class Gateway:
     def configure(self, updated: set[str]) -> None:
         self.local.configure(updated)
         if self.settings.config is not None:
+            self.pools.configure(self.config.model_servers, self.config.routing)
             self.responses.store.budget = self.config.responses_store_bytes
             if "reasoning_memory_bytes" in updated:
                 self.memory = ReasoningMemory(self.config.reasoning_memory_bytes)
@@ -123,10 +131,12 @@ class Gateway:
         if self.settings.config is not None:
             self._startup_check = asyncio.get_running_loop().create_task(
                 self.local.check_server())
+            self.pools.start()
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
             ctx.master.addons.remove(self.injector)
+        self.pools.stop()
         self.upstream.close()
 
     # -- request --------------------------------------------------------------------------
@@ -193,7 +203,8 @@ class Gateway:
             return
         record_of(flow)["route"] = "local"
         if endpoint is Endpoint.HEALTH:
-            flow.response = json_response(200, await self.local.health())
+            flow.response = json_response(200, {**await self.local.health(),
+                                                "replicas": self.pools.health()})
             return
         check_proxy_key(flow, self.config.proxy_api_key)
         if endpoint is Endpoint.MODELS:
@@ -260,31 +271,22 @@ class Gateway:
         self.groq_calls[flow.id] = call
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
-        config, local = self.config, self.local
-        if config.backend == "vllm" and "context_length" not in local.server_info:
-            await local.refresh_health()  # vLLM needs the context length for its max_tokens
+        config = self.config
         check_word_lengths(conversation.body)
-        backend = make_backend(config.backend, local.server_info.get("context_length"))
         request = conversation.chat
         record = record_of(flow)
         messages, restored = self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued
             request = dataclasses.replace(request, messages=messages)
             record["restored_reasoning"] = restored
-        prompt = render_prompt(request, config.harmony_date, backend.text_transport)
-        exchange = HarmonyExchange(request, prompt, backend, conversation.reply, self.memory)
-        upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
-        url = config.transformers_url + backend.completions_path
+        transport = self.pools.for_model(request.model).text_transport
+        prompt = render_prompt(request, config.harmony_date, transport)
         record["prompt"] = prompt.text
         record["prompt_tokens"] = len(prompt.token_ids)
-        record["upstream_request"] = {"url": url, "body": upstream}
-        rewrite(flow, url, upstream)
-        if request.stream:
-            await self.upstream.probe(url)
-            self.exchanges[flow.id] = exchange
-            return
-        flow.response = await self.upstream.complete(url, upstream, config.upstream_timeout)
-        self.exchanges[flow.id] = exchange
+        backend = await self.dispatcher.send(flow, prompt, request, config.transformers_model,
+                                             config.replica_attempts, config.upstream_timeout)
+        self.exchanges[flow.id] = HarmonyExchange(request, prompt, backend, conversation.reply,
+                                                  self.memory)
 
     # -- response -------------------------------------------------------------------------
 
@@ -293,6 +295,7 @@ class Gateway:
         assert flow.response is not None
         record.setdefault("response_headers_at", time.time())
         _mask_groq_key(flow)
+        self.failover.responseheaders(flow)
         if flow.response.status_code != 200 or is_local(flow):
             return
 
@@ -322,10 +325,11 @@ class Gateway:
                 flow.response.stream = True  # a stream relayed as it is
             return
         prepare_sse(flow)
-        flow.response.stream = stream
+        flow.response.stream = self.failover.wrap(flow, stream) if exchange else stream
         self.streams[flow.id] = stream
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self.failover.settle(flow, end_body=False)
         exchange, call, _ = self._forget(flow)
         response = flow.response
         if response is None or response.stream:
@@ -385,15 +389,17 @@ class Gateway:
         task = self.heartbeats.pop(flow.id, None)
         if task is not None:
             task.cancel()
+        self.dispatcher.forget(flow)
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()
         return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
                 self.streams.pop(flow.id, None))
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
+        resumed = await self.failover.settle(flow, end_body=True)
         _, _, stream = self._forget(flow)
-        if stream is not None and flow.error is not None:
+        if stream is not None and flow.error is not None and not resumed:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream
             # with an error event instead of a truncated body.
             send_last_chunk(flow, stream.abort(flow.error.msg))

@@ -33,6 +33,7 @@ from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
 HEAD_DELAY = 0.05
+RESUMABLE = frozenset({"upstream_error", "upstream_incomplete"})  # the server's failures
 
 STRIPPED_HELP = (
     "The model server removed harmony's control tokens (<|channel|>, <|message|>, …), so the "
@@ -101,7 +102,14 @@ class InterruptibleStream:
 
 
 class HarmonyStreamTranslator(InterruptibleStream):
-    """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``)."""
+    """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``).
+
+    ``on_upstream_failure`` (set by the replica pool) may claim a failure of the model server
+    (an error event, an early end): the translation is then ``suspended`` instead of failed,
+    and can be continued with another server's stream (``pool/resume.py``)."""
+
+    on_upstream_failure: Callable[[ProxyError], bool] | None = None
+    suspended = False
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
@@ -116,11 +124,12 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.started = False
         self.done = False
         self.completion_tokens = 0
+        self.generated_ids: list[int] = []  # what a continuation's prompt needs (id servers)
         self.clock = clock
         self.last_sent = clock()
 
     def __call__(self, data: bytes) -> list[bytes]:
-        if self.done:
+        if self.done or self.suspended:
             return []
         out = self._opening()
         try:
@@ -178,6 +187,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
             self.result.upstream_text.append(output.text or harmony_encoding().decode(
                 output.token_ids or []))
             self.completion_tokens += len(output.token_ids) if output.token_ids else 1
+            if not self.exchange.backend.text_transport:
+                self.generated_ids.extend(output.token_ids if output.token_ids is not None else
+                                          harmony_encoding().encode(output.text,
+                                                                    allowed_special="all"))
         self._emit(feed_output(self.decoder, output), out)
         if self.decoder.stopped:
             self._finish(output, out)
@@ -198,6 +211,9 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self._close()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
+        if (error.code in RESUMABLE and self.on_upstream_failure is not None
+                and self.on_upstream_failure(error)):
+            return
         logger.warning("gpt-oss stream to %s failed: %s", self.exchange.request.model,
                        error.message)
         out.extend(self.reply.fail(error))
@@ -230,15 +246,22 @@ def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     if (not data or response is None or not can_write_chunks(flow)
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
         return False
+    writer = client_writer(flow)
+    if writer is None:
+        return False
+    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
+    return True
+
+
+def client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The client connection's writer in mitmproxy 12's connection handler, or None when it
+    cannot be found or is closing (the client is gone)."""
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
     io = getattr(handler, "transports", {}).get(flow.client_conn)
     writer = getattr(io, "writer", None)
-    if writer is None or writer.is_closing():
-        return False
-    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
-    return True
+    return None if writer is None or writer.is_closing() else writer
 
 
 def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
