@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harmony_groq.addon import Gateway  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
 from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
+from harmony_groq.pool.collector import PoolCollector  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
 from harmony_groq.settings import Settings  # noqa: E402
 from harmony_groq.views import HarmonyContentview  # noqa: E402
@@ -22,6 +23,7 @@ contentviews.add(HarmonyContentview)
 _settings = Settings()
 _gateway = Gateway(_settings)
 _metrics = Metrics(_settings)
+_metrics.registry.register(PoolCollector(_gateway.pools))
 # MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
 # after the Gateway has rewritten them.
 addons = [_settings, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,

@@ -4,7 +4,9 @@
 the prefill it would have to do (prompt blocks it does not hold, ``PrefixIndex``) plus its load
 (``LOAD_BLOCKS`` per request in flight), and never sends a request to a replica that would then
 carry more than ``BALANCE`` × the mean in flight (and one more): prefix alone piles a hot prefix
-onto one replica (llm-d's note). ``least_loaded`` and ``round_robin`` ignore the cache.
+onto one replica (llm-d's note). A prompt no replica holds ``MATCH_THRESHOLD`` of (a new
+conversation) goes to the least loaded replica holding least, like SGLang's gateway.
+``least_loaded`` and ``round_robin`` ignore the cache.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .prefix import BLOCK_TOKENS, PrefixIndex
 
 LOAD_BLOCKS = 32  # one request in flight weighs like 512 tokens to prefill
 BALANCE = 1.5
+MATCH_THRESHOLD = 0.3  # below this share of the prompt cached anywhere, place it by load
 FAILURES = ("refused", "reset", "http_5xx", "timeout", "error")
 
 
@@ -90,16 +93,17 @@ def choose(policy: str, replicas: Sequence[Replica], hashes: Sequence[int], turn
         return Choice(replica, replica.index.matched(hashes))
     mean = (sum(r.in_flight for r in candidates) + 1) / count
     cap = max(BALANCE * mean, mean + 1)
-    best: tuple[tuple[bool, int, int, int], Choice] | None = None
-    for replica in candidates:
-        matched = replica.index.matched(hashes)
-        key = (replica.in_flight + 1 > cap,
-               len(hashes) - matched + LOAD_BLOCKS * replica.in_flight,
-               replica.in_flight, (replica.position - turn) % 64)
-        if best is None or key < best[0]:
-            best = (key, Choice(replica, matched))
-    assert best is not None
-    return best[1]
+    matches = [(replica, replica.index.matched(hashes)) for replica in candidates]
+    if max(m for _, m in matches) < MATCH_THRESHOLD * len(hashes):
+        # Nowhere warm (a new conversation; a shared system prompt is not worth a pile-up):
+        # the least loaded, then the one holding least, so conversations spread evenly.
+        replica, matched = min(matches, key=lambda rm: (
+            rm[0].in_flight, len(rm[0].index.blocks), (rm[0].position - turn) % 64))
+        return Choice(replica, matched)
+    replica, matched = min(matches, key=lambda rm: (
+        rm[0].in_flight + 1 > cap, len(hashes) - rm[1] + LOAD_BLOCKS * rm[0].in_flight,
+        rm[0].in_flight, (rm[0].position - turn) % 64))
+    return Choice(replica, matched)
 
 
 def record_routing(choice: Choice, hashes: Sequence[int], prompt_tokens: int) -> None:
