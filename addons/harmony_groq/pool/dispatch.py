@@ -26,15 +26,16 @@ from .pool import Pools, ReplicaPool
 from .prefix import block_hashes
 from .replica import FAILURES, Replica
 
-_CACHED = (re.compile(rb'"cached_tokens"\s*:\s*(\d+)'), re.compile(rb'"cache_n"\s*:\s*(\d+)'))
+_CACHED = ((b'"cached_tokens"', re.compile(rb'"cached_tokens"\s*:\s*(\d+)')),
+           (b'"cache_n"', re.compile(rb'"cache_n"\s*:\s*(\d+)')))
 _OUTCOME_OF_CODE = {"upstream_unavailable": "refused", "upstream_timeout": "timeout"}
 
 
 def cached_tokens(data: bytes) -> int | None:
     """The engine's own count of prompt tokens served from its cache, where it reports one:
     vLLM ``usage.prompt_tokens_details.cached_tokens``, llama.cpp ``timings.cache_n``."""
-    for pattern in _CACHED:
-        if pattern.pattern[1:12] in data:
+    for needle, pattern in _CACHED:
+        if needle in data:
             found = pattern.findall(data)
             if found:
                 return int(found[-1])
@@ -57,6 +58,7 @@ class Attempt:
         replica = self.replica
         replica.in_flight -= 1
         replica.outcomes[outcome] += 1
+        replica.cached_tokens += self.record.get("cached_tokens", 0)
         self.record["outcome"] = outcome
         if problem:
             self.record["problem"] = problem
@@ -64,9 +66,9 @@ class Attempt:
             replica.eject(problem or outcome)
 
     def cached(self, data: bytes) -> None:
+        """Keep the engine's latest count (vLLM repeats it on every chunk of a stream)."""
         count = cached_tokens(data)
         if count is not None:
-            self.replica.cached_tokens += count
             self.record["cached_tokens"] = count
 
 
@@ -166,8 +168,8 @@ class Dispatcher:
                 last, failed = None, (response, backend)
                 attempt.end("http_5xx", f"answered {response.status_code}")
                 continue
-            attempt.end("ok" if response.status_code == 200 else "rejected")
             attempt.cached(response.content or b"")
+            attempt.end("ok" if response.status_code == 200 else "rejected")
             flow.response = response
             return backend
         if failed is not None and len(pooled.pool.replicas) == 1:
