@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import workloads
 from fastfake import Script
@@ -101,6 +102,7 @@ class Results:
     stream_sets: list[StreamSet] = field(default_factory=list)  # Chat Completions first
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     prefix: list[PrefixRow] = field(default_factory=list)
+    pool: Any = None  # pool_bench.PoolResults, when the pool part ran
 
 
 def encode(body: dict) -> bytes:

@@ -37,6 +37,7 @@ from phases import (  # noqa: E402
     oss_phase,
     stream_phase,
 )
+from pool_bench import pool_phase  # noqa: E402
 from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
@@ -48,7 +49,7 @@ from proxy_process import ADDON, LISTEN_RE, tool  # noqa: E402
 UNDER_TEST_CPU, SHARED_CPU = {0}, {1}
 NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase}
+PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "pool": pool_phase}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
     parser.add_argument("--only", choices=PHASES, action="append", metavar="PART",
-                        help="run only this part: groq, oss or stream (repeatable); a change "
+                        help="run only this part: groq, oss, stream or pool (repeatable); a change "
                              "measured on one part need not wait for, or disturb, the others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",

@@ -70,6 +70,10 @@ class _ReplicaHandler(_VllmHandler):
             self.cached = fake.lookup(prompt)
             status, fake.fail_status = fake.fail_status, 200
             reset_after, fake.reset_after = fake.reset_after, None
+            drop, fake.drop_request = fake.drop_request, False
+        if drop:  # took the request, then died before answering
+            self.reset()
+            return None
         if status != 200:
             self.send_json(status, failure(status))
             return None
@@ -109,6 +113,7 @@ class FakeReplica(FakeVllm):
         super().configure_defaults()
         self.fail_status = 200  # the next request is answered with this status
         self.reset_after: int | None = None  # the next stream breaks after this many events
+        self.drop_request = False  # the next request is read, then the connection reset
         self.token_delay = 0.0
 
     def reset_state(self) -> None:

@@ -19,7 +19,7 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
     out = done.stdout
     for heading in ("## 1. Groq route", "## 2. gpt-oss route, non-streaming",
                     "## 3. gpt-oss route, streaming", "## 4. Memory",
-                    "## 5. Prefix reuse over a 5-step tool chain"):
+                    "## 5. Prefix reuse over a 5-step tool chain", "## 6. Replica pool"):
         assert heading in out
     for target in ("| direct | 32 |", "| bare mitmdump | 32 |", "| addon | 32 |"):
         assert target in out
@@ -42,4 +42,10 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
     assert prefix["drops it, with carry-over"] == prefix["sends reasoning_content back"]
     lost = {client: int(cells.split(" | ")[4].split()[0]) for client, cells in prefix.items()}
     assert 0 < lost["drops it, with carry-over"] < lost["drops it, no carry-over"]
+    # The pool: the replay's four policies, and the kill scenario lost no request.
+    pool = out.split("## 6. Replica pool")[1]
+    ratios = dict(re.findall(r"^\| (oracle|cache_aware|least_loaded|round_robin) \| \d+ \| "
+                             r"([\d.]+) \|", pool, re.MULTILINE))
+    assert len(ratios) == 4 and float(ratios["cache_aware"]) > float(ratios["round_robin"])
+    assert "0 errors for requests not yet streaming: **met**" in pool
     assert report.read_text().strip() == out.strip()

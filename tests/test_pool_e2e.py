@@ -245,6 +245,20 @@ def test_5xx_before_the_first_token_fails_over(pooled, replicas, stream: bool) -
     assert record["status"] == 200 and "error" not in record
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_replica_dying_before_it_answers_fails_over(pooled, replicas, dialect: str) -> None:
+    """mitmproxy had forwarded the stream: the answer comes from the next replica all the same."""
+    proxy = pooled(routing="round_robin")
+    for replica in replicas[:2]:
+        replica.drop_request = True
+    marker = f"Write a poem. {uuid.uuid4().hex[:8]}"
+    assert DIALECTS[dialect](proxy, marker) == (ANSWER, REASONING)
+    record = flow_of(proxy, marker.split()[-1])
+    assert [r["outcome"] for r in record["replicas"]] == ["reset", "reset", "ok"]
+    assert record["status"] == 200 and "error" not in record and record["failed_over"] == 2
+    assert "recovered_error" in record
+
+
 def test_no_replica_left_says_so(pooled, replicas) -> None:
     proxy = pooled()
     for replica in replicas:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from mitmproxy import ctx, http
@@ -85,7 +86,7 @@ class Gateway:
         self.pools = Pools(self.upstream.client)
         self.dispatcher = Dispatcher(self.pools, self.upstream)
         self.failover = Failover(self.dispatcher, self.upstream.client,
-                                 lambda: self.config.upstream_timeout)
+                                 lambda: self.config.upstream_timeout, self._translator)
         self.responses = ResponsesDialect(OPTION_DEFAULTS["responses_store_bytes"])
         self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
@@ -302,16 +303,10 @@ class Gateway:
         def store(summary: dict[str, Any]) -> None:
             record["stream_summary"] = summary
 
-        exchange = self.exchanges.get(flow.id)
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
-        if exchange is not None and exchange.request.stream:
-            translator = HarmonyStreamTranslator(
-                exchange, self.config.keepalive_seconds, lambda r: store(r.summary()))
-            if can_write_chunks(flow):
-                with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
-                    self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
-                        heartbeat(flow, translator))
+        translator = self._translator(flow)
+        if translator is not None:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)
@@ -325,11 +320,37 @@ class Gateway:
                 flow.response.stream = True  # a stream relayed as it is
             return
         prepare_sse(flow)
-        flow.response.stream = self.failover.wrap(flow, stream) if exchange else stream
+        flow.response.stream = self.failover.wrap(flow, translator) if translator else stream
         self.streams[flow.id] = stream
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self.failover.settle(flow, end_body=False)
+    def _translator(self, flow: http.HTTPFlow) -> HarmonyStreamTranslator | None:
+        """A gpt-oss stream's translator (and its heartbeat); None for other flows."""
+        exchange = self.exchanges.get(flow.id)
+        if exchange is None or not exchange.request.stream:
+            return None
+        record = record_of(flow)
+        translator = HarmonyStreamTranslator(
+            exchange, self.config.keepalive_seconds,
+            lambda result: record.__setitem__("stream_summary", result.summary()))
+        if can_write_chunks(flow):
+            with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
+                self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
+                    heartbeat(flow, translator))
+        return translator
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync, but for a pooled stream to continue on another replica: then an awaitable,
+        which mitmproxy awaits, keeping the client's body open meanwhile."""
+        if self.failover.pending(flow, end_body=False):
+            return self._settle(flow, False, self._response)
+        self._response(flow)
+        return None
+
+    async def _settle(self, flow: http.HTTPFlow, end_body: bool,
+                      then: Callable[[http.HTTPFlow, bool], None]) -> None:
+        then(flow, await self.failover.settle(flow, end_body))
+
+    def _response(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
         exchange, call, _ = self._forget(flow)
         response = flow.response
         if response is None or response.stream:
@@ -389,15 +410,20 @@ class Gateway:
         task = self.heartbeats.pop(flow.id, None)
         if task is not None:
             task.cancel()
-        self.dispatcher.forget(flow)
+        self.failover.forget(flow)
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()
         return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
                 self.streams.pop(flow.id, None))
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        resumed = await self.failover.settle(flow, end_body=True)
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if self.failover.pending(flow, end_body=True):
+            return self._settle(flow, True, self._error)
+        self._error(flow)
+        return None
+
+    def _error(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
         _, _, stream = self._forget(flow)
         if stream is not None and flow.error is not None and not resumed:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream

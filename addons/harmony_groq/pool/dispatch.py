@@ -109,6 +109,10 @@ class Pooled:
         self.attempt = Attempt(replica, entry, resume)
         return self.attempt
 
+    def can_retry(self) -> bool:
+        """Whether another replica may still be tried."""
+        return self.budget > 0 and any(r.url not in self.tried for r in self.pool.replicas)
+
     def failures(self) -> str:
         return "; ".join(f"{e['replica']}: {e.get('problem') or e.get('outcome')}"
                          for e in self.log if e.get("outcome") in FAILURES)

@@ -11,22 +11,18 @@ so what survives eviction is a prefix and ``matched`` can binary-search for the 
 from __future__ import annotations
 
 import heapq
-from array import array
 from collections.abc import Sequence
 from operator import itemgetter
 
 BLOCK_TOKENS = 16
-_BLOCK_BYTES = BLOCK_TOKENS * 4
 
 
 def block_hashes(token_ids: Sequence[int]) -> list[int]:
     """One key per full block: a hash of the block's ids chained to the previous key."""
-    whole = len(token_ids) // BLOCK_TOKENS * BLOCK_TOKENS
-    data = array("I", token_ids[:whole]).tobytes()
     hashes: list[int] = []
     key = 0
-    for start in range(0, len(data), _BLOCK_BYTES):
-        key = hash((key, data[start:start + _BLOCK_BYTES]))
+    for block in zip(*[iter(token_ids)] * BLOCK_TOKENS, strict=False):  # full blocks only
+        key = hash((key, block))
         hashes.append(key)
     return hashes
 

@@ -24,9 +24,11 @@ from typing import Any
 import httpx
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http.http1 import assemble_response_head
 
 from ..backends import Backend, BackendOutput
 from ..errors import ProxyError
+from ..flows import prepare_sse
 from ..records import record_of
 from ..sse import SSEFramer
 from ..streaming import HarmonyStreamTranslator, can_write_chunks, client_writer, write_chunk
@@ -91,7 +93,7 @@ class ReplicaStream:
         outcome = "error" if error.code == "upstream_error" else "reset"
         if attempt is not None:
             attempt.end(outcome, error.message)
-        if self.giving_up or not can_write_chunks(self.flow):
+        if self.giving_up or not can_write_chunks(self.flow) or not self.pooled.can_retry():
             return False
         self.broken = self.translator.suspended = True
         return True
@@ -106,8 +108,10 @@ class Failover:
     """Takes over pooled streams whose replica failed, in the flow's last hook."""
 
     def __init__(self, dispatcher: Dispatcher, client: Callable[[], httpx.AsyncClient],
-                 timeout: Callable[[], float]) -> None:
+                 timeout: Callable[[], float],
+                 translator: Callable[[http.HTTPFlow], HarmonyStreamTranslator | None]) -> None:
         self.dispatcher = dispatcher
+        self.translator = translator
         self.client = client
         self.timeout = timeout
         self.streams: dict[str, ReplicaStream] = {}
@@ -131,14 +135,33 @@ class Failover:
         if pooled is None:
             return translator
         broken = "replica_status" in record_of(flow)
+        if len(pooled.pool.replicas) > 1 and flow.response is not None:
+            # A stream rescued from mitmproxy's error hook ends with mitmproxy closing the
+            # connection: a client must not send its next request on it.
+            flow.response.headers["connection"] = "close"
         stream = self.streams[flow.id] = ReplicaStream(flow, pooled, translator, broken)
         return stream
+
+    def forget(self, flow: http.HTTPFlow) -> None:
+        """The flow's last hook ran: nothing of it is kept."""
+        self.streams.pop(flow.id, None)
+        self.dispatcher.forget(flow)
+
+    def pending(self, flow: http.HTTPFlow, end_body: bool) -> bool:
+        """Whether ``settle`` has work for this flow's last hook (cheap: most flows have
+        none, and their hooks stay synchronous)."""
+        stream = self.streams.get(flow.id)
+        if stream is None:
+            return end_body and flow.response is None and flow.id in self.dispatcher.flows
+        return not stream.translator.done and (stream.broken or end_body)
 
     async def settle(self, flow: http.HTTPFlow, end_body: bool) -> bool:
         """The flow's last hook: continue a broken stream on other replicas; True when the
         client's stream was ended here (``end_body``: the error hook, whose connection
         mitmproxy closes next, so the body's end is written here too)."""
         stream = self.streams.pop(flow.id, None)
+        if stream is None and end_body and flow.response is None:
+            return await self._before_headers(flow)
         if stream is None or stream.translator.done:
             return False
         if end_body and not stream.broken:  # reset mid-body, or the client went away
@@ -155,9 +178,36 @@ class Failover:
             writer = client_writer(flow)
             if writer is not None:
                 writer.write(b"0\r\n\r\n")
-            if flow.error is not None:
+            if flow.error is not None and stream.translator.result.error is None:
                 record_of(flow)["recovered_error"] = flow.error.msg
                 flow.error = None
+        return ended
+
+    async def _before_headers(self, flow: http.HTTPFlow) -> bool:
+        """The replica took the request and broke before answering (mitmproxy's error hook,
+        no response yet): answer the client here, from the next replica. mitmproxy would
+        then send its own error page on this connection, so it is marked unwritable for
+        mitmproxy, and ``connection: close`` tells the client to close it."""
+        pooled = self.dispatcher.flows.get(flow.id)
+        if pooled is None or pooled.attempt is None or not can_write_chunks(flow) \
+                or client_gone(flow) or not pooled.can_retry():
+            return False
+        translator = self.translator(flow)
+        writer = client_writer(flow)
+        if translator is None or writer is None:
+            return False
+        reason = flow.error.msg if flow.error is not None else "connection lost"
+        pooled.attempt.end("reset", f"broke before answering: {reason}")
+        flow.response = http.Response.make(200, b"", {"connection": "close"})
+        prepare_sse(flow)
+        writer.write(assemble_response_head(flow.response))
+        flow.client_conn.state &= ~ConnectionState.CAN_WRITE
+        stream = ReplicaStream(flow, pooled, translator, True)
+        ended = await self._continue(flow, stream)
+        writer.write(b"0\r\n\r\n")
+        if stream.translator.result.error is None:
+            record_of(flow)["recovered_error"] = reason
+            flow.error = None
         return ended
 
     async def _continue(self, flow: http.HTTPFlow, stream: ReplicaStream) -> bool:
