@@ -74,7 +74,7 @@ def pool_section(pool: PoolResults) -> list[str]:
               f"both for this prompt: {total:.0f} µs", ""]
     kill = pool.kill
     broken_ok = kill.resumed_identical / kill.broken if kill.broken else 1.0
-    last = ("none" if kill.last_sent_to_dead_s is None
+    last = ("none after" if kill.last_sent_to_dead_s is None
             else f"{kill.last_sent_to_dead_s:.2f} s after")
     back = "never" if kill.back_in_s is None else f"{kill.back_in_s:.2f} s"
     again = "never" if kill.serving_again_s is None else f"{kill.serving_again_s:.2f} s"

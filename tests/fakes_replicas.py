@@ -68,6 +68,7 @@ class _ReplicaHandler(_VllmHandler):
             fake.prompts.append(prompt)
             fake.bodies.append(body)
             self.cached = fake.lookup(prompt)
+            fake.reported.append(self.cached)
             status, fake.fail_status = fake.fail_status, 200
             reset_after, fake.reset_after = fake.reset_after, None
             drop, fake.drop_request = fake.drop_request, False
@@ -115,6 +116,7 @@ class FakeReplica(FakeVllm):
         self.reset_after: int | None = None  # the next stream breaks after this many events
         self.drop_request = False  # the next request is read, then the connection reset
         self.token_delay = 0.0
+        self.reported: list[int] = []  # cached tokens reported, per request
 
     def reset_state(self) -> None:
         super().reset_state()
