@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from fakes import FakeTransformers, Scripted, token_pieces
 from fakes_replicas import FakeReplica
 from proxy_process import ProxyProcess, run_to_exit
 
@@ -296,6 +297,32 @@ def test_stream_broken_mid_reply_resumes_with_identical_text(pooled, replicas,
     assert resumed_on.prompts[-1][:-12] == broken.prompts[-1]
     assert resumed_on.prompts[-1][-12:] == broken.generated[-1].ids[:12]
     assert metric(proxy, "harmony_groq_replica_resumes_total", resumed_on.url) == 1
+
+
+def test_text_backend_resumes_from_the_text_so_far(start_proxy) -> None:
+    """``transformers serve`` takes text: the continuation's prompt is the prompt plus the text
+    generated so far, and the fake continues it the way it would have gone on."""
+    servers = [FakeTransformers(), FakeTransformers()]
+    breaks = [True]
+
+    def continue_reply(prompt: str) -> Scripted:
+        done = next(k for k in range(len(LONG_REPLY), -1, -1) if prompt.endswith(LONG_REPLY[:k]))
+        script = Scripted(LONG_REPLY[done:], reset_after=12 if breaks[0] else None)
+        breaks[0] = False
+        return script
+
+    try:
+        for server in servers:
+            server.respond(continue_reply)
+        proxy = start_proxy(options={"transformers_url": ",".join(s.url for s in servers)})
+        assert chat(proxy, [{"role": "user", "content": "Write a poem."}], True) == \
+            (ANSWER, REASONING)
+        first, second = sorted((p for s in servers for p in s.prompts), key=len)
+        assert second.startswith(first)
+        assert second[len(first):] == "".join(token_pieces(LONG_REPLY)[:12])
+    finally:
+        for server in servers:
+            server.close()
 
 
 def test_every_replica_breaking_ends_the_stream_as_a_failed_stream(pooled, replicas) -> None:

@@ -22,7 +22,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .auth import check_proxy_key
-from .backends import BackendFormatError, make_backend
+from .backends import BackendFormatError
 from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
@@ -240,7 +240,7 @@ class Gateway:
         groq = choose_route(model, self.config.harmony_models).route is Route.GROQ
         request = self.messages.chat(body, self.config, "placeholder" if groq else "refuse")
         check_word_lengths(body)
-        transport = make_backend(self.config.backend).text_transport
+        transport = self.pools.for_model(model).text_transport
         return len(render_prompt(request, self.config.harmony_date, transport).token_ids)
 
     async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:

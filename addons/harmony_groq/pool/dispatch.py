@@ -90,8 +90,8 @@ class Pooled:
         replica is left or the budget is spent."""
         if self.budget <= 0:
             return None
-        choice = self.pool.choose(block_hashes(prompt_ids), len(prompt_ids),
-                                  frozenset(self.tried))
+        hashes = block_hashes(prompt_ids) if self.pool.routes_on_cache else []
+        choice = self.pool.choose(hashes, len(prompt_ids), frozenset(self.tried))
         if choice is None:
             return None
         if self.attempt is not None and self.attempt.record.get("outcome") in FAILURES:

@@ -41,6 +41,8 @@ class ReplicaPool:
                                  position)
                          for position, url in enumerate(group.urls)]
         self.turn = 0
+        # One replica, or a policy blind to the cache: no prompt is hashed (1 ms per 100k tokens).
+        self.routes_on_cache = policy == "cache_aware" and len(self.replicas) > 1
 
     def choose(self, hashes: Sequence[int], prompt_tokens: int,
                exclude: frozenset[str] = frozenset()) -> Choice | None:
