@@ -18,12 +18,13 @@ import heapq
 import random
 import statistics
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from harmony_groq.pool.pool import ReplicaPool
 from harmony_groq.pool.prefix import BLOCK_TOKENS, block_hashes
 from harmony_groq.pool.spec import ModelServers
+
+from fakes_replicas import BlockCache
 
 REPLICAS = 4
 SYSTEM_TOKENS = 1_200
@@ -55,26 +56,12 @@ class RoutingCost:
     hash_us_per_1k: float
 
 
-class Engine:
-    """A replica's prefix cache: whole blocks, least recently used out."""
+class Engine(BlockCache):
+    """A replica: its prefix cache, and the requests it has in flight."""
 
     def __init__(self) -> None:
-        self.blocks: OrderedDict[int, None] = OrderedDict()
+        super().__init__(ENGINE_CACHE_TOKENS // BLOCK_TOKENS)
         self.in_flight = 0
-
-    def serve(self, hashes: list[int]) -> int:
-        """Prompt tokens found cached; the prompt's blocks become the most recent."""
-        hits = 0
-        for key in hashes:
-            if key not in self.blocks:
-                break
-            hits += 1
-        for key in hashes:
-            self.blocks[key] = None
-            self.blocks.move_to_end(key)
-        while len(self.blocks) > ENGINE_CACHE_TOKENS // BLOCK_TOKENS:
-            self.blocks.popitem(last=False)
-        return hits * BLOCK_TOKENS
 
 
 def _ids(rng: random.Random, count: int) -> list[int]:

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from harmony_groq.encoding import harmony_encoding
@@ -37,6 +37,29 @@ def continuation(prompt: list[int], reply: list[int]) -> int:
         if prompt[-k:] == reply[:k]:
             return k
     return 0
+
+
+class BlockCache:
+    """An engine's prefix cache: whole blocks by key (the chained prefix), least recently used
+    out. Shared with the benchmark's simulated replicas (bench/pool_replay.py)."""
+
+    def __init__(self, blocks: int) -> None:
+        self.capacity = blocks
+        self.blocks: OrderedDict[Hashable, None] = OrderedDict()
+
+    def serve(self, keys: list[Hashable]) -> int:
+        """Prompt tokens found cached; the prompt's blocks become the most recent."""
+        hits = 0
+        for key in keys:
+            if key not in self.blocks:
+                break
+            hits += 1
+        for key in keys:
+            self.blocks[key] = None
+            self.blocks.move_to_end(key)
+        while len(self.blocks) > self.capacity:
+            self.blocks.popitem(last=False)
+        return hits * BLOCK
 
 
 def block_keys(ids: list[int]) -> list[tuple[int, ...]]:
@@ -67,7 +90,7 @@ class _ReplicaHandler(_VllmHandler):
         with fake.lock:
             fake.prompts.append(prompt)
             fake.bodies.append(body)
-            self.cached = fake.lookup(prompt)
+            self.cached = fake.cache.serve(block_keys(prompt))
             fake.reported.append(self.cached)
             status, fake.fail_status = fake.fail_status, 200
             reset_after, fake.reset_after = fake.reset_after, None
@@ -102,8 +125,7 @@ class FakeReplica(FakeVllm):
     def __init__(self, cache_blocks: int = 4096, prefill_per_token: float = 0.0,
                  reply_for: Callable[[list[int]], str] | None = None) -> None:
         self.lock = threading.Lock()
-        self.cache: OrderedDict[tuple[int, ...], None] = OrderedDict()
-        self.cache_blocks = cache_blocks
+        self.cache = BlockCache(cache_blocks)
         self.prefill_per_token = prefill_per_token
         self.reply_for = reply_for or (lambda prompt: DEFAULT_SCRIPT)
         self.dead = False
@@ -121,22 +143,7 @@ class FakeReplica(FakeVllm):
     def reset_state(self) -> None:
         super().reset_state()
         with self.lock:
-            self.cache.clear()
-
-    def lookup(self, prompt: list[int]) -> int:
-        """Prompt tokens found cached; the prompt's blocks become the most recent."""
-        keys = block_keys(prompt)
-        hits = 0
-        for key in keys:
-            if key not in self.cache:
-                break
-            hits += 1
-        for key in keys:
-            self.cache[key] = None
-            self.cache.move_to_end(key)
-        while len(self.cache) > self.cache_blocks:
-            self.cache.popitem(last=False)
-        return hits * BLOCK
+            self.cache.blocks.clear()
 
     def kill(self) -> None:
         """Like the process dying: connections refused, open ones (keep-alive too) reset."""
@@ -150,7 +157,7 @@ class FakeReplica(FakeVllm):
 
     def heal(self) -> None:
         with self.lock:
-            self.cache.clear()
+            self.cache.blocks.clear()
         self.server = _Server(("127.0.0.1", self.port), self.handler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.dead = False
