@@ -95,6 +95,8 @@ class _ReplicaHandler(_VllmHandler):
             status, fake.fail_status = fake.fail_status, 200
             reset_after, fake.reset_after = fake.reset_after, None
             drop, fake.drop_request = fake.drop_request, False
+            stall, fake.stall = fake.stall, 0.0
+        time.sleep(stall)
         if drop:  # took the request, then died before answering
             self.reset()
             return None
@@ -137,6 +139,7 @@ class FakeReplica(FakeVllm):
         self.fail_status = 200  # the next request is answered with this status
         self.reset_after: int | None = None  # the next stream breaks after this many events
         self.drop_request = False  # the next request is read, then the connection reset
+        self.stall = 0.0  # seconds the next request waits before anything is answered
         self.token_delay = 0.0
         self.reported: list[int] = []  # cached tokens reported, per request
 

@@ -259,6 +259,20 @@ def test_replica_dying_before_it_answers_fails_over(pooled, replicas, dialect: s
     assert "recovered_error" in record
 
 
+def test_replica_silent_past_the_timeout_fails_over(pooled, replicas) -> None:
+    proxy = pooled(routing="round_robin", upstream_timeout="1")
+    replicas[1].stall = 4  # round robin's first pick
+    marker = f"m-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    assert chat(proxy, [{"role": "user", "content": marker}], stream=True) == (ANSWER, REASONING)
+    assert time.monotonic() - started < 3
+    record = flow_of(proxy, marker)
+    first, second = record["replicas"]
+    assert (first["replica"], first["outcome"], first["problem"]) == (
+        replicas[1].url, "timeout", "no token within 1 s")
+    assert second["outcome"] == "ok" and second["replica"] != replicas[1].url
+
+
 def test_no_replica_left_says_so(pooled, replicas) -> None:
     proxy = pooled()
     for replica in replicas:

@@ -253,13 +253,13 @@ def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     return True
 
 
-def client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
-    """The client connection's writer in mitmproxy 12's connection handler, or None when it
-    cannot be found or is closing (the client is gone)."""
+def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWriter | None:
+    """The client connection's writer (``server``: the upstream connection's) in mitmproxy
+    12's connection handler, or None when it cannot be found or is closing."""
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
-    io = getattr(handler, "transports", {}).get(flow.client_conn)
+    io = getattr(handler, "transports", {}).get(flow.server_conn if server else flow.client_conn)
     writer = getattr(io, "writer", None)
     return None if writer is None or writer.is_closing() else writer
 

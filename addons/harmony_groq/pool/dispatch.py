@@ -9,6 +9,7 @@ here, so a refusal, a reset, a 5xx or a timeout moves on to the next replica. Af
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from typing import Any
@@ -21,6 +22,7 @@ from ..errors import ProxyError
 from ..flows import rewrite
 from ..records import record_of
 from ..render import HarmonyPrompt
+from ..streaming import client_writer
 from ..upstream import ModelServerClient
 from .pool import Pools, ReplicaPool
 from .prefix import block_hashes
@@ -84,6 +86,8 @@ class Pooled:
     log: list[dict[str, Any]]  # the flow record's "replicas"
     tried: set[str] = dataclasses.field(default_factory=set)
     attempt: Attempt | None = None
+    first_token: bool = False  # a token of the reply reached the translator
+    deadline: asyncio.Task | None = None
 
     def begin(self, prompt_ids: list[int], resume: bool = False) -> Attempt | None:
         """Choose the next replica for ``prompt_ids`` and count the attempt; None when no
@@ -162,6 +166,9 @@ class Dispatcher:
                 if request.stream:
                     await self.upstream.probe(url)
                     self.flows[flow.id] = pooled
+                    if pooled.can_retry():
+                        pooled.deadline = asyncio.get_running_loop().create_task(
+                            self._first_token_deadline(flow, pooled, attempt, timeout))
                     return backend
                 response = await self.upstream.complete(url, body, timeout)
             except ProxyError as exc:
@@ -181,9 +188,26 @@ class Dispatcher:
             return failed[1]
         raise no_replica(pooled, last)
 
+    @staticmethod
+    async def _first_token_deadline(flow: http.HTTPFlow, pooled: Pooled, attempt: Attempt,
+                                    timeout: float) -> None:
+        """A forwarded stream with no token after ``timeout`` (UPSTREAM_TIMEOUT): the replica
+        timed out. Its connection is closed, so mitmproxy's error hook hands the stream to the
+        next replica (``resume.Failover``)."""
+        await asyncio.sleep(timeout)
+        if pooled.first_token or not attempt.open:
+            return
+        attempt.end("timeout", f"no token within {timeout:g} s")
+        writer = client_writer(flow, server=True)
+        if writer is not None:
+            writer.close()
+
     def forget(self, flow: http.HTTPFlow) -> Pooled | None:
         """The flow is over: its open attempt (if any) ends without an outcome of its own."""
         pooled = self.flows.pop(flow.id, None)
-        if pooled is not None and pooled.attempt is not None and pooled.attempt.open:
-            pooled.attempt.end("cancelled")
+        if pooled is not None:
+            if pooled.deadline is not None:
+                pooled.deadline.cancel()
+            if pooled.attempt is not None and pooled.attempt.open:
+                pooled.attempt.end("cancelled")
         return pooled

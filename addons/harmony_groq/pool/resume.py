@@ -83,6 +83,8 @@ class ReplicaStream:
         if attempt is not None and b"cache" in data:
             attempt.cached(data)
         out = self.translator(data)
+        if self.translator.result.first_token_at is not None:
+            self.pooled.first_token = True
         if self.translator.done and attempt is not None:
             attempt.end("ok")
         return out
