@@ -124,9 +124,11 @@ class Failover:
         response = flow.response
         pooled = self.dispatcher.flows.get(flow.id)
         if (pooled is None or response is None or response.status_code < 500
-                or not can_write_chunks(flow) or pooled.attempt is None):
+                or pooled.attempt is None):
             return
         pooled.attempt.end("http_5xx", f"answered {response.status_code}")
+        if not can_write_chunks(flow) or not pooled.can_retry():
+            return  # answered as before: the model server's error, as a 502
         record_of(flow)["replica_status"] = response.status_code
         response.status_code, response.reason = 200, "OK"
         response.headers["content-type"] = "text/event-stream"
@@ -137,7 +139,8 @@ class Failover:
         if pooled is None:
             return translator
         broken = "replica_status" in record_of(flow)
-        if len(pooled.pool.replicas) > 1 and flow.response is not None:
+        if len(pooled.pool.replicas) > 1 and flow.response is not None \
+                and can_write_chunks(flow):
             # A stream rescued from mitmproxy's error hook ends with mitmproxy closing the
             # connection: a client must not send its next request on it.
             flow.response.headers["connection"] = "close"
