@@ -70,6 +70,19 @@ def block_keys(ids: list[int]) -> list[tuple[int, ...]]:
 class _ReplicaHandler(_VllmHandler):
     cached = 0
 
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path != "/metrics":
+            super().do_GET()
+            return
+        body = (f'vllm:num_requests_running{{engine="0",model_name="m"}} '
+                f'{self.fake.engine_running}\n'
+                'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n').encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/plain; version=0.0.4")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def setup(self) -> None:
         super().setup()
         with self.fake.lock:
@@ -140,6 +153,7 @@ class FakeReplica(FakeVllm):
         self.reset_after: int | None = None  # the next stream breaks after this many events
         self.drop_request = False  # the next request is read, then the connection reset
         self.stall = 0.0  # seconds the next request waits before anything is answered
+        self.engine_running = 0  # what /metrics says is running (other clients' requests)
         self.token_delay = 0.0
         self.reported: list[int] = []  # cached tokens reported, per request
 

@@ -10,7 +10,7 @@ from mitmproxy import exceptions
 
 from harmony_groq.backends import BackendOutput, VllmBackend
 from harmony_groq.pool.dispatch import cached_tokens
-from harmony_groq.pool.pool import Pools, ReplicaPool
+from harmony_groq.pool.pool import Pools, ReplicaPool, engine_load
 from harmony_groq.pool.prefix import BLOCK_TOKENS, PrefixIndex, block_hashes
 from harmony_groq.pool.replica import Replica, choose
 from harmony_groq.pool.resume import ContinuedBackend
@@ -132,6 +132,21 @@ def test_round_robin_least_loaded_and_down_replicas() -> None:
     # Every replica down: one is tried anyway rather than failing the request unasked.
     assert choose("cache_aware", pool, [], 0) is not None
     assert choose("cache_aware", pool, [], 0, frozenset(r.url for r in pool)) is None
+
+
+def test_engine_load_from_vllm_and_llamacpp_metrics() -> None:
+    vllm = ('# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_requests_running{engine="1",model_name="m"} 1.0\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n')
+    assert engine_load("vllm", vllm) == 11
+    assert engine_load("llamacpp", "llamacpp:requests_processing 2\n"
+                                   "llamacpp:requests_deferred 5\n") == 7
+    assert engine_load("vllm", "other_metric 1\n") is None
+    assert engine_load("vllm", "not {{ prometheus") is None
+    pool = replicas(2)
+    pool[0].engine_load = 9  # other proxies' requests: more than this one's own in flight
+    assert pool[0].load == 9 and choose("least_loaded", pool, [], 0).replica.url == "http://r1"
 
 
 def test_restored_replica_starts_with_an_empty_cache() -> None:

@@ -170,6 +170,17 @@ def test_cache_aware_keeps_each_conversation_on_its_warm_replica(pooled, replica
     assert all(0.5 < value < 1 for value in ratio)
 
 
+def test_the_engines_own_load_keeps_new_conversations_away(pooled, replicas) -> None:
+    """vLLM's /metrics says replica 0 is busy with other clients' requests: new conversations
+    go to the others, and the spill-over question "all full?" counts them."""
+    replicas[0].engine_running = 40
+    proxy = pooled(routing="least_loaded")
+    wait_until(lambda: health(proxy)[replicas[0].url]["engine_load"] == 40, 5)
+    for n in range(4):
+        chat(proxy, conversation(f"busy-{n}", 0))
+    assert served(replicas)[0] == 0 and sum(served(replicas)) == 4
+
+
 def test_round_robin_ignores_the_cache(pooled, replicas) -> None:
     proxy = pooled(routing="round_robin")
     for turn in range(6):

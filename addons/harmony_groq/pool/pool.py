@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..backends import make_backend
 from .prefix import BLOCK_TOKENS, PrefixIndex
@@ -27,6 +28,26 @@ PROBE_SECONDS = 0.5
 CHECK_SECONDS = 2.0
 PROBE_TIMEOUT = 1.0
 INDEX_TOKENS = 1 << 20  # per replica: about what one GPU's KV cache holds
+# The engine's requests running and queued, in its Prometheus /metrics (llama-server: --metrics).
+ENGINE_LOAD = {"vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+               "llamacpp": ("llamacpp:requests_processing", "llamacpp:requests_deferred")}
+
+
+def engine_load(kind: str, exposition: str) -> int | None:
+    """Running + waiting requests in an engine's /metrics text; None when it has no such
+    series (an older engine, llama-server without --metrics)."""
+    names = ENGINE_LOAD.get(kind, ())
+    # vLLM's exposition runs to hundreds of series: parse only the two lines wanted.
+    wanted = "\n".join(line for line in exposition.splitlines() if line.startswith(names))
+    total, found = 0.0, False
+    try:
+        for family in text_string_to_metric_families(wanted):
+            if family.name in names:
+                found = True
+                total += sum(sample.value for sample in family.samples)
+    except ValueError:
+        return None
+    return int(total) if found else None
 
 
 class ReplicaPool:
@@ -87,9 +108,9 @@ class Pools:
         return bool(self.for_model(model).up())
 
     def all_full(self, model: str, max_in_flight: int) -> bool:
-        """Whether every replica of ``model`` that is up has ``max_in_flight`` requests in
-        flight or more (true when none is up)."""
-        return all(r.in_flight >= max_in_flight for r in self.for_model(model).up())
+        """Whether every replica of ``model`` that is up has ``max_in_flight`` requests on it
+        or more (``Replica.load``; true when none is up)."""
+        return all(r.load >= max_in_flight for r in self.for_model(model).up())
 
     def health(self) -> list[dict[str, object]]:
         return [pool.health() for pool in self.pools]
@@ -138,7 +159,17 @@ class Pools:
             replica.described = False
         if not replica.described:
             await self.describe(replica)
+        if replica.kind in ENGINE_LOAD:
+            await self.read_engine_load(replica)
         return True
+
+    async def read_engine_load(self, replica: Replica) -> None:
+        try:
+            response = await self.client().get(f"{replica.url}/metrics", timeout=PROBE_TIMEOUT)
+        except httpx.HTTPError:
+            return
+        load = engine_load(replica.kind, response.text) if response.status_code == 200 else None
+        replica.engine_load = load or 0
 
     async def describe(self, replica: Replica) -> None:
         """Learn the replica's context length (vLLM's max_tokens default needs it)."""

@@ -2,7 +2,8 @@
 
 ``choose`` picks among the replicas that are up. ``cache_aware`` (the default) scores each by
 the prefill it would have to do (prompt blocks it does not hold, ``PrefixIndex``) plus its load
-(``LOAD_BLOCKS`` per request in flight), and never sends a request to a replica that would then
+(``LOAD_BLOCKS`` per request on it: ``Replica.load``, the engine's own count where it reports
+one), and never sends a request to a replica that would then
 carry more than ``BALANCE`` × the mean in flight (and one more): prefix alone piles a hot prefix
 onto one replica (llm-d's note). A prompt no replica holds ``MATCH_THRESHOLD`` of (a new
 conversation) goes to the least loaded replica holding least, like SGLang's gateway.
@@ -34,6 +35,7 @@ class Replica:
     position: int = 0
     up: bool = True
     in_flight: int = 0
+    engine_load: int = 0  # running + waiting as the engine's /metrics last said (all clients)
     problem: str | None = None
     down_since: float | None = None
     context_length: int | None = None
@@ -44,6 +46,12 @@ class Replica:
     routed_tokens: int = 0  # prompt tokens routed here
     matched_tokens: int = 0  # of those, in blocks the index said it held
     cached_tokens: int = 0  # what the engine reported as cached (vLLM, llama.cpp)
+
+    @property
+    def load(self) -> int:
+        """Requests on the replica: this proxy's in flight, or more where the engine reports
+        more (other proxies' requests; its own figure is up to ``CHECK_SECONDS`` old)."""
+        return max(self.in_flight, self.engine_load)
 
     def eject(self, problem: str) -> None:
         """Out for new requests until a probe finds it healthy."""
@@ -60,7 +68,8 @@ class Replica:
     def snapshot(self) -> dict[str, object]:
         """What /health shows."""
         return {"url": self.url, "kind": self.kind, "up": self.up, "problem": self.problem,
-                "in_flight": self.in_flight, "requests": dict(self.outcomes),
+                "in_flight": self.in_flight, "engine_load": self.engine_load,
+                "requests": dict(self.outcomes),
                 "retries": self.retries, "resumes": self.resumes,
                 "prefix_match_ratio": self.match_ratio(), "cached_tokens": self.cached_tokens,
                 "index_blocks": len(self.index.blocks), "context_length": self.context_length}
@@ -89,20 +98,20 @@ def choose(policy: str, replicas: Sequence[Replica], hashes: Sequence[int], turn
         replica = candidates[turn % count]
         return Choice(replica, replica.index.matched(hashes))
     if policy == "least_loaded":
-        replica = min(candidates, key=lambda r: (r.in_flight, (r.position - turn) % 64))
+        replica = min(candidates, key=lambda r: (r.load, (r.position - turn) % 64))
         return Choice(replica, replica.index.matched(hashes))
-    mean = (sum(r.in_flight for r in candidates) + 1) / count
+    mean = (sum(r.load for r in candidates) + 1) / count
     cap = max(BALANCE * mean, mean + 1)
     matches = [(replica, replica.index.matched(hashes)) for replica in candidates]
     if max(m for _, m in matches) < MATCH_THRESHOLD * len(hashes):
         # Nowhere warm (a new conversation; a shared system prompt is not worth a pile-up):
         # the least loaded, then the one holding least, so conversations spread evenly.
         replica, matched = min(matches, key=lambda rm: (
-            rm[0].in_flight, len(rm[0].index.blocks), (rm[0].position - turn) % 64))
+            rm[0].load, len(rm[0].index.blocks), (rm[0].position - turn) % 64))
         return Choice(replica, matched)
     replica, matched = min(matches, key=lambda rm: (
-        rm[0].in_flight + 1 > cap, len(hashes) - rm[1] + LOAD_BLOCKS * rm[0].in_flight,
-        rm[0].in_flight, (rm[0].position - turn) % 64))
+        rm[0].load + 1 > cap, len(hashes) - rm[1] + LOAD_BLOCKS * rm[0].load,
+        rm[0].load, (rm[0].position - turn) % 64))
     return Choice(replica, matched)
 
 
