@@ -80,7 +80,8 @@ def pool_section(pool: PoolResults) -> list[str]:
     again = "never" if kill.serving_again_s is None else f"{kill.serving_again_s:.2f} s"
     lines += [f"### Killing one of 4 replicas under {CLIENTS} streams", "",
               "Through mitmdump (bench/pool_kill.py): fake vLLM replicas, each stream ~50 "
-              "tokens; one replica killed (refused, its streams reset) and healed later.", ""]
+              "tokens; one replica killed (refused, its streams reset) and healed later, then "
+              "each other one killed for a moment in turn.", ""]
     lines += _table(["requests", "errors before the first token", "errors after it",
                      "wrong text", "broken streams", "resumed, identical text",
                      "failed over before the first token"],

@@ -2,10 +2,11 @@
 
 Four fake vLLM replicas (``tests/fakes_replicas.py``) stream the same ~50-token reply at
 ``TOKEN_DELAY`` a token; 32 clients stream chat completions back to back. One replica is killed
-(connections refused, its streams reset) and healed later. Counted from the clients and the
-flow log: errors of requests that had not started streaming, broken streams completed by resume
-with the text of an unbroken run, the last request sent to the dead replica after the kill, and
-how soon after healing it is back (``/health``) and serving again.
+(connections refused, its streams reset) and healed later; then each other replica is killed
+for a moment in turn, for more broken streams to count. Counted from the clients and the flow
+log: errors of requests that had not started streaming, broken streams completed by resume with
+the text of an unbroken run, the last request sent to the first dead replica after its kill,
+and how soon after healing it is back (``/health``) and serving again.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ async def _client(client: httpx.AsyncClient, n: int, until: float, result: KillR
                                 text.append(piece)
         except httpx.HTTPError as exc:
             failed = True
-            result.notes.append(f"{type(exc).__name__}: {exc}")
+            result.notes.append(f"status {n}-{turn}: {type(exc).__name__}: {exc}")
         result.requests += 1
         if failed:
             if started:
@@ -99,7 +100,7 @@ async def _watch(proxy: ProxyProcess, url: str, healed: asyncio.Event, result: K
 
 async def _scenario(proxy: ProxyProcess, replicas: list[FakeReplica], seconds: float,
                     result: KillResult) -> tuple[float, float]:
-    kill_at, heal_at = seconds * 0.25, seconds * 0.55
+    kill_at, heal_at = seconds * 0.2, seconds * 0.45
     healed = asyncio.Event()
     until = time.monotonic() + seconds
     async with httpx.AsyncClient(base_url=proxy.root_url, trust_env=False, timeout=30,
@@ -114,6 +115,11 @@ async def _scenario(proxy: ProxyProcess, replicas: list[FakeReplica], seconds: f
         healed_wall = time.time()
         replicas[0].heal()
         healed.set()
+        for replica in replicas[1:]:  # more broken streams to count: each other one in turn
+            await asyncio.sleep(seconds * 0.1)
+            replica.kill()
+            await asyncio.sleep(seconds * 0.05)
+            replica.heal()
         await asyncio.gather(*clients, watch)
     return killed, healed_wall
 

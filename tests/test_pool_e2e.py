@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from harmony_groq.encoding import harmony_encoding
+
 from fakes import FakeTransformers, Scripted, token_pieces
 from fakes_replicas import FakeReplica
 from proxy_process import ProxyProcess, run_to_exit
@@ -348,6 +350,23 @@ def test_text_backend_resumes_from_the_text_so_far(start_proxy) -> None:
     finally:
         for server in servers:
             server.close()
+
+
+def test_reply_complete_but_the_body_end_lost_still_ends_cleanly(pooled, replicas) -> None:
+    """The replica dies after the last token, before its body's end: nothing to resume, and
+    the client's stream still ends properly (no "incomplete chunked read")."""
+    proxy = pooled()
+    events = len(harmony_encoding().encode(LONG_REPLY, allowed_special="all"))
+    for replica in replicas:
+        replica.reset_after = events
+        replica.token_delay = 0.05  # the last token is read before the reset, which drops data
+    # Read to the body's end (the openai SDK stops at [DONE] and would not notice).
+    with httpx.stream("POST", f"{proxy.base_url}/chat/completions", timeout=20, json={
+            "model": "gpt-oss-120b", "stream": True,
+            "messages": [{"role": "user", "content": "x"}]}) as response:
+        body = b"".join(response.iter_bytes())
+    assert body.endswith(b"data: [DONE]\n\n") and ANSWER.split()[0].encode() in body
+    assert sum(len(r.prompts) for r in replicas) == 1
 
 
 def test_every_replica_breaking_ends_the_stream_as_a_failed_stream(pooled, replicas) -> None:

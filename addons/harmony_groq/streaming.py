@@ -235,7 +235,7 @@ def can_write_chunks(flow: http.HTTPFlow) -> bool:
 
 def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
-    stream (``last``: and the body's end).
+    stream (``last``: and the body's end, even with no ``data``).
 
     mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
@@ -243,13 +243,14 @@ def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     write on the event loop, so it never lands inside one of mitmproxy's.
     """
     response = flow.response
-    if (not data or response is None or not can_write_chunks(flow)
+    if (not (data or last) or response is None or not can_write_chunks(flow)
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
         return False
     writer = client_writer(flow)
     if writer is None:
         return False
-    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
+    chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+    writer.write(chunk + (b"0\r\n\r\n" if last else b""))
     return True
 
 
@@ -267,7 +268,8 @@ def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWr
 def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
     """Write ``data`` and the end of the body from the ``error`` hook, whose connection
     mitmproxy is about to close: without it the client gets a truncated chunked body
-    ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
+    ("incomplete chunked read"), also when the reply was complete and only the model server's
+    own end of the body was lost. HTTP/2 clients get a stream reset."""
     return write_chunk(flow, data, last=True)
 
 

@@ -180,9 +180,7 @@ class Failover:
             return False
         ended = await self._continue(flow, stream)
         if end_body and ended:
-            writer = client_writer(flow)
-            if writer is not None:
-                writer.write(b"0\r\n\r\n")
+            write_chunk(flow, b"", last=True)
             if flow.error is not None and stream.translator.result.error is None:
                 record_of(flow)["recovered_error"] = flow.error.msg
                 flow.error = None
@@ -209,7 +207,7 @@ class Failover:
         flow.client_conn.state &= ~ConnectionState.CAN_WRITE
         stream = ReplicaStream(flow, pooled, translator, True)
         ended = await self._continue(flow, stream)
-        writer.write(b"0\r\n\r\n")
+        write_chunk(flow, b"", last=True)
         if stream.translator.result.error is None:
             record_of(flow)["recovered_error"] = reason
             flow.error = None
