@@ -13,8 +13,10 @@ replicas, in wall time.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import heapq
+import json
 import random
 import statistics
 import time
@@ -153,3 +155,7 @@ def routing_cost(replicas: int = 8, prompt_tokens: int = 20_000, calls: int = 2_
 
 def replay_all(conversations: int, turns: int) -> list[ReplayRow]:
     return [replay(policy, conversations, turns) for policy in POLICIES]
+
+
+if __name__ == "__main__":  # the router's cost, in a process of its own (pool_bench.py)
+    print(json.dumps(dataclasses.asdict(routing_cost())))
