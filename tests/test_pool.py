@@ -9,6 +9,7 @@ import pytest
 from mitmproxy import exceptions
 
 from harmony_groq.backends import BackendOutput, VllmBackend
+from harmony_groq.labels import flow_label
 from harmony_groq.pool.dispatch import cached_tokens
 from harmony_groq.pool.pool import Pools, ReplicaPool, engine_load
 from harmony_groq.pool.prefix import BLOCK_TOKENS, PrefixIndex, block_hashes
@@ -185,3 +186,11 @@ def test_a_continuation_counts_as_the_whole_reply() -> None:
                                                           "completion_tokens": 30}})
     assert output == BackendOutput(prompt_tokens=100, completion_tokens=42)
     assert backend.completions_path == "/v1/completions" and not backend.text_transport
+
+
+def test_mitmweb_label_says_what_the_pool_did() -> None:
+    summary = {"route": "gpt-oss", "model": "gpt-oss-120b", "status": 200, "stream": True,
+               "usage": {"prompt_tokens": 90, "completion_tokens": 40}, "ttft_ms": 30.0}
+    assert flow_label({**summary, "failed_over": 1, "resumed": 2}) == (
+        "gpt-oss · gpt-oss-120b · 200 · 90→40 tok · failover ×1 · resumed ×2 · TTFT 30 ms")
+    assert "resumed" not in flow_label(summary) and "failover" not in flow_label(summary)
