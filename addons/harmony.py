@@ -16,15 +16,19 @@ from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
 from harmony_groq.pool.collector import PoolCollector  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
 from harmony_groq.settings import Settings  # noqa: E402
+from harmony_groq.state.addon import State  # noqa: E402
 from harmony_groq.views import HarmonyContentview  # noqa: E402
 
 contentviews.add(HarmonyContentview)
 
 _settings = Settings()
-_gateway = Gateway(_settings)
 _metrics = Metrics(_settings)
+_state = State(_settings, _metrics.registry)  # stored Responses, reasoning memory, spill-over
+_gateway = Gateway(_settings, _state)
+_metrics.spill_status = _gateway.spill.status
 _metrics.registry.register(PoolCollector(_gateway.pools))
 # MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
-# after the Gateway has rewritten them.
-addons = [_settings, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-          FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed), _metrics]
+# after the Gateway has rewritten them; Spillover's hooks see the replies the Gateway wrote.
+addons = [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
+          _gateway, _gateway.spill, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed),
+          _metrics]

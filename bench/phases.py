@@ -15,6 +15,15 @@ from load import LoadResult, nth_chunk, run_load, run_streams
 from prefix import PrefixRow
 from procs import Monitor, Usage
 from spy import profiled
+from store import (
+    KINDS,
+    StoreResult,
+    StoreSetup,
+    chained_turns,
+    interleaved,
+    store_calls_ms,
+    stored_response,
+)
 
 from harmony_groq.backends import TransformersBackend
 from harmony_groq.chat_request import parse_chat_request
@@ -36,12 +45,15 @@ class Budget:
     ttfd_streams: int
     stream_tokens: int
     streams_per_client: int
+    chain_turns: int  # chained Responses turns over two proxies, per kind of store
 
 
 QUICK = Budget(seconds=4, rounds=1, groq_sequential=30, groq_concurrent=160, short_repeat=10,
-               long_repeat=2, ttfd_streams=10, stream_tokens=100, streams_per_client=1)
+               long_repeat=2, ttfd_streams=10, stream_tokens=100, streams_per_client=1,
+               chain_turns=20)
 FULL = Budget(seconds=30, rounds=5, groq_sequential=1000, groq_concurrent=4000, short_repeat=300,
-              long_repeat=15, ttfd_streams=200, stream_tokens=1000, streams_per_client=3)
+              long_repeat=15, ttfd_streams=200, stream_tokens=1000, streams_per_client=3,
+              chain_turns=200)
 
 
 @dataclass
@@ -58,6 +70,7 @@ class Setup:
     pids: dict[str, int]
     proxy_pid: int
     profile_dir: Path | None
+    store: StoreSetup | None = None  # redis-server and four proxies, for the store part
 
 
 @dataclass
@@ -102,6 +115,7 @@ class Results:
     stream_sets: list[StreamSet] = field(default_factory=list)  # Chat Completions first
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     prefix: list[PrefixRow] = field(default_factory=list)
+    store: StoreResult | None = None
     pool: Any = None  # pool_bench.PoolResults, when the pool part ran
 
 
@@ -209,6 +223,23 @@ async def stream_phase(setup: Setup, results: Results) -> None:
                                           seconds=budget.seconds)
             rows.append(StreamRow(streams, proxy, usage, directs[streams]))
         results.stream_sets.append(StreamSet(api, (ttfd, ttfd_direct), rows))
+
+
+async def store_phase(setup: Setup, results: Results) -> None:
+    """The chained request on the memory and the Redis store in turn; chains over two proxies."""
+    store = setup.store
+    if store is None:
+        return
+    budget = setup.budget
+    with Monitor(setup.pids) as usage:
+        latency = await interleaved([store.targets[kind][0] for kind in KINDS],
+                                    budget.short_repeat * budget.rounds, budget.seconds)
+    chained = {kind: await chained_turns(store.targets[kind], budget.chain_turns)
+               for kind in KINDS}
+    calls = await store_calls_ms(store.redis.url, await stored_response(store.targets["redis"][0]),
+                                 budget.short_repeat * budget.rounds)
+    results.store = StoreResult(dict(zip(KINDS, latency, strict=True)), chained,
+                                store.redis.version(), usage, calls)
 
 
 def groq_targets(direct_port: int, bare_port: int, proxy_port: int,

@@ -56,7 +56,7 @@ async def pool_phase(setup, results) -> None:  # noqa: ANN001 - phases.Setup, ph
 
 def pool_section(pool: PoolResults) -> list[str]:
     by = {row.policy: row for row in pool.replay}
-    lines = ["## 6. Replica pool", "",
+    lines = ["## 7. Replica pool", "",
              f"### Routing replay: {pool.conversations} agent conversations × {pool.turns} "
              f"turns over {REPLICAS} replicas", "",
              f"Each conversation: a {SYSTEM_TOKENS}-token shared system prompt, "

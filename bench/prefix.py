@@ -81,17 +81,17 @@ def _common(a: Sequence[Any], b: Sequence[Any]) -> int:
     return n
 
 
-def _turns(client: str) -> list[tuple[list[int], str, str]]:
+async def _turns(client: str) -> list[tuple[list[int], str, str]]:
     """Each turn's prompt ids, prompt text and completion text, for one kind of client."""
     body, replies, results = tool_chain()
     backend = TransformersBackend()
-    memory = ReasoningMemory() if client == CARRIED else None
+    memory = ReasoningMemory.in_memory() if client == CARRIED else None
     messages: list[dict[str, Any]] = list(body["messages"])
     turns = []
     for n, reply in enumerate(replies):
         request = parse_chat_request({**body, "messages": messages})
         if memory is not None:
-            restored, _ = memory.restore(messages)
+            restored, _ = await memory.restore(messages)
             request = parse_chat_request({**body, "messages": restored})
         prompt = render_prompt(request, DATE, backend.text_transport)
         turns.append((prompt.token_ids, prompt.text, reply.removesuffix("<|return|>")))
@@ -110,14 +110,14 @@ def _turns(client: str) -> list[tuple[list[int], str, str]]:
     return turns
 
 
-def measure_client(client: str) -> PrefixRow:
+async def measure_client(client: str) -> PrefixRow:
     encoding = harmony_encoding()
 
     def ids(text: str) -> list[int]:
         return encoding.encode(text, allowed_special="all")
 
     row = PrefixRow(client, Share(), Share(), Share())
-    turns = _turns(client)
+    turns = await _turns(client)
     for (ids_n, text_n, completion), (ids_next, text_next, _) in zip(turns, turns[1:],
                                                                     strict=False):
         row.tokens.add(ids_n + ids(completion), ids_next)
@@ -127,6 +127,6 @@ def measure_client(client: str) -> PrefixRow:
     return row
 
 
-def prefix_reuse() -> list[PrefixRow]:
+async def prefix_reuse() -> list[PrefixRow]:
     """The three clients over the same chain."""
-    return [measure_client(client) for client in (SENDS, DROPS, CARRIED)]
+    return [await measure_client(client) for client in (SENDS, DROPS, CARRIED)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from phases import GroqRow, Results, StreamRow, StreamSet
 from prefix import CARRIED, DROPS, SENDS, PrefixRow
+from store import StoreResult
 
 PROXY, FAKE, LOAD = "addon", "fakes", "load generator"  # names of the watched processes
 
@@ -197,6 +198,28 @@ def prefix_section(rows: list[PrefixRow]) -> list[str]:
     return lines
 
 
+def store_section(store: StoreResult) -> list[str]:
+    memory, shared = store.latency["memory"], store.latency["redis"]
+    overhead = shared.p50_ms - memory.p50_ms
+    rows = [[kind, f"{r.p50_ms:.2f}", f"{r.percentile_ms(0.99):.2f}", len(r.latencies)]
+            for kind, r in store.latency.items()]
+    chains = [[kind, f"{ok}/{sent} ({100 * ok / sent:.0f} %)"]
+              for kind, (ok, sent) in store.chained.items()]
+    return ["## 6. Shared state store (STATE_STORE)", "",
+            f"A chained Responses request (one read, one write of the store) on a proxy with the "
+            f"in-process store and on one with Redis {store.redis_version} on localhost, "
+            "request by request in turn, one client, flow log off.", "",
+            *_table(["store", "p50 ms", "p99 ms", "requests"], rows),
+            f"Store overhead: {overhead:.3f} ms between the p50s, {store.paired_ms:.3f} ms the "
+            f"median of the back-to-back pairs (goal < 0.5 ms: {_verdict(overhead < 0.5)}); "
+            f"CPU % others meanwhile: {store.usage.others_percent:.0f}", "",
+            "The store's own calls for one chained turn (one read, one write), timed in the "
+            f"benchmark process: {store.calls_ms['redis']:.3f} ms with Redis, "
+            f"{store.calls_ms['memory']:.3f} ms in memory (p50).", "",
+            "Chained turns (each continues the last) sent to two proxies in turn:", "",
+            *_table(["store", "turns answered"], chains)]
+
+
 def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     lines = ["# Benchmark results" + (" (--quick: too short to quote)" if quick else ""), ""]
     lines += machine_lines
@@ -218,6 +241,8 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
             lines += stream_section(streams)
     lines += memory_section(results)
     lines += prefix_section(results.prefix)
+    if results.store is not None:
+        lines += store_section(results.store)
     if results.pool is not None:
         from pool_bench import pool_section  # the pool part imports this module's helpers
         lines += pool_section(results.pool)

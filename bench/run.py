@@ -35,21 +35,25 @@ from phases import (  # noqa: E402
     groq_phase,
     groq_targets,
     oss_phase,
+    store_phase,
     stream_phase,
 )
 from pool_bench import pool_phase  # noqa: E402
 from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
+from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
 from fakes import GROQ_KEY  # noqa: E402
 from proxy_process import ADDON, LISTEN_RE, tool  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
 UNDER_TEST_CPU, SHARED_CPU = {0}, {1}
 NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "pool": pool_phase}
+PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
+          "pool": pool_phase}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,8 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
     parser.add_argument("--only", choices=PHASES, action="append", metavar="PART",
-                        help="run only this part: groq, oss, stream or pool (repeatable); a change "
-                             "measured on one part need not wait for, or disturb, the others")
+                        help="run only this part: groq, oss, stream, store or pool (repeatable); a "
+                             "change measured on one part need not wait for, or disturb, the "
+                             "others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the addon proxy with py-spy during the heavy phases")
@@ -117,7 +122,7 @@ async def measure(setup: Setup, parts: list[str]) -> Results:
     results = Results()
     for part in parts:
         await PHASES[part](setup, results)
-    results.prefix = prefix_reuse()
+    results.prefix = await prefix_reuse()
     return results
 
 
@@ -158,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(service.stop)
             services.append(service)
             under_test["litellm"] = service.pid
+        store = None
+        if "store" in parts:
+            store = start_store(work, stack, services, under_test, transformers, args.addon,
+                                addon_options(ports, ""))
         if pinned:
             for pid in under_test.values():
                 pin(pid, UNDER_TEST_CPU)
@@ -171,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             proxy_nolog=Target(NOLOG, ports_of[NOLOG], "/v1/chat/completions"),
             backend=Target("backend direct", ports["transformers"], "/v1/completions"),
             pids={**under_test, FAKE: fakes.pid, LOAD: os.getpid()},
-            proxy_pid=under_test[PROXY], profile_dir=args.profile)
+            proxy_pid=under_test[PROXY], profile_dir=args.profile, store=store)
         idle = {name: rss_mib(pid) for name, pid in under_test.items()}
         try:
             results = asyncio.run(measure(setup, parts))
@@ -188,6 +197,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text)
     return 0
+
+
+def start_store(work: Path, stack: contextlib.ExitStack, services: list[Service],
+                under_test: dict[str, int], upstream: str, addon: Path,
+                options: dict[str, str]) -> StoreSetup | None:
+    """redis-server and four proxies (flow log off): two on memory, two sharing the Redis."""
+    executable = redis_server_binary()
+    if executable is None:
+        print("bench: redis-server is missing, the store part is skipped "
+              "(apt-get install redis-server)", file=sys.stderr)
+        return None
+    (work / "redis").mkdir()
+    store = StoreSetup(RedisServer(executable, work / "redis"))
+    stack.callback(store.redis.stop)
+    assert store.redis.process is not None
+    under_test["redis-server"] = store.redis.process.pid  # part of what is measured: CPU 0
+    for kind in KINDS:
+        state = "memory" if kind == "memory" else store.redis.url
+        for proxy in "AB":
+            name = f"addon, {kind} store {proxy}"
+            service, port = start_mitmdump(name, work / f"store-{kind}-{proxy}", upstream, addon,
+                                           {**options, "state_store": state})
+            stack.callback(service.stop)
+            services.append(service)
+            under_test[name] = service.pid
+            store.targets.setdefault(kind, []).append(Target(name, port, "/v1/responses"))
+    return store
 
 
 def _litellm_version(executable: Path | None) -> str | None:

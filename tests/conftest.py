@@ -13,6 +13,7 @@ import agents
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_backends import FakeLlamaCpp, FakeVllm
 from proxy_process import ProxyProcess
+from redis_server import RedisServer, find_or_install_redis
 
 PINNED_DATE = "2026-01-15"
 
@@ -96,6 +97,21 @@ def start_proxy(tmp_path: Path, transformers_server: FakeTransformers, groq_serv
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_executable() -> str:
+    """Debian's redis-server, installed with apt-get on a fresh machine."""
+    return find_or_install_redis()
+
+
+@pytest.fixture()
+def redis_server(redis_executable: str, tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis on a free loopback port, with a password and no persistence."""
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(redis_executable, tmp_path / "redis")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ without ``<|return|>``, one SSE event per token and no ``[DONE]``, errors as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -78,11 +79,26 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
-        self.server = _Server(("127.0.0.1", 0), self.handler)
+        self.connections: set[socket.socket] = set()  # open client connections
+        self._listen(0)
+
+    def _listen(self, port: int) -> None:
+        self.server = _Server(("127.0.0.1", port), self.handler)
         self.server.fake = self  # type: ignore[attr-defined]
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def drop_connections(self) -> None:
+        """Cut every open connection (after ``close``: a server process that died)."""
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def restart(self) -> None:
+        """Listen again on the same port after ``close`` (a server that went down and came
+        back)."""
+        self._listen(self.port)
 
     @property
     def url(self) -> str:
@@ -95,6 +111,14 @@ class FakeServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.fake.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.fake.connections.discard(self.connection)
+        super().finish()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -329,7 +353,7 @@ class _GroqHandler(_Handler):
         if fake.next_status:
             status, headers = fake.next_status.popleft()
             self.send_json(status, groq_error(f"scripted {status}", "rate_limit_exceeded",
-                                              "tokens"), {**RATE_HEADERS, **headers})
+                                              "tokens"), {**fake.rate_headers(), **headers})
             return
         if self.path == "/openai/v1/responses":
             self._responses(body)
@@ -348,6 +372,12 @@ class _GroqHandler(_Handler):
         usage = {"queue_time": 0.01, "prompt_tokens": 12, "prompt_time": 0.001,
                  "completion_tokens": 5, "completion_time": 0.01, "total_tokens": 17,
                  "total_time": 0.011}
+        if fake.completion_tokens is not None:  # a long reply, cut at the requested maximum
+            limit = body.get("max_completion_tokens") or body.get("max_tokens") or 65536
+            prompt = sum(len(json.dumps(m)) for m in body["messages"]) // 4
+            completion = min(fake.completion_tokens, limit)
+            usage.update(prompt_tokens=prompt, completion_tokens=completion,
+                         total_tokens=prompt + completion)
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
         # Reasoning models answer with Groq's own field name, `reasoning`.
@@ -359,9 +389,9 @@ class _GroqHandler(_Handler):
                 message["reasoning"] = reasoning
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
-                "usage": usage, "x_groq": {"id": "req_01fake"}}, RATE_HEADERS)
+                "usage": usage, "x_groq": {"id": "req_01fake"}}, fake.rate_headers())
             return
-        self.start_sse(RATE_HEADERS)
+        self.start_sse(fake.rate_headers())
         chunk = {**base, "object": "chat.completion.chunk"}
 
         def send(payload: dict) -> None:
@@ -414,9 +444,9 @@ class _GroqHandler(_Handler):
                                       for c in calls]}
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": message, "finish_reason": "tool_calls"}],
-                "usage": usage}, RATE_HEADERS)
+                "usage": usage}, self.fake.rate_headers())
             return
-        self.start_sse(RATE_HEADERS)
+        self.start_sse(self.fake.rate_headers())
         chunk = {**base, "object": "chat.completion.chunk"}
         for call in calls:  # Groq sends the name first, then the arguments in pieces
             arguments = call["function"]["arguments"]
@@ -555,7 +585,12 @@ class FakeGroq(FakeServer):
         self.next_status: deque[tuple[int, dict[str, str]]] = deque()
         self.models_status = 200
         self.token_delay = 0.0
+        self.completion_tokens: int | None = None  # usage of a reply this long, when set
+        self.rate_overrides: dict[str, str] = {}  # x-ratelimit-* headers to answer with
         super().__init__()
+
+    def rate_headers(self) -> dict[str, str]:
+        return {**RATE_HEADERS, **self.rate_overrides}
 
     @property
     def base_url(self) -> str:
@@ -566,6 +601,8 @@ class FakeGroq(FakeServer):
         self.next_status.clear()
         self.models_status = 200
         self.token_delay = 0.0
+        self.completion_tokens = None
+        self.rate_overrides = {}
 
 
 class _NpmRegistryHandler(_Handler):

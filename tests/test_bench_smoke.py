@@ -10,11 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
+def test_quick_benchmark_prints_the_tables(tmp_path: Path, redis_executable: str) -> None:
     report = tmp_path / "report.md"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick",
                            "--no-litellm", "--markdown", str(report)],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     for heading in ("## 1. Groq route", "## 2. gpt-oss route, non-streaming",
@@ -42,8 +42,12 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path) -> None:
     assert prefix["drops it, with carry-over"] == prefix["sends reasoning_content back"]
     lost = {client: int(cells.split(" | ")[4].split()[0]) for client, cells in prefix.items()}
     assert 0 < lost["drops it, with carry-over"] < lost["drops it, no carry-over"]
+    # The shared store: every chained turn over two proxies with Redis, half with memory.
+    store = out.split("## 6. Shared state store (STATE_STORE)")[1]
+    assert "| redis | 20/20 (100 %) |" in store and "| memory | 10/20 (50 %) |" in store
+    assert re.search(r"Store overhead: -?[\d.]+ ms between the p50s", store)
     # The pool: the replay's four policies, and the kill scenario lost no request.
-    pool = out.split("## 6. Replica pool")[1]
+    pool = out.split("## 7. Replica pool")[1]
     ratios = dict(re.findall(r"^\| (oracle|cache_aware|least_loaded|round_robin) \| \d+ \| "
                              r"([\d.]+) \|", pool, re.MULTILINE))
     assert len(ratios) == 4 and float(ratios["cache_aware"]) > float(ratios["round_robin"])

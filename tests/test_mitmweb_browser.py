@@ -34,6 +34,7 @@ from harmony_groq.redact import REDACTED
 from harmony_groq.views import split_messages
 
 from conftest import PINNED_DATE
+from debian import find_or_install
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from proxy_process import PrintedLines, terminate
 
@@ -61,22 +62,7 @@ TOOLS = [{"type": "function", "function": {
 
 def find_or_install_chromium() -> str:
     """Debian's chromium, installed with apt-get when missing (a fresh CI machine)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("chromium is missing and cannot be installed here (needs apt-get as root): "
-                    "apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = (["apt-get", "update"], ["apt-get", "install", "-y", *CHROMIUM_PACKAGES])
-    for step in steps:
-        done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            pytest.skip(f"installing chromium failed ({' '.join(step)}):\n{done.stderr[-2000:]}")
-    found = shutil.which("chromium")
-    if not found:
-        pytest.skip("apt-get installed chromium but it is not on PATH")
-    return found
+    return find_or_install("chromium", CHROMIUM_PACKAGES)
 
 
 def _high_fd(fd: int) -> int:

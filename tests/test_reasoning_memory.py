@@ -9,6 +9,7 @@ client that sends ``reasoning_content`` back.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -19,8 +20,9 @@ from harmony_groq.chat_request import parse_chat_request
 from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.parse import ToolCall
-from harmony_groq.reasoning_memory import IssuedTurn, ReasoningMemory
+from harmony_groq.reasoning_memory import ReasoningMemory
 from harmony_groq.render import render_prompt
+from harmony_groq.state.memory import Lru, json_size
 from harmony_groq.translate import HarmonyExchange, translate_completion
 
 from test_streaming import DATE, WEATHER, Run, backend_stream, whole_output
@@ -59,15 +61,30 @@ def result(call: ToolCall) -> dict[str, Any]:
 USER = {"role": "user", "content": "Weather?"}
 
 
+def restore(memory: ReasoningMemory, messages: list[dict[str, Any]]
+            ) -> tuple[list[dict[str, Any]], list[str]]:
+    return asyncio.run(memory.restore(messages))
+
+
+def kept(memory: ReasoningMemory) -> Lru:
+    """What the memory's in-process store keeps."""
+    return memory.namespace.store.namespaces["reason"]
+
+
+def turn_size(reasoning: str, *tool_calls: ToolCall) -> int:
+    return json_size({"reasoning": reasoning,
+                      "calls": [[c.id, c.name, c.arguments] for c in tool_calls]})
+
+
 # -- the memory ------------------------------------------------------------------------------
 
 def test_restores_the_analysis_of_an_issued_call_without_touching_the_clients_body() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     call = issued(1)
     memory.remember("Need the weather.", [call])
     messages = [USER, sent(call), result(call)]
     before = copy.deepcopy(messages)
-    restored_messages, restored = memory.restore(messages)
+    restored_messages, restored = restore(memory, messages)
     assert restored_messages[1] == {**sent(call), "reasoning": "Need the weather."}
     assert restored_messages[0] is messages[0] and restored_messages[2] is messages[2]
     assert restored == [f"messages[1]: the analysis before tool call {call.id} (17 characters) "
@@ -85,10 +102,10 @@ def test_restores_the_analysis_of_an_issued_call_without_touching_the_clients_bo
     sent(),                                                        # no calls at all
 ])
 def test_anything_but_an_issued_call_as_issued_changes_nothing(message: dict) -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     memory.remember("Need the weather.", [issued(1)])
     messages = [USER, message]
-    assert memory.restore(messages) == (messages, [])
+    assert restore(memory, messages) == (messages, [])
 
 
 @pytest.mark.parametrize("own", [{"reasoning_content": "My own words."},
@@ -96,35 +113,35 @@ def test_anything_but_an_issued_call_as_issued_changes_nothing(message: dict) ->
                                  {"reasoning_details": [{"type": "reasoning.text",
                                                          "text": "My own words."}]}])
 def test_a_clients_own_reasoning_is_kept_never_doubled(own: dict) -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     memory.remember("Need the weather.", [issued(1)])
     messages = [USER, sent(issued(1), **own)]
-    assert memory.restore(messages) == (messages, [])
+    assert restore(memory, messages) == (messages, [])
 
 
 def test_several_calls_get_the_analysis_once_before_the_first() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     first, second = issued(1), issued(2, arguments='{"city": "Lyon"}')
     memory.remember("Both cities.", [first, second])
-    together, _ = memory.restore([USER, sent(first, second)])
+    together, _ = restore(memory, [USER, sent(first, second)])
     assert together[1]["reasoning"] == "Both cities."
     # A client that split the reply into one message per call: the first message gets it.
-    split, restored = memory.restore([USER, sent(first), result(first), sent(second)])
+    split, restored = restore(memory, [USER, sent(first), result(first), sent(second)])
     assert split[1]["reasoning"] == "Both cities." and "reasoning" not in split[3]
     assert len(restored) == 1
     for alone in ([USER, sent(second)], [USER, sent(second, first)],
                   [USER, sent(first, issued(3))]):
-        assert memory.restore(alone) == (alone, [])
+        assert restore(memory, alone) == (alone, [])
 
 
 def test_analysis_before_the_last_final_answer_is_left_out() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     old, new = issued(1), issued(2, arguments='{"city": "Lyon"}')
     memory.remember("Paris first.", [old])
     memory.remember("Now Lyon.", [new])
     messages = [USER, sent(old), result(old), {"role": "assistant", "content": "Sunny."},
                 {"role": "user", "content": "And Lyon?"}, sent(new), result(new)]
-    restored_messages, restored = memory.restore(messages)
+    restored_messages, restored = restore(memory, messages)
     assert "reasoning" not in restored_messages[1]
     assert restored_messages[5]["reasoning"] == "Now Lyon."
     assert [line.split(":")[0] for line in restored] == ["messages[5]"]
@@ -132,34 +149,34 @@ def test_analysis_before_the_last_final_answer_is_left_out() -> None:
 
 def test_lru_by_size() -> None:
     a, b, c = issued(1), issued(2), issued(3)
-    size = IssuedTurn.of("x" * 100, [a]).size
-    memory = ReasoningMemory(budget_bytes=2 * size)
+    size = turn_size("x" * 100, a)
+    memory = ReasoningMemory.in_memory(budget_bytes=2 * size)
     memory.remember("a" * 100, [a])
     memory.remember("b" * 100, [b])
-    assert memory.restore([sent(a)])[1]  # a is now the most recently used
+    assert restore(memory, [sent(a)])[1]  # a is now the most recently used
     memory.remember("c" * 100, [c])
-    assert memory.size == 2 * size
-    assert [bool(memory.restore([sent(t)])[1]) for t in (a, b, c)] == [True, False, True]
+    assert kept(memory).size == 2 * size
+    assert [bool(restore(memory, [sent(t)])[1]) for t in (a, b, c)] == [True, False, True]
     memory.remember("d" * 2 * size, [issued(4)])  # larger than the whole budget: not kept
-    assert memory.size == 2 * size and len(memory.turns) == 2
+    assert kept(memory).size == 2 * size and len(kept(memory).entries) == 2
 
 
 def test_nothing_to_keep_and_disabled() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     memory.remember("", [issued(1)])        # a forced call: the model wrote no analysis
     memory.remember("Thinking.", [])        # a final answer: its analysis is dropped anyway
-    assert not memory.turns and memory.size == 0
-    disabled = ReasoningMemory(budget_bytes=0)
+    assert not kept(memory).entries and kept(memory).size == 0
+    disabled = ReasoningMemory.in_memory(budget_bytes=0)
     disabled.remember("Need the weather.", [issued(1)])
-    assert disabled.restore([sent(issued(1))])[1] == []
+    assert restore(disabled, [sent(issued(1))])[1] == []
 
 
 def test_a_reused_id_replaces_its_turn() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     memory.remember("First thought.", [issued(1)])
     memory.remember("Second thought.", [issued(1)])
-    assert memory.size == IssuedTurn.of("Second thought.", [issued(1)]).size
-    assert memory.restore([sent(issued(1))])[0][0]["reasoning"] == "Second thought."
+    assert kept(memory).size == turn_size("Second thought.", issued(1))
+    assert restore(memory, [sent(issued(1))])[0][0]["reasoning"] == "Second thought."
 
 
 # -- filled by the real translation, rendered by the real renderer ---------------------------
@@ -187,7 +204,7 @@ def chain(*, send_reasoning: bool, memory: ReasoningMemory | None, stream: bool 
                                       "tools": [WEATHER], "stream": stream})
         restored: list[str] = []
         if memory is not None:
-            restored_messages, restored = memory.restore(request.messages)
+            restored_messages, restored = restore(memory, request.messages)
             request = parse_chat_request({"model": "gpt-oss-20b", "messages": restored_messages,
                                           "tools": [WEATHER], "stream": stream})
         prompt = render_prompt(request, DATE, backend.text_transport)
@@ -217,7 +234,7 @@ def chain(*, send_reasoning: bool, memory: ReasoningMemory | None, stream: bool 
 def test_a_client_that_drops_reasoning_gets_the_prompt_of_one_that_sends_it(stream: bool
                                                                              ) -> None:
     sends, _ = chain(send_reasoning=True, memory=None, stream=stream)
-    drops, restored = chain(send_reasoning=False, memory=ReasoningMemory(), stream=stream)
+    drops, restored = chain(send_reasoning=False, memory=ReasoningMemory.in_memory(), stream=stream)
     blind, _ = chain(send_reasoning=False, memory=None, stream=stream)
     assert drops == sends  # token for token, every turn
     assert blind[1:] != sends[1:]
@@ -230,7 +247,7 @@ def test_a_client_that_drops_reasoning_gets_the_prompt_of_one_that_sends_it(stre
 
 
 def test_a_failed_stream_remembers_nothing() -> None:
-    memory = ReasoningMemory()
+    memory = ReasoningMemory.in_memory()
     request = parse_chat_request({"model": "gpt-oss-20b", "tools": [WEATHER], "stream": True,
                                   "messages": [{"role": "user", "content": "Paris?"}]})
     backend = TransformersBackend()
@@ -239,4 +256,4 @@ def test_a_failed_stream_remembers_nothing() -> None:
                                memory=memory)
     events = backend_stream(REPLIES[0])
     Run(exchange).feed(*events[:-1])  # the server never finished: the call is not the client's
-    assert not memory.turns
+    assert not kept(memory).entries

@@ -43,6 +43,7 @@ from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
 from .parse import StrippedOutputError
+from .pool.capacity import PoolCapacity
 from .pool.dispatch import Dispatcher
 from .pool.pool import Pools
 from .pool.resume import Failover
@@ -50,6 +51,7 @@ from .reasoning_memory import ReasoningMemory
 from .records import header_pairs, record_of
 from .redact import REDACTED, redact_headers
 from .render import render_prompt
+from .response_store import ResponseStore
 from .routing import (
     ALLOWED_METHODS,
     Endpoint,
@@ -60,7 +62,9 @@ from .routing import (
     forward_endpoint,
     response_item_id,
 )
-from .settings import OPTION_DEFAULTS, Config, Settings
+from .settings import Config, Settings
+from .spillover import Spillover
+from .state.addon import State
 from .streaming import (
     HarmonyStreamTranslator,
     InterruptibleStream,
@@ -79,15 +83,16 @@ NO_RETRY = {"x-should-retry": "false"}
 class Gateway:
     """Answers local endpoints and routes each dialect's requests to Groq or gpt-oss."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, state: State | None = None) -> None:
         self.settings = settings
+        self.state = state or State(settings)  # harmony.py passes the one it loads as an addon
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
         self.pools = Pools(self.upstream.client)
         self.dispatcher = Dispatcher(self.pools, self.upstream)
         self.failover = Failover(self.dispatcher, self.upstream.client,
                                  lambda: self.config.upstream_timeout, self._translator)
-        self.responses = ResponsesDialect(OPTION_DEFAULTS["responses_store_bytes"])
+        self.responses = ResponsesDialect(ResponseStore(self.state.responses))
         self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
             Endpoint.CHAT: ChatDialect(), Endpoint.RESPONSES: self.responses,
@@ -98,8 +103,11 @@ class Gateway:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
-        self.memory = ReasoningMemory()
+        self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
+        self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
+                               sticky=self.state.spill, capacity=PoolCapacity(
+                                   self.pools, lambda: self.config.spillover_max_inflight))
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -120,9 +128,6 @@ class Gateway:
         self.local.configure(updated)
         if self.settings.config is not None:
             self.pools.configure(self.config.model_servers, self.config.routing)
-            self.responses.store.budget = self.config.responses_store_bytes
-            if "reasoning_memory_bytes" in updated:
-                self.memory = ReasoningMemory(self.config.reasoning_memory_bytes)
 
     def running(self) -> None:
         # The key injector must see flows after every other addon (mitmweb's view included),
@@ -204,21 +209,29 @@ class Gateway:
             return
         record_of(flow)["route"] = "local"
         if endpoint is Endpoint.HEALTH:
-            flow.response = json_response(200, {**await self.local.health(),
-                                                "replicas": self.pools.health()})
+            flow.response = json_response(200, await self._health())
             return
         check_proxy_key(flow, self.config.proxy_api_key)
         if endpoint is Endpoint.MODELS:
             flow.response = json_response(200, await self.local.model_list(flow.request))
             return
         if endpoint is Endpoint.RESPONSE_ITEM:
-            flow.response = json_response(200, self.responses.stored(
+            flow.response = json_response(200, await self.responses.stored(
                 flow.request.method, response_item_id(flow.request.path)))
             return
         if endpoint is Endpoint.COUNT_TOKENS:
             flow.response = json_response(200, {"input_tokens": self._count_tokens(flow)})
             return
         await self._route(flow, dialect)
+
+    async def _health(self) -> dict[str, Any]:
+        """The model server's cached check and the state store's live one."""
+        store = await self.state.health()
+        body = {**await self.local.health(), "state_store": store,
+                "replicas": self.pools.health()}
+        if store["status"] != "ok":
+            body["status"] = "degraded"
+        return body
 
     def _body(self, flow: http.HTTPFlow) -> dict[str, Any]:
         raw = flow.request.raw_content or b""
@@ -250,14 +263,18 @@ class Gateway:
         record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
                                     "body": body}
         model = dialect.model(body, self.config)
+        if dialect is self.responses:  # the stored response it continues, from the state store
+            dialect = await self.responses.recall(body)
         record["model"] = model
         choice = choose_route(model, self.config.harmony_models)
         record["route"] = choice.route.value
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
-        else:
-            await self._to_harmony(flow, dialect.conversation(body, self.config))
+        # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spillover.py)
+        elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
+                                            self._to_harmony):
+            self._to_groq(flow, call)
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         if not self.config.groq_api_key:
@@ -276,7 +293,7 @@ class Gateway:
         check_word_lengths(conversation.body)
         request = conversation.chat
         record = record_of(flow)
-        messages, restored = self.memory.restore(request.messages)
+        messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued
             request = dataclasses.replace(request, messages=messages)
             record["restored_reasoning"] = restored

@@ -197,6 +197,17 @@ class Metrics:
         self.ratelimit = Gauge(
             "harmony_groq_groq_ratelimit_remaining", "Groq's last x-ratelimit-remaining-* "
             "header.", ["limit"], registry=registry)
+        self.served = Series(Counter(
+            "harmony_groq_gpt_oss_served", "gpt-oss requests by who served them (local, or "
+            "groq: spill-over to Groq's twin) and why (down, saturated, sticky, failover; "
+            "none: local as usual; refused: spill was wanted but Groq's limits or the budget "
+            "said no).",
+            ["dialect", "model", "served_by", "reason"], registry=registry))
+        self.spill_budget = Gauge(
+            "harmony_groq_spill_budget_tokens", "Spill-over's token budget in this window "
+            "(kind limit: SPILLOVER_BUDGET_TOKENS, 0 = none; spent: settled usage; reserved: "
+            "requests at Groq now; left: -1 without a budget).", ["kind"], registry=registry)
+        self.spill_status: Callable[[], dict[str, Any]] | None = None  # Spillover.status
 
     def configure(self, updated: set[str]) -> None:
         config = self.settings.config
@@ -213,6 +224,9 @@ class Metrics:
         self.model_server_up.set(1 if model_server_reachable else 0)
         if self.groq_headers is not None:
             self._rate_limits(self.groq_headers)
+        if self.spill_status is not None:
+            for kind, value in self.spill_status()["budget"].items():
+                self.spill_budget.labels(kind).set(value)
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
@@ -254,8 +268,15 @@ class Metrics:
             self.restored(dialect).inc(restored)
         if route == "groq" and response is not None:
             self.groq_headers = response.headers
+        if record.get("served_by"):
+            self._served(record, dialect, model)
         if upstream and status == 200:
             self._reply(flow, route, model, summary)
+
+    def _served(self, record: dict[str, Any], dialect: str, model: str) -> None:
+        spill = record.get("spill") or {}
+        reason = spill.get("reason") or ("refused" if record.get("spill_refused") else "none")
+        self.served(dialect, model, record["served_by"], reason).inc()
 
     def _reply(self, flow: http.HTTPFlow, route: str, model: str,
                summary: dict[str, Any] | None) -> None:

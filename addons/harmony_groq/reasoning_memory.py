@@ -8,36 +8,25 @@ hand-written SDK loops send the assistant tool-call message back with ``content`
 ids itself (random, unguessable, ``parse.new_call_id``), so it remembers, per reply, the
 analysis and the calls as issued, and gives a message that carries those calls back its
 analysis: the history then renders exactly as if the client had sent ``reasoning_content``.
-Memory only (LRU, bounded by the size of the texts kept): a restart forgets, nothing is on disk.
+Kept in the state store's ``reason`` namespace (state/): this process's memory by default, or a
+Redis that several proxies share (``STATE_STORE``), so a call issued by one proxy is restored by
+another. Writes never wait (they run on the per-token stream path); the read is one round trip
+per request, and a store that cannot be read skips the restore (counted in the store metrics).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProxyError
 from .parse import ToolCall
 from .render import reasoning_of, text_of
+from .state import Namespace, StoreUnavailable
+from .state.memory import MemoryStore
 
 Call = tuple[str, str, str]  # (id, name, arguments), as the client got them
-
-
-@dataclass(frozen=True)
-class IssuedTurn:
-    """One reply that ended in tool calls: its analysis and its calls, in order."""
-
-    reasoning: str
-    calls: tuple[Call, ...]
-    size: int  # bytes of the texts kept (UTF-8), what the budget counts
-
-    @classmethod
-    def of(cls, reasoning: str, tool_calls: Sequence[ToolCall]) -> IssuedTurn:
-        calls = tuple((c.id, c.name, c.arguments) for c in tool_calls)
-        size = len(reasoning.encode()) + sum(len(part.encode()) for c in calls for part in c)
-        return cls(reasoning, calls, size)
+DEFAULT_TTL_SECONDS = 86400
 
 
 def _calls_of(message: dict[str, Any]) -> tuple[Call, ...] | None:
@@ -68,6 +57,18 @@ def _is_final_answer(message: dict[str, Any]) -> bool:
         return False  # render_prompt rejects the request anyway
 
 
+def _turn(value: Any) -> tuple[str, tuple[Call, ...]] | None:
+    """A stored turn as (analysis, calls), or ``None`` for anything else."""
+    if not isinstance(value, dict) or not isinstance(value.get("reasoning"), str):
+        return None
+    calls = value.get("calls")
+    if not isinstance(calls, list) or not all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(p, str) for p in c)
+            for c in calls):
+        return None
+    return value["reasoning"], tuple(tuple(c) for c in calls)
+
+
 class ReasoningMemory:
     """Per reply, keyed by its first call's id: what ``restore`` needs to put analysis back.
 
@@ -76,30 +77,25 @@ class ReasoningMemory:
     it; a message holding only later calls gets nothing, so nothing is ever rendered twice.
     """
 
-    def __init__(self, budget_bytes: int = 16 * 1024 * 1024) -> None:
-        self.budget = budget_bytes
-        self.turns: OrderedDict[str, IssuedTurn] = OrderedDict()
-        self.size = 0
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
+
+    @classmethod
+    def in_memory(cls, budget_bytes: int = 16 * 1024 * 1024) -> ReasoningMemory:
+        """A memory of its own in this process (tests, the benchmark)."""
+        return cls(Namespace(MemoryStore({"reason": budget_bytes}), "reason",
+                             DEFAULT_TTL_SECONDS))
 
     def remember(self, reasoning: str, tool_calls: Sequence[ToolCall]) -> None:
-        """Keep a finished reply's analysis for its calls (nothing to keep without either)."""
+        """Keep a finished reply's analysis for its calls (nothing to keep without either).
+        Never waits: a shared store writes in the background."""
         if not reasoning or not tool_calls:
             return
-        turn = IssuedTurn.of(reasoning, tool_calls)
-        if turn.size > self.budget:
-            return
-        key = turn.calls[0][0]
-        old = self.turns.pop(key, None)
-        if old is not None:
-            self.size -= old.size
-        self.turns[key] = turn
-        self.size += turn.size
-        while self.size > self.budget:
-            _, evicted = self.turns.popitem(last=False)
-            self.size -= evicted.size
+        calls = [[c.id, c.name, c.arguments] for c in tool_calls]
+        self.namespace.put(calls[0][0], {"reasoning": reasoning, "calls": calls})
 
-    def restore(self, messages: list[dict[str, Any]]
-                ) -> tuple[list[dict[str, Any]], list[str]]:
+    async def restore(self, messages: list[dict[str, Any]]
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
         """``messages`` with remembered analysis on the tool-call messages that lack their own,
         and one line per message restored.
 
@@ -107,25 +103,32 @@ class ReasoningMemory:
         request as sent); unchanged, the same list comes back. Messages before the last final
         answer are left alone: their analysis would be dropped when rendering anyway.
         """
-        if not self.turns:
-            return messages, []
         start = next((n + 1 for n in range(len(messages) - 1, -1, -1)
                       if _is_final_answer(messages[n])), 0)
-        out = messages
-        restored: list[str] = []
+        wanted: list[tuple[int, tuple[Call, ...]]] = []
         for n in range(start, len(messages)):
             message = messages[n]
             if message.get("role") != "assistant" or reasoning_of(message):
                 continue
             calls = _calls_of(message)
-            turn = self.turns.get(calls[0][0]) if calls else None
-            if turn is None or calls != turn.calls[:len(calls)]:
+            if calls:
+                wanted.append((n, calls))
+        if not wanted:
+            return messages, []
+        try:
+            turns = await self.namespace.get_many([calls[0][0] for _, calls in wanted])
+        except StoreUnavailable:
+            return messages, []  # counted by the store's metrics: this carry-over is skipped
+        out = messages
+        restored: list[str] = []
+        for (n, calls), value in zip(wanted, turns, strict=True):
+            turn = _turn(value)
+            if turn is None or calls != turn[1][:len(calls)]:
                 continue
-            self.turns.move_to_end(calls[0][0])
             if out is messages:
                 out = list(messages)
-            out[n] = {**message, "reasoning": turn.reasoning}
+            out[n] = {**messages[n], "reasoning": turn[0]}
             restored.append(f"messages[{n}]: the analysis before tool call {calls[0][0]} "
-                            f"({len(turn.reasoning)} characters) restored; the client sent "
+                            f"({len(turn[0])} characters) restored; the client sent "
                             "the call without it")
         return out, restored

@@ -51,7 +51,7 @@ class FlowLog:
             if config.log_file:
                 self.writer = FlowLogWriter(
                     config.log_file, config.log_max_bytes, config.log_backups,
-                    tuple(s for s in (config.groq_api_key, config.proxy_api_key) if s),
+                    config.secrets,
                     self.on_failure)
                 self.writer.write({"event": "config", "options": {
                     spec.name: getattr(config, spec.name) for spec in OPTIONS}})

@@ -1,48 +1,44 @@
-"""Stored Responses for ``previous_response_id`` and ``GET/DELETE /v1/responses/{id}``: in
-memory only, least recently used first out, bounded by the size of what it keeps."""
+"""Stored Responses for ``previous_response_id`` and ``GET/DELETE /v1/responses/{id}``, in the
+state store's ``resp`` namespace (state/): this process's memory by default, or a Redis that
+several proxies share (``STATE_STORE``)."""
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ProxyError
+from .state import Namespace, StoreUnavailable
 
 
 @dataclass(frozen=True)
 class StoredResponse:
     response: dict[str, Any]
     history: list[dict[str, Any]]  # input items and output items: what the next turn continues
-    size: int
 
 
 class ResponseStore:
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget = budget_bytes
-        self.entries: OrderedDict[str, StoredResponse] = OrderedDict()
-        self.size = 0
+    def __init__(self, namespace: Namespace) -> None:
+        self.namespace = namespace
 
     def put(self, response: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        size = len(json.dumps(response, ensure_ascii=False)) + len(
-            json.dumps(history, ensure_ascii=False))
-        if size > self.budget:
-            return
-        self.delete(response["id"])
-        self.entries[response["id"]] = StoredResponse(response, history, size)
-        self.size += size
-        while self.size > self.budget:
-            _, old = self.entries.popitem(last=False)
-            self.size -= old.size
+        """Never waits (the stream path calls it): a shared store writes in the background."""
+        self.namespace.put(response["id"], {"response": response, "history": history})
 
-    def get(self, response_id: str) -> StoredResponse | None:
-        stored = self.entries.get(response_id)
-        if stored is not None:
-            self.entries.move_to_end(response_id)
-        return stored
+    async def get(self, response_id: str) -> StoredResponse | None:
+        """The stored response, or ``None``: never stored, expired, evicted or unreadable."""
+        value = await self.namespace.get(response_id)
+        if not isinstance(value, dict):
+            return None
+        response, history = value.get("response"), value.get("history")
+        if not isinstance(response, dict) or not isinstance(history, list):
+            return None
+        return StoredResponse(response, history)
 
-    def delete(self, response_id: str) -> bool:
-        stored = self.entries.pop(response_id, None)
-        if stored is None:
-            return False
-        self.size -= stored.size
-        return True
+    async def delete(self, response_id: str) -> bool:
+        try:
+            return await self.namespace.delete(response_id)
+        except StoreUnavailable:
+            raise ProxyError(503, "The state store (STATE_STORE) is unavailable; the stored "
+                             "response was not deleted. Try again.",
+                             code="state_store_unavailable") from None

@@ -3,7 +3,8 @@
 
 Every setting is a ``--set name=value`` option so it can be changed live in mitmweb; secrets
 (``GROQ_API_KEY``, ``PROXY_API_KEY``) are read from the environment only, because option values
-are shown on mitmweb's options page.
+are shown on mitmweb's options page. ``STATE_STORE``'s password is the same: the option shows
+the URL with the password masked, and the password is taken from the environment.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .encoding import EncodingUnavailable, harmony_encoding
 from .pool.spec import ROUTING_POLICIES, ModelServers, SpecError, model_servers, replica_urls
+from .state.codec import is_store_url, passwords_of, public_url, secret_url
 
 logger = logging.getLogger(__name__)
 
 REASONING_FIELDS = ("both", "reasoning", "reasoning_content", "none")
 BACKENDS = ("transformers", "vllm", "llamacpp")
+SPILLOVER_MODES = ("off", "down", "saturated")
+BUDGET_WINDOWS = ("hour", "day")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class OptionSpec:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: int = 1  # integers only
+    masked: bool = False  # a URL whose password the option must not show
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -87,9 +92,35 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("reasoning_memory_bytes", "REASONING_MEMORY_BYTES", int, 16 * 1024 * 1024,
                "Memory for the analysis before issued tool calls, restored when a client "
                "sends the call back without it; 0 disables.", minimum=0),
+    OptionSpec("responses_store_ttl", "RESPONSES_STORE_TTL", int, 7 * 86400,
+               "Seconds a stored Response is kept (previous_response_id)."),
+    OptionSpec("reasoning_memory_ttl", "REASONING_MEMORY_TTL", int, 86400,
+               "Seconds the analysis before an issued tool call is kept."),
+    OptionSpec("state_store", "STATE_STORE", str, "memory",
+               "Where stored Responses, reasoning memory and spill-over stickiness live: "
+               "memory (this process) or redis[s]://[user:password@]host:port/db, shared by "
+               "proxies; a password in STATE_STORE is taken from the environment, never shown.",
+               masked=True),
+    OptionSpec("state_store_timeout_ms", "STATE_STORE_TIMEOUT_MS", int, 25,
+               "Milliseconds a request waits for the state store before going on without it."),
     OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
                "Comma-separated PATTERN=MODEL: Claude model names (Claude Code's aliases) "
                "matching a glob PATTERN are served by MODEL; first match wins."),
+    OptionSpec("spillover", "SPILLOVER", str, "off",
+               "Send gpt-oss requests to Groq's hosted twin: off, down (no local server can "
+               "serve) or saturated (also when every local server is full).", SPILLOVER_MODES),
+    OptionSpec("spillover_models", "SPILLOVER_MODELS", str,
+               "gpt-oss-20b=openai/gpt-oss-20b,gpt-oss-120b=openai/gpt-oss-120b",
+               "Comma-separated LOCAL=GROQ: each gpt-oss model's twin on Groq."),
+    OptionSpec("spillover_max_inflight", "SPILLOVER_MAX_INFLIGHT", int, 8,
+               "Requests in flight to one local server beyond which it counts as full."),
+    OptionSpec("spillover_budget_tokens", "SPILLOVER_BUDGET_TOKENS", int, 0,
+               "Groq tokens (prompt + completion) spill-over may spend per window; 0: no "
+               "budget.", minimum=0),
+    OptionSpec("spillover_budget_window", "SPILLOVER_BUDGET_WINDOW", str, "day",
+               "The budget's window: hour or day (UTC clock hours or days).", BUDGET_WINDOWS),
+    OptionSpec("spillover_sticky_seconds", "SPILLOVER_STICKY_SECONDS", int, 1800,
+               "How long after its last turn a spilled conversation stays on Groq."),
 )
 
 OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
@@ -119,9 +150,25 @@ class Config:
     models_cache_seconds: int
     responses_store_bytes: int
     reasoning_memory_bytes: int
+    responses_store_ttl: int
+    reasoning_memory_ttl: int
+    state_store: str  # "memory" or the URL, password included
+    state_store_timeout_ms: int
     claude_model_map: tuple[tuple[str, str], ...]
+    spillover: str
+    spillover_models: tuple[tuple[str, str], ...]
+    spillover_max_inflight: int
+    spillover_budget_tokens: int
+    spillover_budget_window: str
+    spillover_sticky_seconds: int
     groq_api_key: str
     proxy_api_key: str
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no log may show: the keys and the state store's password."""
+        keys = tuple(s for s in (self.groq_api_key, self.proxy_api_key) if s)
+        return keys + passwords_of(self.state_store)
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:
@@ -133,7 +180,7 @@ def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:
             return int(raw)
         except ValueError:
             raise exceptions.OptionsError(f"{spec.env}={raw!r} is not an integer") from None
-    return raw
+    return public_url(raw) if spec.masked else raw
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -147,15 +194,28 @@ def _check_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+def _pairs(name: str, value: str, example: str) -> tuple[tuple[str, str], ...]:
+    """``A=B,C=D`` as pairs, left sides lowercased; one clear line on a malformed entry."""
     pairs = []
     for entry in _split(value):
-        pattern, _, model = (part.strip() for part in entry.partition("="))
-        if not pattern or not model:
-            raise exceptions.OptionsError(f"claude_model_map entry {entry!r} is not "
-                                          "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
-        pairs.append((pattern.lower(), model))
+        left, _, right = (part.strip() for part in entry.partition("="))
+        if not left or not right:
+            raise exceptions.OptionsError(f"{name} entry {entry!r} is not {example}")
+        pairs.append((left.lower(), right))
     return tuple(pairs)
+
+
+def _state_store(value: str, environ: Mapping[str, str]) -> str:
+    if value == "memory":
+        return value
+    if not is_store_url(value):
+        raise exceptions.OptionsError(f"state_store={public_url(value)!r} is not memory or a "
+                                      "redis://host:port/db or rediss:// URL")
+    return secret_url(value, environ.get("STATE_STORE", "").strip())
+
+
+def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+    return _pairs("claude_model_map", value, "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
 
 
 def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
@@ -205,7 +265,18 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         models_cache_seconds=values["models_cache_seconds"],
         responses_store_bytes=values["responses_store_bytes"],
         reasoning_memory_bytes=values["reasoning_memory_bytes"],
+        responses_store_ttl=values["responses_store_ttl"],
+        reasoning_memory_ttl=values["reasoning_memory_ttl"],
+        state_store=_state_store(values["state_store"].strip(), environ),
+        state_store_timeout_ms=values["state_store_timeout_ms"],
         claude_model_map=_model_map(values["claude_model_map"]),
+        spillover=values["spillover"],
+        spillover_models=_pairs("spillover_models", values["spillover_models"],
+                                "LOCAL=GROQ (e.g. gpt-oss-20b=openai/gpt-oss-20b)"),
+        spillover_max_inflight=values["spillover_max_inflight"],
+        spillover_budget_tokens=values["spillover_budget_tokens"],
+        spillover_budget_window=values["spillover_budget_window"],
+        spillover_sticky_seconds=values["spillover_sticky_seconds"],
         groq_api_key=environ.get("GROQ_API_KEY", "").strip(),
         proxy_api_key=environ.get("PROXY_API_KEY", "").strip(),
     )

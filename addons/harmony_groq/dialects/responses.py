@@ -2,7 +2,8 @@
 
 gpt-oss requests are parsed into the chat form (responses_request) and answered by
 ``ResponsesReply``; ``store`` keeps the reply for ``previous_response_id`` and
-``GET``/``DELETE /v1/responses/{id}``. Groq takes what its strict Responses schema allows
+``GET``/``DELETE /v1/responses/{id}`` (in the state store: ``recall`` reads the response a
+request continues before it is parsed). Groq takes what its strict Responses schema allows
 directly; anything else (reasoning items, custom or namespace tools, chained or stored
 responses) goes through Groq's chat API and is translated back.
 """
@@ -14,7 +15,7 @@ from typing import Any
 from ..chat_request import EFFORTS, require_model
 from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
-from ..response_store import ResponseStore
+from ..response_store import ResponseStore, StoredResponse
 from ..settings import Config
 from .base import Conversation, GroqCall, OpenAIErrors
 from .responses_reply import ResponsesReply
@@ -109,8 +110,17 @@ def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
 class ResponsesDialect(OpenAIErrors):
     name = "responses"
 
-    def __init__(self, store_bytes: int) -> None:
-        self.store = ResponseStore(store_bytes)
+    def __init__(self, store: ResponseStore, previous: StoredResponse | None = None) -> None:
+        self.store = store
+        self.previous = previous  # what recall read for one request
+
+    async def recall(self, body: dict[str, Any]) -> ResponsesDialect:
+        """This dialect for one request, with the stored response its
+        ``previous_response_id`` names (``None`` if it cannot be read)."""
+        previous = body.get("previous_response_id")
+        if not isinstance(previous, str):
+            return self
+        return ResponsesDialect(self.store, await self.store.get(previous))
 
     def model(self, body: dict[str, Any], config: Config) -> str:
         model = require_model(body)
@@ -121,11 +131,12 @@ class ResponsesDialect(OpenAIErrors):
         history: list[dict[str, Any]] = []
         previous = body.get("previous_response_id")
         if previous is not None:
-            stored = self.store.get(previous) if isinstance(previous, str) else None
-            if stored is None:
+            stored = self.previous
+            if stored is None or stored.response.get("id") != previous:
                 raise bad_request(f"previous_response_id {previous!r} is unknown here: it was "
-                                  "never stored (store: false), or evicted from the proxy's "
-                                  "in-memory store (RESPONSES_STORE_BYTES). Send the full "
+                                  "never stored (store: false), expired or was evicted "
+                                  "(RESPONSES_STORE_TTL, RESPONSES_STORE_BYTES), or the state "
+                                  "store (STATE_STORE) could not be read. Send the full "
                                   "history in 'input' instead.",
                                   param="previous_response_id",
                                   code="previous_response_not_found")
@@ -151,13 +162,14 @@ class ResponsesDialect(OpenAIErrors):
         chat_body, names = groq_chat_request(parsed.chat_body, model)
         return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 
-    def stored(self, method: str, response_id: str) -> dict[str, Any]:
+    async def stored(self, method: str, response_id: str) -> dict[str, Any]:
         """``GET`` or ``DELETE /v1/responses/{id}``."""
         if method == "DELETE":
-            if self.store.delete(response_id):
+            if await self.store.delete(response_id):
                 return {"id": response_id, "object": "response", "deleted": True}
-        elif (stored := self.store.get(response_id)) is not None:
+        elif (stored := await self.store.get(response_id)) is not None:
             return stored.response
-        raise ProxyError(404, f"No stored response {response_id!r} (responses are kept in "
-                         "memory only, and not when sent with store: false).",
+        raise ProxyError(404, f"No stored response {response_id!r} (not kept when sent with "
+                         "store: false; expired, evicted, or the state store could not be "
+                         "read).",
                          code="response_not_found")

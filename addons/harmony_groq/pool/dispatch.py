@@ -130,7 +130,7 @@ def no_replica(pooled: Pooled, last: ProxyError | None) -> ProxyError:
     model = pooled.pool.group.model or pooled.request.model
     return ProxyError(503, f"No gpt-oss model server of {model} could serve the request "
                       f"({pooled.failures() or 'every replica is out'}).",
-                      code="no_replica_available")
+                      code="upstream_unavailable")
 
 
 class Dispatcher:

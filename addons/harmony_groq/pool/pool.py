@@ -89,6 +89,8 @@ class Pools:
         self.client = client
         self.pools: list[ReplicaPool] = []
         self.groups: tuple[ModelServers, ...] = ()
+        self.checked: dict[str, float] = {}  # replica url → when the loop last probed it
+        self.asked: dict[str, float] = {}  # replica url → when ``fresh`` last probed it
         self._probe_task: asyncio.Task | None = None
 
     def configure(self, groups: tuple[ModelServers, ...], policy: str) -> None:
@@ -130,15 +132,25 @@ class Pools:
             self._probe_task = None
 
     async def _probe_forever(self) -> None:
-        checked: dict[str, float] = {}
         while True:
             now = time.monotonic()
-            due = [(pool, r) for pool, r in self.replicas()
-                   if not r.up or now - checked.get(r.url, 0) >= CHECK_SECONDS]
-            for _, replica in due:
-                checked[replica.url] = now
-            await asyncio.gather(*(self.probe(r) for _, r in due), return_exceptions=True)
+            due = [r for _, r in self.replicas()
+                   if not r.up or now - self.checked.get(r.url, 0) >= CHECK_SECONDS]
+            await self._probe_all(due, self.checked)
             await asyncio.sleep(PROBE_SECONDS)
+
+    async def fresh(self, model: str, max_age: float) -> None:
+        """Probe now the replicas of ``model`` this did not probe in the last ``max_age``
+        seconds (spill-over asks before it sends a request elsewhere)."""
+        now = time.monotonic()
+        await self._probe_all([r for r in self.for_model(model).replicas
+                               if now - self.asked.get(r.url, 0) > max_age], self.asked)
+
+    async def _probe_all(self, replicas: list[Replica], stamps: dict[str, float]) -> None:
+        now = time.monotonic()
+        for replica in replicas:
+            stamps[replica.url] = now
+        await asyncio.gather(*(self.probe(r) for r in replicas), return_exceptions=True)
 
     async def probe(self, replica: Replica) -> bool:
         """``GET /health``: 200 brings an ejected replica back, anything else ejects it."""
