@@ -19,7 +19,7 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path, redis_executable: str
     out = done.stdout
     for heading in ("## 1. Groq route", "## 2. gpt-oss route, non-streaming",
                     "## 3. gpt-oss route, streaming", "## 4. Memory",
-                    "## 5. Prefix reuse over a 5-step tool chain", "## 6. Replica pool"):
+                    "## 5. Prefix reuse over a 5-step tool chain", "## 7. Replica pool"):
         assert heading in out
     for target in ("| direct | 32 |", "| bare mitmdump | 32 |", "| addon | 32 |"):
         assert target in out
