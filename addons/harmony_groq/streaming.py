@@ -60,6 +60,7 @@ class StreamResult:
     repairs: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     keepalives: int = 0
+    interrupted: bool = False  # ended by ``abort``: the flow failed outside the stream
 
     def client_message(self) -> dict[str, Any]:
         """The message the client's deltas concatenate to (reasoning only where it was sent)."""
@@ -70,7 +71,7 @@ class StreamResult:
         return {"upstream_text": "".join(self.upstream_text), "message": self.client_message(),
                 "finish_reason": self.finish_reason, "usage": self.usage, "error": self.error,
                 "repairs": self.repairs, "first_token_at": self.first_token_at,
-                "keepalives": self.keepalives}
+                "keepalives": self.keepalives, "interrupted": self.interrupted}
 
 
 class InterruptibleStream:
@@ -79,13 +80,15 @@ class InterruptibleStream:
 
     done: bool
     started: bool
+    interrupted: bool = False
+    prompt_tokens = 0  # known before generation (gpt-oss): the reply's opening reports it
     reply: ReplyWriter
 
     def _opening(self) -> list[bytes]:
         if self.started:
             return []
         self.started = True
-        return self.reply.start()
+        return self.reply.start(self.prompt_tokens)
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         raise NotImplementedError
@@ -96,6 +99,7 @@ class InterruptibleStream:
         if self.done:
             return b""
         out: list[bytes] = []
+        self.interrupted = True
         self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
                               code="stream_interrupted"), out)
         return b"".join(out)
@@ -121,6 +125,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.keepalive_seconds = keepalive_seconds
         self.on_done = on_done
         self.result = StreamResult(keys=exchange.reply.keys)
+        self.prompt_tokens = len(exchange.prompt.token_ids)
         self.started = False
         self.done = False
         self.completion_tokens = 0
@@ -218,6 +223,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
                        error.message)
         out.extend(self.reply.fail(error))
         self.result.error = error.message
+        self.result.interrupted = self.interrupted
         self._close()
 
     def _close(self) -> None:
