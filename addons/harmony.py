@@ -15,6 +15,7 @@ from harmony_groq.addon import Gateway  # noqa: E402
 from harmony_groq.entry import HarmonyGroq  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
 from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
+from harmony_groq.pool.collector import PoolCollector  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
 from harmony_groq.settings import Settings  # noqa: E402
 from harmony_groq.state.addon import State  # noqa: E402
@@ -27,6 +28,7 @@ _metrics = Metrics(_settings)
 _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memory, spill-over
 _gateway = Gateway(_settings, _state)
 _metrics.spill_status = _gateway.spill.status
+_metrics.registry.register(PoolCollector(_gateway.pools))
 # MetricsEndpoint answers /metrics before the Gateway routes; Spillover's hooks see the replies
 # the Gateway wrote; FlowLabels labels what was answered; the flow log and the metrics read the
 # finished flow once its reply was sent.

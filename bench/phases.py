@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import workloads
 from fastfake import Script
@@ -115,6 +116,7 @@ class Results:
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
     prefix: list[PrefixRow] = field(default_factory=list)
     store: StoreResult | None = None
+    pool: Any = None  # pool_bench.PoolResults, when the pool part ran
 
 
 def encode(body: dict) -> bytes:

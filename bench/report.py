@@ -252,4 +252,7 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     lines += prefix_section(results.prefix)
     if results.store is not None:
         lines += store_section(results.store)
+    if results.pool is not None:
+        from pool_bench import pool_section  # the pool part imports this module's helpers
+        lines += pool_section(results.pool)
     return "\n".join(lines)

@@ -39,6 +39,7 @@ from phases import (  # noqa: E402
     store_phase,
     stream_phase,
 )
+from pool_bench import pool_phase  # noqa: E402
 from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
@@ -52,7 +53,8 @@ from redis_server import RedisServer  # noqa: E402
 UNDER_TEST_CPU, SHARED_CPU = {0}, {1}
 NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase}
+PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
+          "pool": pool_phase}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,9 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
     parser.add_argument("--only", choices=[*PHASES, "llamacpp"], action="append",
                         metavar="PART",
-                        help="run only this part: groq, oss, stream, store or llamacpp (a real "
-                             "llama-server; not in --quick unless named) (repeatable); a change "
-                             "measured on one part need not wait for, or disturb, the others")
+                        help="run only this part: groq, oss, stream, store, pool or llamacpp (a "
+                             "real llama-server; not in --quick unless named) (repeatable); a "
+                             "change measured on one part need not wait for, or disturb, the "
+                             "others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the addon proxy with py-spy during the heavy phases")

@@ -177,6 +177,9 @@ class _BackendHandler(_Handler):
                 self.send_event(event)
                 if script.token_delay:
                     time.sleep(script.token_delay)
+            if script.reset_after == len(events):  # every token sent, the body's end lost
+                self.reset()
+                return
             for data in closing:
                 self.send_chunk(data)
             self.end_chunks()

@@ -19,7 +19,7 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path, redis_executable: str
     out = done.stdout
     for heading in ("## 1. Groq route", "## 2. gpt-oss route, non-streaming",
                     "## 3. gpt-oss route, streaming", "## 4. Memory",
-                    "## 5. Prefix reuse over a 5-step tool chain"):
+                    "## 5. Prefix reuse over a 5-step tool chain", "## 7. Replica pool"):
         assert heading in out
     for target in ("| direct | 32 |", "| bare mitmdump | 32 |", "| addon | 32 |"):
         assert target in out
@@ -46,4 +46,10 @@ def test_quick_benchmark_prints_the_tables(tmp_path: Path, redis_executable: str
     store = out.split("## 6. Shared state store (STATE_STORE)")[1]
     assert "| redis | 20/20 (100 %) |" in store and "| memory | 10/20 (50 %) |" in store
     assert re.search(r"Store overhead: -?[\d.]+ ms between the p50s", store)
+    # The pool: the replay's four policies, and the kill scenario lost no request.
+    pool = out.split("## 7. Replica pool")[1]
+    ratios = dict(re.findall(r"^\| (oracle|cache_aware|least_loaded|round_robin) \| \d+ \| "
+                             r"([\d.]+) \|", pool, re.MULTILINE))
+    assert len(ratios) == 4 and float(ratios["cache_aware"]) > float(ratios["round_robin"])
+    assert "0 errors for requests not yet streaming: **met**" in pool
     assert report.read_text().strip() == out.strip()

@@ -15,13 +15,14 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .auth import check_proxy_key
-from .backends import BackendFormatError, make_backend, upstream_refusal
+from .backends import BackendFormatError, upstream_refusal
 from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
@@ -43,6 +44,10 @@ from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints, model_list_dialect
 from .parse import StrippedOutputError
+from .pool.capacity import PoolCapacity
+from .pool.dispatch import Dispatcher
+from .pool.pool import Pools
+from .pool.resume import Failover
 from .reasoning_memory import ReasoningMemory
 from .records import header_pairs, record_of
 from .redact import REDACTED, redact_headers
@@ -84,6 +89,10 @@ class Gateway:
         self.state = state or State(settings)  # harmony.py passes the one it loads as an addon
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
+        self.pools = Pools(self.upstream.client)
+        self.dispatcher = Dispatcher(self.pools, self.upstream)
+        self.failover = Failover(self.dispatcher, self.upstream.client,
+                                 lambda: self.config.upstream_timeout, self._translator)
         self.responses = ResponsesDialect(ResponseStore(self.state.responses))
         self.messages = MessagesDialect()
         self.dialects: dict[Endpoint, Dialect] = {
@@ -98,7 +107,8 @@ class Gateway:
         self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
-                               sticky=self.state.spill)
+                               sticky=self.state.spill, capacity=PoolCapacity(
+                                   self.pools, lambda: self.config.spillover_max_inflight))
         self.late_key = True  # the injector on the chain's end adds the key (see running)
         self._startup_check: asyncio.Task | None = None
 
@@ -118,6 +128,8 @@ class Gateway:
 
     def configure(self, updated: set[str]) -> None:
         self.local.configure(updated)
+        if self.settings.config is not None:
+            self.pools.configure(self.config.model_servers, self.config.routing)
 
     def running(self) -> None:
         # Where flows are shown (mitmweb's view), the key injector must see them after every
@@ -131,10 +143,12 @@ class Gateway:
             self._startup_check = asyncio.get_running_loop().create_task(
                 self.local.check_server())
             self.local.fetch_groq_models()  # Groq's output limits, before the first request
+            self.pools.start()
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
             ctx.master.addons.remove(self.injector)
+        self.pools.stop()
         self.upstream.close()
 
     # -- request --------------------------------------------------------------------------
@@ -221,7 +235,8 @@ class Gateway:
     async def _health(self) -> dict[str, Any]:
         """The model server's cached check and the state store's live one."""
         store = await self.state.health()
-        body = {**await self.local.health(), "state_store": store}
+        body = {**await self.local.health(), "state_store": store,
+                "replicas": self.pools.health()}
         if store["status"] != "ok":
             body["status"] = "degraded"
         return body
@@ -246,7 +261,7 @@ class Gateway:
         groq = choose_route(model, self.config.harmony_models).route is Route.GROQ
         request = self.messages.chat(body, self.config, "placeholder" if groq else "refuse")
         check_word_lengths(body)
-        transport = make_backend(self.config.backend).text_transport
+        transport = self.pools.for_model(model).text_transport
         return len(render_prompt(request, self.config.harmony_date, transport).token_ids)
 
     async def _route(self, flow: http.HTTPFlow, dialect: Dialect) -> None:
@@ -290,29 +305,24 @@ class Gateway:
         self.groq_calls[flow.id] = call
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
-        config, local = self.config, self.local
+        config = self.config
         check_word_lengths(conversation.body)
-        backend = make_backend(config.backend, await local.context_length())
+        if config.backend == "vllm":  # measured once vLLM is up, for /health (cached after)
+            await self.local.context_length()
         request = conversation.chat
         record = record_of(flow)
         messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued
             request = dataclasses.replace(request, messages=messages)
             record["restored_reasoning"] = restored
-        prompt = render_prompt(request, config.harmony_date, backend.text_transport)
-        exchange = HarmonyExchange(request, prompt, backend, conversation.reply, self.memory)
-        upstream = backend.request_body(prompt, request, request.stream, config.transformers_model)
-        url = config.transformers_url + backend.completions_path
+        transport = self.pools.for_model(request.model).text_transport
+        prompt = render_prompt(request, config.harmony_date, transport)
         record["prompt"] = prompt.text
         record["prompt_tokens"] = len(prompt.token_ids)
-        record["upstream_request"] = {"url": url, "body": upstream}
-        rewrite(flow, url, upstream)
-        if request.stream:
-            await self.upstream.probe(url)
-            self.exchanges[flow.id] = exchange
-            return
-        flow.response = await self.upstream.complete(url, upstream, config.upstream_timeout)
-        self.exchanges[flow.id] = exchange
+        backend = await self.dispatcher.send(flow, prompt, request, config.transformers_model,
+                                             config.replica_attempts, config.upstream_timeout)
+        self.exchanges[flow.id] = HarmonyExchange(request, prompt, backend, conversation.reply,
+                                                  self.memory)
 
     # -- response -------------------------------------------------------------------------
 
@@ -321,22 +331,17 @@ class Gateway:
         assert flow.response is not None
         record.setdefault("response_headers_at", time.time())
         _mask_groq_key(flow)
+        self.failover.responseheaders(flow)
         if flow.response.status_code != 200 or is_local(flow):
             return
 
         def store(summary: dict[str, Any]) -> None:
             record["stream_summary"] = summary
 
-        exchange = self.exchanges.get(flow.id)
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
-        if exchange is not None and exchange.request.stream:
-            translator = HarmonyStreamTranslator(
-                exchange, self.config.keepalive_seconds, lambda r: store(r.summary()))
-            if can_write_chunks(flow):
-                with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
-                    self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
-                        heartbeat(flow, translator))
+        translator = self._translator(flow)
+        if translator is not None:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store)
@@ -351,10 +356,37 @@ class Gateway:
                 flow.response.stream = True  # a stream relayed as it is
             return
         prepare_sse(flow)
-        flow.response.stream = stream
+        flow.response.stream = self.failover.wrap(flow, translator) if translator else stream
         self.streams[flow.id] = stream
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def _translator(self, flow: http.HTTPFlow) -> HarmonyStreamTranslator | None:
+        """A gpt-oss stream's translator (and its heartbeat); None for other flows."""
+        exchange = self.exchanges.get(flow.id)
+        if exchange is None or not exchange.request.stream:
+            return None
+        record = record_of(flow)
+        translator = HarmonyStreamTranslator(
+            exchange, self.config.keepalive_seconds,
+            lambda result: record.__setitem__("stream_summary", result.summary()))
+        if can_write_chunks(flow):
+            with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
+                self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
+                    heartbeat(flow, translator))
+        return translator
+
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync, but for a pooled stream to continue on another replica: then an awaitable,
+        which mitmproxy awaits, keeping the client's body open meanwhile."""
+        if self.failover.pending(flow, end_body=False):
+            return self._settle(flow, False, self._response)
+        self._response(flow)
+        return None
+
+    async def _settle(self, flow: http.HTTPFlow, end_body: bool,
+                      then: Callable[[http.HTTPFlow, bool], None]) -> None:
+        then(flow, await self.failover.settle(flow, end_body))
+
+    def _response(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
         exchange, call, _ = self._forget(flow)
         response = flow.response
         if response is None or response.stream:
@@ -414,20 +446,29 @@ class Gateway:
         task = self.heartbeats.pop(flow.id, None)
         if task is not None:
             task.cancel()
+        self.failover.forget(flow)
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()
         return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
                 self.streams.pop(flow.id, None))
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if self.failover.pending(flow, end_body=True):
+            return self._settle(flow, True, self._error)
+        self._error(flow)
+        return None
+
+    def _error(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
         relay = self.relays.get(flow.id)
         _, _, stream = self._forget(flow)
-        if flow.error is not None:
+        if flow.error is not None and not resumed:
             if (stream or relay) is not None and (stream or relay).done:
                 # The stream had ended (its last event, or its own error, was sent) before
-                # this: a client hanging up at once is no failure, a backend error stays first.
+                # this: a client hanging up at once is no failure, a backend error stays first;
+                # the client's body still gets its end if the upstream's was what got lost.
                 record_of(flow)["ended_before_error"] = True
+                send_last_chunk(flow, b"")
             elif stream is not None:
                 # Upstream reset or client gone mid-stream: log it, and end the client's stream
                 # with an error event instead of a truncated body.

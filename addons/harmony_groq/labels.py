@@ -42,6 +42,9 @@ def flow_label(summary: dict[str, Any]) -> str:
         parts.append(f"{_count(tokens_in)}→{_count(tokens_out)} tok")
     if summary.get("restored_reasoning"):
         parts.append(f"reasoning restored ×{len(summary['restored_reasoning'])}")
+    for key, word in (("failed_over", "failover"), ("resumed", "resumed")):
+        if summary.get(key):  # the replica pool continued the stream on another replica
+            parts.append(f"{word} ×{summary[key]}")
     first = summary.get("ttft_ms")
     if first is None and summary.get("status") == 200 and not summary.get("stream"):
         first = summary.get("ttfb_ms")  # a whole reply: its first token came with it

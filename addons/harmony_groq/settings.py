@@ -22,6 +22,7 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .encoding import EncodingUnavailable, harmony_encoding
+from .pool.spec import ROUTING_POLICIES, ModelServers, SpecError, model_servers, replica_urls
 from .state.codec import is_store_url, passwords_of, public_url, secret_url
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,21 @@ class OptionSpec:
 
 OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("transformers_url", "TRANSFORMERS_URL", str, "http://localhost:8000",
-               "Base URL of the gpt-oss model server (transformers serve)."),
+               "Base URL of the gpt-oss model server (transformers serve); a comma-separated "
+               "list for several replicas of it."),
     OptionSpec("transformers_model", "TRANSFORMERS_MODEL", str, "",
                "Model id sent to the model server; empty sends no model field."),
     OptionSpec("backend", "BACKEND", str, "transformers",
                "Wire format of the gpt-oss model server.", BACKENDS),
+    OptionSpec("model_servers", "MODEL_SERVERS", str, "",
+               "Replicas per served gpt-oss model: MODEL=KIND:URL|KIND:URL;MODEL=…; models it "
+               "does not name go to TRANSFORMERS_URL."),
+    OptionSpec("routing", "ROUTING", str, "cache_aware",
+               "How a request picks a replica: cache_aware, least_loaded or round_robin.",
+               ROUTING_POLICIES),
+    OptionSpec("replica_attempts", "REPLICA_ATTEMPTS", int, 3,
+               "Replicas one request may try: failover before the first token and resuming "
+               "a broken stream count together."),
     OptionSpec("groq_base_url", "GROQ_BASE_URL", str, "https://api.groq.com/openai/v1",
                "Base URL of Groq's OpenAI-compatible API."),
     OptionSpec("harmony_models", "HARMONY_MODELS", str, "gpt-oss,harmony",
@@ -119,9 +130,12 @@ OPTION_DEFAULTS = {spec.name: spec.default for spec in OPTIONS}
 class Config:
     """A validated snapshot of the options plus the secrets from the environment."""
 
-    transformers_url: str
+    transformers_url: str  # the first replica of TRANSFORMERS_URL
     transformers_model: str
     backend: str
+    model_servers: tuple[ModelServers, ...]  # MODEL_SERVERS' groups, then TRANSFORMERS_URL's
+    routing: str
+    replica_attempts: int
     groq_base_url: str
     harmony_models: tuple[str, ...]
     harmony_model_ids: tuple[str, ...]
@@ -224,10 +238,19 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
     harmony_models = _split(values["harmony_models"])
     if not harmony_models:
         raise exceptions.OptionsError("harmony_models must name at least one substring")
+    try:
+        urls = replica_urls("transformers_url", values["transformers_url"])
+        servers = (*model_servers(values["model_servers"], BACKENDS),
+                   ModelServers(None, values["backend"], urls))
+    except SpecError as exc:
+        raise exceptions.OptionsError(str(exc)) from None
     return Config(
-        transformers_url=_check_url("transformers_url", values["transformers_url"]),
+        transformers_url=urls[0],
         transformers_model=values["transformers_model"],
         backend=values["backend"],
+        model_servers=servers,
+        routing=values["routing"],
+        replica_attempts=values["replica_attempts"],
         groq_base_url=_check_url("groq_base_url", values["groq_base_url"]),
         harmony_models=tuple(m.lower() for m in harmony_models),
         harmony_model_ids=_split(values["harmony_model_ids"]),

@@ -33,6 +33,7 @@ from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
 HEAD_DELAY = 0.05
+RESUMABLE = frozenset({"upstream_error", "upstream_incomplete"})  # the server's failures
 
 STRIPPED_HELP = (
     "The model server removed harmony's control tokens (<|channel|>, <|message|>, …), so the "
@@ -105,7 +106,14 @@ class InterruptibleStream:
 
 
 class HarmonyStreamTranslator(InterruptibleStream):
-    """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``)."""
+    """Backend SSE bytes in, the client API's SSE bytes out (written by ``exchange.reply``).
+
+    ``on_upstream_failure`` (set by the replica pool) may claim a failure of the model server
+    (an error event, an early end): the translation is then ``suspended`` instead of failed,
+    and can be continued with another server's stream (``pool/resume.py``)."""
+
+    on_upstream_failure: Callable[[ProxyError], bool] | None = None
+    suspended = False
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
@@ -121,11 +129,12 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.started = False
         self.done = False
         self.completion_tokens = 0
+        self.generated_ids: list[int] = []  # what a continuation's prompt needs (id servers)
         self.clock = clock
         self.last_sent = clock()
 
     def __call__(self, data: bytes) -> list[bytes]:
-        if self.done:
+        if self.done or self.suspended:
             return []
         out = self._opening()
         try:
@@ -183,6 +192,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
             self.result.upstream_text.append(output.text or harmony_encoding().decode(
                 output.token_ids or []))
             self.completion_tokens += len(output.token_ids) if output.token_ids else 1
+            if not self.exchange.backend.text_transport:
+                self.generated_ids.extend(output.token_ids if output.token_ids is not None else
+                                          harmony_encoding().encode(output.text,
+                                                                    allowed_special="all"))
         self._emit(feed_output(self.decoder, output), out)
         if self.decoder.stopped:
             self._finish(output, out)
@@ -203,6 +216,9 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self._close()
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
+        if (error.code in RESUMABLE and self.on_upstream_failure is not None
+                and self.on_upstream_failure(error)):
+            return
         logger.warning("gpt-oss stream to %s failed: %s", self.exchange.request.model,
                        error.message)
         out.extend(self.reply.fail(error))
@@ -225,7 +241,7 @@ def can_write_chunks(flow: http.HTTPFlow) -> bool:
 
 def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
-    stream (``last``: and the body's end).
+    stream (``last``: and the body's end, even with no ``data``).
 
     mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
@@ -233,24 +249,33 @@ def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
     write on the event loop, so it never lands inside one of mitmproxy's.
     """
     response = flow.response
-    if (not data or response is None or not can_write_chunks(flow)
+    if (not (data or last) or response is None or not can_write_chunks(flow)
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
         return False
+    writer = client_writer(flow)
+    if writer is None:
+        return False
+    chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+    writer.write(chunk + (b"0\r\n\r\n" if last else b""))
+    return True
+
+
+def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWriter | None:
+    """The client connection's writer (``server``: the upstream connection's) in mitmproxy
+    12's connection handler, or None when it cannot be found or is closing."""
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
-    io = getattr(handler, "transports", {}).get(flow.client_conn)
+    io = getattr(handler, "transports", {}).get(flow.server_conn if server else flow.client_conn)
     writer = getattr(io, "writer", None)
-    if writer is None or writer.is_closing():
-        return False
-    writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
-    return True
+    return None if writer is None or writer.is_closing() else writer
 
 
 def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
     """Write ``data`` and the end of the body from the ``error`` hook, whose connection
     mitmproxy is about to close: without it the client gets a truncated chunked body
-    ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
+    ("incomplete chunked read"), also when the reply was complete and only the model server's
+    own end of the body was lost. HTTP/2 clients get a stream reset."""
     return write_chunk(flow, data, last=True)
 
 
