@@ -60,6 +60,7 @@ from .routing import (
 from .settings import Config, Settings
 from .spillover import Spillover
 from .state.addon import State
+from .state.writes import collect_writes
 from .streaming import (
     HarmonyStreamTranslator,
     InterruptibleStream,
@@ -67,6 +68,7 @@ from .streaming import (
     heartbeat,
     send_last_chunk,
     stripped_error,
+    write_chunk,
 )
 from .translate import HarmonyExchange, translate_completion
 from .upstream import ModelServerClient
@@ -316,16 +318,18 @@ class Gateway:
         exchange = self.exchanges.get(flow.id)
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
+        own_chunks = can_write_chunks(flow)  # then a reply's end can wait for its writes
         if exchange is not None and exchange.request.stream:
             translator = HarmonyStreamTranslator(
-                exchange, self.config.keepalive_seconds, lambda r: store(r.summary()))
-            if can_write_chunks(flow):
+                exchange, self.config.keepalive_seconds, lambda r: store(r.summary()),
+                hold_end=own_chunks)
+            if own_chunks:
                 with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
                     self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
                         heartbeat(flow, translator))
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
-            stream = GroqChatTranslator(call, store)
+            stream = GroqChatTranslator(call, store, hold_end=own_chunks)
         elif call is not None and sse and record.get("dialect") == "chat":
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
             self.relays[flow.id] = relay
@@ -339,15 +343,23 @@ class Gateway:
         flow.response.stream = stream
         self.streams[flow.id] = stream
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        exchange, call, _ = self._forget(flow)
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """Whole replies translated; every reply's end (mitmproxy sends it once this returns)
+        after the store writes it made, which the client's next turn may read elsewhere."""
+        exchange, call, stream = self._forget(flow)
         response = flow.response
-        if response is None or response.stream:
+        if response is None:
             return
-        if call is not None:
-            self._groq_response(flow, call)
-        elif exchange is not None:
-            self._harmony_response(flow, exchange)
+        if response.stream:
+            if stream is not None:
+                write_chunk(flow, await stream.held_end(self.state.settle))
+            return
+        with collect_writes() as writes:
+            if call is not None:
+                self._groq_response(flow, call)
+            elif exchange is not None:
+                self._harmony_response(flow, exchange)
+        await self.state.settle(writes)
 
     def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
         assert flow.response is not None
@@ -405,12 +417,13 @@ class Gateway:
         return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
                 self.streams.pop(flow.id, None))
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    async def error(self, flow: http.HTTPFlow) -> None:
         _, _, stream = self._forget(flow)
         if stream is not None and flow.error is not None:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream
             # with an error event instead of a truncated body.
-            send_last_chunk(flow, stream.abort(flow.error.msg))
+            held = await stream.held_end(self.state.settle)
+            send_last_chunk(flow, held + stream.abort(flow.error.msg))
         _mask_groq_key(flow)
 
 

@@ -17,6 +17,7 @@ from .dialects.base import GroqCall, Outcome, ReplyWriter
 from .errors import ProxyError
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
+from .state.writes import collect_writes
 from .streaming import InterruptibleStream
 
 logger = logging.getLogger(__name__)
@@ -104,8 +105,10 @@ class _PendingCall:
 class GroqChatTranslator(InterruptibleStream):
     """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
 
-    def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None],
+                 hold_end: bool = False) -> None:
         assert call.reply is not None
+        self.hold_end = hold_end
         self.reply: ReplyWriter = call.reply
         self.names = call.tool_names or {}
         self.on_done = on_done
@@ -188,7 +191,9 @@ class GroqChatTranslator(InterruptibleStream):
             self.first_token_at = self.first_token_at or time.time()
             self._emit(list(calls), out)
         outcome = outcome_of(self.finish_reason, self.usage, self.message)
-        out.extend(self.reply.finish(self.message, outcome))
+        with collect_writes() as writes:  # a stored response; a spilled reply's memory
+            end = self.reply.finish(self.message, outcome)
+        self._end(end, writes, out)
         self._close({"finish_reason": outcome.finish, "usage": outcome.usage(), "error": None})
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:

@@ -8,6 +8,12 @@ would silently drop a chunk, so every failure becomes the dialect's error event 
 When the upstream connection breaks mid-body (reset, crash), mitmproxy never calls the stream
 again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
 translation there and ``send_last_chunk`` delivers its error event before that close.
+
+The reply's end (the terminal events) is held back while store writes it made are under way
+(a shared store writes in the background; the next turn, maybe on another proxy, reads them):
+the gateway's ``response`` hook, which mitmproxy awaits before it ends the body, writes it once
+they are done (``held_end``, state/writes.py). Only where ``can_write_chunks``; elsewhere, and
+with the in-process store, the end goes out with the chunk that made it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +35,7 @@ from .encoding import harmony_encoding
 from .errors import ProxyError
 from .parse import Event, StrippedOutputError
 from .sse import SSEFramer
+from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
@@ -72,13 +79,41 @@ class StreamResult:
                 "keepalives": self.keepalives}
 
 
+@dataclass
+class HeldEnd:
+    """The reply's terminal events, and the store writes they wait for."""
+
+    data: bytes
+    writes: Writes
+
+
 class InterruptibleStream:
     """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events.
-    Its first output opens the client's stream (``reply.start()``) whatever arrives first."""
+    Its first output opens the client's stream (``reply.start()``) whatever arrives first.
+    With ``hold_end`` (the gateway can write chunks of its own to this client), the reply's
+    end waits for the store writes it made."""
 
     done: bool
     started: bool
     reply: ReplyWriter
+    hold_end: bool = False
+    held: HeldEnd | None = None
+
+    def _end(self, end: list[bytes], writes: Writes, out: list[bytes]) -> None:
+        """The reply's end into ``out``, or held back while ``writes`` are under way."""
+        if self.hold_end and writes.pending():
+            self.held = HeldEnd(b"".join(end), writes)
+        else:
+            out.extend(end)
+
+    async def held_end(self, settle: Callable[[Writes], Awaitable[None]]) -> bytes:
+        """The end ``_end`` held back (``b""`` if none), once ``settle`` waited for its
+        writes."""
+        held, self.held = self.held, None
+        if held is None:
+            return b""
+        await settle(held.writes)
+        return held.data
 
     def _opening(self) -> list[bytes]:
         if self.started:
@@ -105,8 +140,9 @@ class HarmonyStreamTranslator(InterruptibleStream):
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hold_end: bool = False) -> None:
         self.exchange = exchange
+        self.hold_end = hold_end
         self.decoder = exchange.new_decoder()
         self.reply = exchange.reply
         self.framer = SSEFramer()
@@ -192,8 +228,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
         message = self.result.message
         outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
-        self.exchange.remember(message)
-        out.extend(self.reply.finish(message, outcome))
+        with collect_writes() as writes:
+            self.exchange.remember(message)
+            end = self.reply.finish(message, outcome)
+        self._end(end, writes, out)
         self.result.finish_reason, self.result.usage = outcome.finish, outcome.usage()
         self._close()
 
