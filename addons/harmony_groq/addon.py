@@ -62,13 +62,13 @@ from .spillover import Spillover
 from .state.addon import State
 from .state.writes import collect_writes
 from .streaming import (
+    EndsAfterWrites,
     HarmonyStreamTranslator,
     InterruptibleStream,
     can_write_chunks,
     heartbeat,
     send_last_chunk,
     stripped_error,
-    write_chunk,
 )
 from .translate import HarmonyExchange, translate_completion
 from .upstream import ModelServerClient
@@ -96,6 +96,7 @@ class Gateway:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
+        self.ends = EndsAfterWrites(self.state.settle)
         self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
@@ -318,18 +319,18 @@ class Gateway:
         exchange = self.exchanges.get(flow.id)
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
-        own_chunks = can_write_chunks(flow)  # then a reply's end can wait for its writes
+        hold = self.ends.holder(flow)  # the end waits for the writes the next turn reads
         if exchange is not None and exchange.request.stream:
             translator = HarmonyStreamTranslator(
                 exchange, self.config.keepalive_seconds, lambda r: store(r.summary()),
-                hold_end=own_chunks)
-            if own_chunks:
+                hold_end=hold)
+            if can_write_chunks(flow):
                 with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
                     self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
                         heartbeat(flow, translator))
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
-            stream = GroqChatTranslator(call, store, hold_end=own_chunks)
+            stream = GroqChatTranslator(call, store, hold_end=hold)
         elif call is not None and sse and record.get("dialect") == "chat":
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
             self.relays[flow.id] = relay
@@ -346,13 +347,10 @@ class Gateway:
     async def response(self, flow: http.HTTPFlow) -> None:
         """Whole replies translated; every reply's end (mitmproxy sends it once this returns)
         after the store writes it made, which the client's next turn may read elsewhere."""
-        exchange, call, stream = self._forget(flow)
+        exchange, call, _ = self._forget(flow)
+        await self.ends.sent(flow)
         response = flow.response
-        if response is None:
-            return
-        if response.stream:
-            if stream is not None:
-                write_chunk(flow, await stream.held_end(self.state.settle))
+        if response is None or response.stream:
             return
         with collect_writes() as writes:
             if call is not None:
@@ -419,11 +417,11 @@ class Gateway:
 
     async def error(self, flow: http.HTTPFlow) -> None:
         _, _, stream = self._forget(flow)
+        await self.ends.sent(flow)
         if stream is not None and flow.error is not None:
             # Upstream reset or client gone mid-stream: log it, and end the client's stream
             # with an error event instead of a truncated body.
-            held = await stream.held_end(self.state.settle)
-            send_last_chunk(flow, held + stream.abort(flow.error.msg))
+            send_last_chunk(flow, stream.abort(flow.error.msg))
         _mask_groq_key(flow)
 
 

@@ -18,7 +18,7 @@ from .errors import ProxyError
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .state.writes import collect_writes
-from .streaming import InterruptibleStream
+from .streaming import HoldEnd, InterruptibleStream
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class GroqChatTranslator(InterruptibleStream):
     """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
 
     def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None],
-                 hold_end: bool = False) -> None:
+                 hold_end: HoldEnd | None = None) -> None:
         assert call.reply is not None
         self.hold_end = hold_end
         self.reply: ReplyWriter = call.reply

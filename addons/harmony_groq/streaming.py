@@ -9,11 +9,12 @@ When the upstream connection breaks mid-body (reset, crash), mitmproxy never cal
 again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
 translation there and ``send_last_chunk`` delivers its error event before that close.
 
-The reply's end (the terminal events) is held back while store writes it made are under way
-(a shared store writes in the background; the next turn, maybe on another proxy, reads them):
-the gateway's ``response`` hook, which mitmproxy awaits before it ends the body, writes it once
-they are done (``held_end``, state/writes.py). Only where ``can_write_chunks``; elsewhere, and
-with the in-process store, the end goes out with the chunk that made it.
+The reply's end (its terminal events) waits for the store writes it made (a shared store writes
+in the background; the next turn, maybe on another proxy, reads them): the translator hands it
+to ``EndsAfterWrites``, whose task writes it once they are done (state/writes.py), and the
+gateway's ``response`` hook, which mitmproxy awaits before it ends the body, awaits that task.
+Only where ``can_write_chunks``; elsewhere, and with the in-process store, the end goes out with
+the chunk that made it.
 """
 
 from __future__ import annotations
@@ -79,47 +80,30 @@ class StreamResult:
                 "keepalives": self.keepalives}
 
 
-@dataclass
-class HeldEnd:
-    """The reply's terminal events, and the store writes they wait for."""
-
-    data: bytes
-    writes: Writes
+HoldEnd = Callable[[bytes, Writes], bool]  # takes the end to write after the writes, or not
 
 
 class InterruptibleStream:
     """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events.
     Its first output opens the client's stream (``reply.start()``) whatever arrives first.
-    With ``hold_end`` (the gateway can write chunks of its own to this client), the reply's
-    end waits for the store writes it made."""
+    Its end waits for the store writes it made where ``hold_end`` takes it."""
 
     done: bool
     started: bool
     reply: ReplyWriter
-    hold_end: bool = False
-    held: HeldEnd | None = None
-
-    def _end(self, end: list[bytes], writes: Writes, out: list[bytes]) -> None:
-        """The reply's end into ``out``, or held back while ``writes`` are under way."""
-        if self.hold_end and writes.pending():
-            self.held = HeldEnd(b"".join(end), writes)
-        else:
-            out.extend(end)
-
-    async def held_end(self, settle: Callable[[Writes], Awaitable[None]]) -> bytes:
-        """The end ``_end`` held back (``b""`` if none), once ``settle`` waited for its
-        writes."""
-        held, self.held = self.held, None
-        if held is None:
-            return b""
-        await settle(held.writes)
-        return held.data
+    hold_end: HoldEnd | None = None
 
     def _opening(self) -> list[bytes]:
         if self.started:
             return []
         self.started = True
         return self.reply.start()
+
+    def _end(self, end: list[bytes], writes: Writes, out: list[bytes]) -> None:
+        """The reply's end into ``out``, unless it waits for ``writes`` under way."""
+        if not (self.hold_end is not None and writes.pending()
+                and self.hold_end(b"".join(end), writes)):
+            out.extend(end)
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         raise NotImplementedError
@@ -140,7 +124,8 @@ class HarmonyStreamTranslator(InterruptibleStream):
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
-                 clock: Callable[[], float] = time.monotonic, hold_end: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 hold_end: HoldEnd | None = None) -> None:
         self.exchange = exchange
         self.hold_end = hold_end
         self.decoder = exchange.new_decoder()
@@ -284,6 +269,41 @@ def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
     mitmproxy is about to close: without it the client gets a truncated chunked body
     ("incomplete chunked read"). HTTP/2 clients get a stream reset."""
     return write_chunk(flow, data, last=True)
+
+
+class EndsAfterWrites:
+    """Streams' ends that wait for their store writes: each written by a task of its own as soon
+    as ``settle`` is done with the writes (at most the store's timeout), before mitmproxy ends
+    the body (its ``response`` and ``error`` hooks await ``sent``)."""
+
+    def __init__(self, settle: Callable[[Writes], Awaitable[None]]) -> None:
+        self.settle = settle
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    def holder(self, flow: http.HTTPFlow) -> HoldEnd | None:
+        """What a translator hands its end to, where chunks of our own can reach the client."""
+        if not can_write_chunks(flow):
+            return None
+
+        def hold(data: bytes, writes: Writes) -> bool:
+            try:
+                task = asyncio.get_running_loop().create_task(self._write(flow, data, writes))
+            except RuntimeError:  # no event loop: a stream driven outside mitmproxy
+                return False
+            self.tasks[flow.id] = task
+            return True
+
+        return hold
+
+    async def _write(self, flow: http.HTTPFlow, data: bytes, writes: Writes) -> None:
+        await self.settle(writes)
+        write_chunk(flow, data)
+
+    async def sent(self, flow: http.HTTPFlow) -> None:
+        """Once the flow's held end, if any, is written."""
+        task = self.tasks.pop(flow.id, None)
+        if task is not None:
+            await task
 
 
 async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
