@@ -240,25 +240,32 @@ def can_write_chunks(flow: http.HTTPFlow) -> bool:
                 or flow.client_conn.tls_established)
 
 
-def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
-    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
-    stream (``last``: and the body's end).
+def _chunk_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The client connection's writer, where chunks of our own can go (else ``None``).
 
     mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
-    ``writer``); every step is checked and ``False`` means nothing was sent. A chunk is one
-    write on the event loop, so it never lands inside one of mitmproxy's.
+    ``writer``); every step is checked.
     """
     response = flow.response
-    if (not data or response is None or not can_write_chunks(flow)
+    if (response is None or not can_write_chunks(flow)
             or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
-        return False
+        return None
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
     io = getattr(handler, "transports", {}).get(flow.client_conn)
     writer = getattr(io, "writer", None)
-    if writer is None or writer.is_closing():
+    return None if writer is None or writer.is_closing() else writer
+
+
+def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
+    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
+    stream (``last``: and the body's end); ``False``: nothing was sent. A chunk is one write on
+    the event loop, so it never lands inside one of mitmproxy's.
+    """
+    writer = _chunk_writer(flow) if data else None
+    if writer is None:
         return False
     writer.write(b"%x\r\n%s\r\n%s" % (len(data), data, b"0\r\n\r\n" if last else b""))
     return True
@@ -286,6 +293,8 @@ class EndsAfterWrites:
             return None
 
         def hold(data: bytes, writes: Writes) -> bool:
+            if _chunk_writer(flow) is None:  # the client is gone, or mitmproxy changed
+                return False
             try:
                 task = asyncio.get_running_loop().create_task(self._write(flow, data, writes))
             except RuntimeError:  # no event loop: a stream driven outside mitmproxy
