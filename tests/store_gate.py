@@ -67,6 +67,12 @@ class WriteGate:
         self.port = server.sockets[0].getsockname()[1]
         started.set()
         self.loop.run_forever()
+        server.close()
+        connections = asyncio.all_tasks(self.loop)
+        for task in connections:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*connections, return_exceptions=True))
+        self.loop.close()
 
     async def _connection(self, client_reader: asyncio.StreamReader,
                           client_writer: asyncio.StreamWriter) -> None:

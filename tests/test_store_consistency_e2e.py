@@ -30,7 +30,7 @@ from redis_server import RedisServer, free_port
 from spill_clients import Reply, send
 
 GROQ_MODEL = "llama-3.3-70b-versatile"
-HELD_SECONDS = 0.5  # each write of proxy A, before it reaches Redis
+HELD_SECONDS = 0.3  # each write of proxy A, before it reaches Redis (writes time out at 1 s)
 Start = Callable[..., ProxyProcess]
 BOTH = pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 # Compact arguments: the Messages dialect sends a call's input back as compact JSON, and the
@@ -56,6 +56,21 @@ def start_pair(start: Callable[[dict[str, str], dict[str, str]], ProxyProcess],
     b = start({"state_store_timeout_ms": "1000", **(b_options or {})},
               {"STATE_STORE": redis.url, "GROQ_API_KEY": GROQ_KEY})
     return Pair(gate, a, b)
+
+
+@pytest.fixture()
+def gated(start_proxy: Start, redis_server: RedisServer) -> Iterator[Callable[..., Pair]]:
+    """``gated(held, timeout_ms, a_options, b_options)``: a pair of this test's own."""
+    pairs: list[Pair] = []
+
+    def start(*args: Any) -> Pair:
+        pairs.append(start_pair(lambda options, env: start_proxy(options=options, env=env),
+                                redis_server, *args))
+        return pairs[-1]
+
+    yield start
+    for started in pairs:
+        started.gate.close()
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +166,13 @@ def test_the_analysis_before_a_tool_call_is_on_the_other_proxy_when_the_reply_en
 
 @BOTH
 def test_a_spilled_conversation_is_sticky_on_the_other_proxy_when_the_reply_ends(
-        start_proxy: Start, redis_server: RedisServer, fake_transformers: FakeTransformers,
-        fake_groq: FakeGroq, stream: bool) -> None:
+        gated: Callable[..., Pair], fake_transformers: FakeTransformers, fake_groq: FakeGroq,
+        stream: bool) -> None:
     """A's local model server is down, so A spills to Groq; B's is up, and B keeps the
     conversation on Groq only if it reads A's stickiness."""
     spill = {"spillover": "down"}
     dead = {**spill, "transformers_url": f"http://127.0.0.1:{free_port()}"}
-    pair = start_pair(lambda options, env: start_proxy(options=options, env=env),
-                      redis_server, HELD_SECONDS, "5000", dead, spill)
+    pair = gated(HELD_SECONDS, "5000", dead, spill)
     convo = [{"role": "system", "content": f"Tools #{time.monotonic_ns()}"},
              {"role": "user", "content": 'call lookup {"city":"Oslo"}'}]
     first = send(pair.a.base_url, "chat", "gpt-oss-20b", convo, stream, tools=("lookup",))
@@ -174,12 +188,10 @@ def test_a_spilled_conversation_is_sticky_on_the_other_proxy_when_the_reply_ends
 
 @BOTH
 def test_a_slow_store_delays_the_end_only_up_to_its_timeout(
-        start_proxy: Start, redis_server: RedisServer, fake_transformers: FakeTransformers,
-        stream: bool) -> None:
-    """Writes held 0.7 s, ``STATE_STORE_TIMEOUT_MS=50``: the reply ends before its write lands
+        gated: Callable[..., Pair], fake_transformers: FakeTransformers, stream: bool) -> None:
+    """Writes held 0.5 s, ``STATE_STORE_TIMEOUT_MS=50``: the reply ends before its write lands
     (counted as late); the write still lands, and the other proxy reads it then."""
-    pair = start_pair(lambda options, env: start_proxy(options=options, env=env),
-                      redis_server, 0.7, "50")
+    pair = gated(0.5, "50")
     first = send(pair.a.base_url, "responses", "gpt-oss-20b", user("Say 0"), stream, store=True)
     assert first.status == 200 and first.message["content"] == "Hello!"
     ((arrived, forwarded),) = pair.gate.wait_for_writes(1)
