@@ -1,6 +1,7 @@
 """mitmproxy entry script: ``mitmdump -s addons/harmony.py``.
 
-Thin on purpose: the logic lives in the ``harmony_groq`` package next to this file.
+Thin on purpose: the logic lives in the ``harmony_groq`` package next to this file. mitmproxy's
+chain gets one addon (``HarmonyGroq``, entry.py) that calls the parts below in this order.
 """
 
 import os
@@ -11,6 +12,7 @@ from mitmproxy import contentviews
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harmony_groq.addon import Gateway  # noqa: E402
+from harmony_groq.entry import HarmonyGroq  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
 from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
@@ -25,8 +27,10 @@ _metrics = Metrics(_settings)
 _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memory, spill-over
 _gateway = Gateway(_settings, _state)
 _metrics.spill_status = _gateway.spill.status
-# MetricsEndpoint answers /metrics before the Gateway routes; Metrics counts finished flows
-# after the Gateway has rewritten them; Spillover's hooks see the replies the Gateway wrote.
-addons = [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
-          _gateway, _gateway.spill, FlowLabels(), FlowLog(_settings, _metrics.flow_log_failed),
-          _metrics]
+# MetricsEndpoint answers /metrics before the Gateway routes; Spillover's hooks see the replies
+# the Gateway wrote; FlowLabels labels what was answered; the flow log and the metrics read the
+# finished flow once its reply was sent.
+addons = [HarmonyGroq(
+    [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
+     _gateway.spill, FlowLabels()],
+    bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]

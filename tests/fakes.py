@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -53,6 +54,9 @@ DEFAULT_ANSWER = ("<|channel|>analysis<|message|>User says hi.<|end|><|start|>as
                   "<|channel|>final<|message|>Hello!<|return|>")
 
 
+HOLD_LIMIT = 10.0  # seconds a held body stays open at most
+
+
 @dataclass
 class Scripted:
     """One scripted completion of the fake model server."""
@@ -64,6 +68,8 @@ class Scripted:
     status: int = 200
     delay_headers: float = 0.0
     prefill: float = 0.0  # seconds between the stream's headers and its first token
+    hold: bool = False  # after the last event (or the error event), keep the body open until
+    #                     the proxy drops the connection (HOLD_LIMIT at most)
 
 
 class _Server(ThreadingHTTPServer):
@@ -77,10 +83,10 @@ class FakeServer:
 
     handler: type[BaseHTTPRequestHandler]
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[dict[str, Any]] = []
         self.connections: set[socket.socket] = set()  # open client connections
-        self._listen(0)
+        self._listen(port)
 
     def _listen(self, port: int) -> None:
         self.server = _Server(("127.0.0.1", port), self.handler)
@@ -163,6 +169,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def hold_open(self, hold: bool) -> None:
+        """Keep the body open after the last event: the proxy cannot see the stream's end, so
+        what the client does meanwhile (hanging up) reaches it first, every time."""
+        deadline = time.monotonic() + HOLD_LIMIT
+        while hold and time.monotonic() < deadline:
+            # The proxy closes its side once the client left: stop holding then.
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                return
+
     def reset(self) -> None:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00"
                                    b"\x00\x00\x00\x00")
@@ -237,6 +253,7 @@ class _TransformersHandler(_Handler):
                     return
                 if script.error_after is not None and n == script.error_after:
                     self.send_chunk(b'data: {"error": "CUDA out of memory (scripted)"}\n\n')
+                    self.hold_open(script.hold)
                     self.end_chunks()
                     return
                 if fake.strip_specials and not piece:
@@ -248,6 +265,7 @@ class _TransformersHandler(_Handler):
             last = {**base, "choices": [{"finish_reason": finish, "index": 0, "text": ""}],
                     "usage": usage}
             self.send_chunk(f"data: {json.dumps(last)}\n\n".encode())
+            self.hold_open(script.hold)
             self.end_chunks()
         except (BrokenPipeError, ConnectionResetError):
             fake.disconnects += 1
@@ -407,12 +425,19 @@ class _GroqHandler(_Handler):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
                                         "logprobs": None, "finish_reason": None}]})
             time.sleep(fake.token_delay)
+            if fake.stream_error:  # Groq's signal of a stream stopped early (x_groq.error)
+                send({**chunk, "choices": [], "x_groq": {"id": "req_01fake",
+                                                         "error": fake.stream_error}})
+                self.hold_open(fake.hold)
+                self.end_chunks()
+                return
         send({**chunk, "choices": [{"index": 0, "delta": {}, "logprobs": None,
                                     "finish_reason": "stop"}],
               "x_groq": {"id": "req_01fake", "usage": usage}, "usage": usage})
         if (body.get("stream_options") or {}).get("include_usage"):
             send({**chunk, "choices": [], "usage": usage})
         self.send_chunk(b"data: [DONE]\n\n")
+        self.hold_open(fake.hold)
         self.end_chunks()
 
     @staticmethod
@@ -503,6 +528,7 @@ class _GroqHandler(_Handler):
         for n, (kind, payload) in enumerate(events):
             data = json.dumps({"type": kind, "sequence_number": n, **payload})
             self.send_chunk(f"event: {kind}\ndata: {data}\n\n".encode())
+        self.hold_open(self.fake.hold)
         self.end_chunks()
 
     @staticmethod
@@ -533,6 +559,12 @@ class _GroqHandler(_Handler):
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return "stop : maximum number of items is 4"
+        limit = next((m["max_completion_tokens"] for m in GROQ_MODELS
+                      if m["id"] == body.get("model")), None)
+        for key in ("max_tokens", "max_completion_tokens"):
+            if limit and isinstance(body.get(key), int) and body[key] > limit:
+                return (f"`{key}` must be less than or equal to `{limit}`, the maximum value "
+                        f"for `{key}` is less than the `context_window` for this model")
         for n, message in enumerate(body.get("messages") or []):
             if message.get("role") == "assistant" and "reasoning_content" in message:
                 return (f"'messages.{n}' : for 'role:assistant' the following must be satisfied"
@@ -555,6 +587,11 @@ def _responses_problem(body: Any) -> str | None:
             return f"property '{key}' is unsupported"
     if body.get("store") not in (None, False):
         return "'store' : currently only supports false or null"
+    limit = next((m["max_completion_tokens"] for m in GROQ_MODELS
+                  if m["id"] == body.get("model")), None)
+    if limit and isinstance(body.get("max_output_tokens"), int) and (
+            body["max_output_tokens"] > limit):
+        return f"`max_output_tokens` must be less than or equal to `{limit}`"
     if set(body.get("reasoning") or {}) - {"effort"}:
         return "'reasoning.summary' : not supported"
     if set(body.get("text") or {}) - {"format"}:
@@ -587,6 +624,8 @@ class FakeGroq(FakeServer):
         self.token_delay = 0.0
         self.completion_tokens: int | None = None  # usage of a reply this long, when set
         self.rate_overrides: dict[str, str] = {}  # x-ratelimit-* headers to answer with
+        self.stream_error: str | None = None  # sent as x_groq.error after the first word
+        self.hold = False  # streams: keep the body open after the last event (hold_open)
         super().__init__()
 
     def rate_headers(self) -> dict[str, str]:
@@ -603,6 +642,8 @@ class FakeGroq(FakeServer):
         self.token_delay = 0.0
         self.completion_tokens = None
         self.rate_overrides = {}
+        self.stream_error = None
+        self.hold = False
 
 
 class _NpmRegistryHandler(_Handler):

@@ -106,14 +106,14 @@ def incremental(ids: list[int], shown: Callable[[int], bool]) -> Iterator[tuple[
 class _ScriptedServer(FakeServer):
     """Scripts, received prompts (as ids) and a disconnect count, shared by both fakes."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.scripts: deque[Scripted] = deque()
         self.prompts: list[list[int]] = []
         self.bodies: list[dict[str, Any]] = []
         self.generated: list[Generation] = []
         self.disconnects = 0
         self.configure_defaults()
-        super().__init__()
+        super().__init__(port)
 
     def configure_defaults(self) -> None:
         """Server-specific settings back to their defaults."""

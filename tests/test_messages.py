@@ -281,9 +281,10 @@ def test_reply_blocks_stop_reasons_and_usage() -> None:
     assert (b'"partial_json":"{\\"command\\": \\"ls\\"}"') in raw
     cut = whole(exchange_for({}), "<|channel|>final<|message|>Long", "length")
     assert cut["stop_reason"] == "max_tokens"
-    stopped = whole(exchange_for({"stop": ["Lo", "ng"]}), "<|channel|>final<|message|>Long",
-                    "stop")
-    assert (stopped["stop_reason"], stopped["stop_sequence"]) == ("stop_sequence", None)
+    stopped = whole(exchange_for({"stop": ["ng", "Lo"]}), "<|channel|>final<|message|>Long",
+                    "stop")  # of several, the one that matched first in the text
+    assert (stopped["stop_reason"], stopped["stop_sequence"]) == ("stop_sequence", "Lo")
+    assert stopped["content"] == []
 
 
 def test_arguments_that_are_no_object_become_an_empty_input() -> None:

@@ -109,6 +109,15 @@ def test_repair_kind_drops_the_variable_part(repair: str, kind: str) -> None:
      "service_unavailable"),
     (finished({"stream_summary": {"error": None}}), None),
     (finished({}), None),
+    # First cause wins: the backend's error event, then the client hanging up on it.
+    (finished({"stream_summary": {"error": "The model server failed: OOM"}}, 200,
+              error="Client disconnected."), "stream_error"),
+    # The client hung up after the stream's last event: no failure.
+    (finished({"stream_summary": {"error": None}, "ended_before_error": True}, 200,
+              error="Client disconnected."), None),
+    (finished({"stream_summary": {"error": "The stream was interrupted: Client disconnected.",
+                                  "interrupted": True}}, 200, error="Client disconnected."),
+     "stream_interrupted"),
 ])
 def test_error_code(flow: http.HTTPFlow, code: str | None) -> None:
     assert error_code(flow, flow.metadata[META].get("stream_summary")) == code
@@ -148,10 +157,11 @@ def test_counts_read_from_the_records() -> None:
                       "repairs": ["token dropped: x", "token dropped: y"],
                       "restored_reasoning": 2}, body={"usage": usage})
     stream = finished({"route": "gpt-oss", "model": "gpt-oss-20b", "stream": True,
+                       "dialect": "chat",
                        "restored_reasoning": ["messages[1]: restored", "messages[3]: restored"],
                        "stream_summary": {"usage": usage, "error": None, "first_token_at": 0,
                                           "repairs": ["missing <|end|> before <|start|>"]}})
-    groq = finished({"route": "groq", "model": "llama"}, 429,
+    groq = finished({"route": "groq", "model": "llama", "dialect": "chat"}, 429,
                     {"error": {"code": "rate_limit_exceeded"}},
                     {"x-ratelimit-remaining-requests": "41", "x-ratelimit-remaining-tokens": "n/a"})
     samples = counted(whole, stream, groq)
@@ -289,8 +299,9 @@ def test_scrape_after_a_mixed_run(start_proxy: Callable[..., ProxyProcess],
         ("chat", "gpt-oss", "gpt-oss-20b", "200"): 5, ("chat", "groq", llama, "200"): 1,
         ("chat", "groq", prefixed, "200"): 1, ("chat", "groq", llama, "429"): 1,
         ("chat", "groq", OTHER, "429"): 1, ("chat", "local", "", "400"): 1,
-        ("chat", "local", "", "401"): 1, ("chat", "local", "", "405"): 1,
-        ("chat", "local", "", "200"): 1}  # the first scrape
+        # /metrics itself (no key, POST, the first scrape) belongs to no client API
+        ("none", "local", "", "401"): 1, ("none", "local", "", "405"): 1,
+        ("none", "local", "", "200"): 1}
     assert series(changed, "harmony_groq_errors_total", "code") == {
         ("stream_error",): 1, ("stream_interrupted",): 1, ("rate_limit_exceeded",): 2,
         ("invalid_request_error",): 1, ("invalid_api_key",): 1, ("method_not_allowed",): 1}

@@ -139,7 +139,7 @@ def test_view_shows_both_sides_of_a_gpt_oss_flow(hooks, fake_transformers) -> No
     fake_transformers.script(GENERATED)
     flow = _chat_flow(CHATS[1])
     asyncio.run(gateway.request(flow))
-    asyncio.run(gateway.response(flow))
+    gateway.response(flow)
     labels.response(flow)
     assert flow.response is not None and flow.response.status_code == 200
 
@@ -179,7 +179,7 @@ def test_view_lists_repairs(hooks, fake_transformers) -> None:
                              "<|channel|>final<|message|>ok")
     flow = _chat_flow(CHATS[0])
     asyncio.run(gateway.request(flow))
-    asyncio.run(gateway.response(flow))
+    gateway.response(flow)
     repairs = flow_record(flow)["repairs"]
     assert repairs
     text = contentviews.prettify_message(flow.response, flow).text
@@ -198,13 +198,13 @@ def test_view_and_label_say_when_reasoning_was_restored(hooks, fake_transformers
 
     async def agent() -> http.HTTPFlow:  # one loop: the gateway's HTTP client lives in it
         await gateway.request(first)
-        await gateway.response(first)
+        gateway.response(first)
         (call,) = json.loads(first.response.content)["choices"][0]["message"]["tool_calls"]
         again = _chat_flow({**body, "messages": body["messages"] + [
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]})
         await gateway.request(again)
-        await gateway.response(again)
+        gateway.response(again)
         return again
 
     second = asyncio.run(agent())
@@ -243,7 +243,7 @@ def test_streamed_flow_keeps_a_bounded_copy_and_is_assembled(hooks, fake_transfo
     sent = b"".join(b"".join(stream(chunk)) for chunk in [*_sse(GENERATED, fake_transformers),
                                                             b""])
     flow.response.data.content = None  # mitmproxy stores nothing for a streamed body
-    asyncio.run(gateway.response(flow))
+    gateway.response(flow)
     labels.response(flow)
 
     assert len(sent) > 300
@@ -308,7 +308,7 @@ def test_view_of_an_anthropic_messages_flow(hooks, fake_transformers, stream: bo
         for chunk in [*_sse(GENERATED, fake_transformers), b""]:
             flow.response.stream(chunk)
         flow.response.data.content = None
-    asyncio.run(gateway.response(flow))
+    gateway.response(flow)
     labels.response(flow)
 
     request = contentviews.prettify_message(flow.request, flow)

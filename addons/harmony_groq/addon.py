@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any, cast
 
 from mitmproxy import ctx, http
@@ -37,10 +38,11 @@ from .flows import (
     restore_client_request,
     rewrite,
 )
-from .groq import GroqStreamRelay, rename_reasoning
+from .groq import clamp_max_tokens, rename_reasoning
+from .groq_stream import GroqResponsesRelay, GroqStreamRelay
 from .groq_translate import GroqChatTranslator, retry_headers, translate_reply
 from .key_injector import GroqKeyInjector
-from .local import LocalEndpoints
+from .local import LocalEndpoints, model_list_dialect
 from .parse import StrippedOutputError
 from .reasoning_memory import ReasoningMemory
 from .records import header_pairs, record_of
@@ -94,13 +96,14 @@ class Gateway:
         self.exchanges: dict[str, HarmonyExchange] = {}
         self.groq_calls: dict[str, GroqCall] = {}
         self.streams: dict[str, InterruptibleStream] = {}
-        self.relays: dict[str, GroqStreamRelay] = {}
+        self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.ends = EndsAfterWrites(self.state.settle)
         self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
                                sticky=self.state.spill)
+        self.late_key = True  # the injector on the chain's end adds the key (see running)
         self._startup_check: asyncio.Task | None = None
 
     @property
@@ -121,13 +124,17 @@ class Gateway:
         self.local.configure(updated)
 
     def running(self) -> None:
-        # The key injector must see flows after every other addon (mitmweb's view included),
-        # so it joins the end of mitmproxy's chain rather than this script's list.
-        if self.injector not in ctx.master.addons.chain:
+        # Where flows are shown (mitmweb's view), the key injector must see them after every
+        # other addon, so it joins the end of mitmproxy's chain rather than this script's
+        # list. mitmdump shows no flow before it is sent: the key goes in with the request
+        # hook there, which spares mitmproxy one more addon to call on every event.
+        self.late_key = ctx.master.addons.get("view") is not None
+        if self.late_key and self.injector not in ctx.master.addons.chain:
             ctx.master.addons.add(self.injector)
         if self.settings.config is not None:
             self._startup_check = asyncio.get_running_loop().create_task(
                 self.local.check_server())
+            self.local.fetch_groq_models()  # Groq's output limits, before the first request
 
     def done(self) -> None:
         if self.injector in ctx.master.addons.chain:
@@ -170,6 +177,8 @@ class Gateway:
             return
         if endpoint in self.dialects:  # errors before routing count under the client's API too
             record_of(flow)["dialect"] = dialect.name
+        elif endpoint is Endpoint.MODELS:
+            record_of(flow)["dialect"] = model_list_dialect(flow.request)
         try:
             await self._answer_or_route(flow, endpoint, dialect)
         except ProxyError as exc:
@@ -270,18 +279,24 @@ class Gateway:
                              "models are unavailable. Set it in the proxy's environment.",
                              code="groq_key_missing")
         url = self.config.groq_base_url + call.path
-        rewrite(flow, url, call.body)
+        body = clamp_max_tokens(call.body, self.local.groq_limit(call.body.get("model", "")))
         record = record_of(flow)
-        record["upstream_request"] = {"url": url, "body": call.body}
-        record["inject_key"] = True
+        # A chat body Groq takes as it is goes on as the client's (uncompressed) bytes.
+        unchanged = (body == record["client_request"]["body"]
+                     and "content-encoding" not in flow.request.headers)
+        rewrite(flow, url, None if unchanged else body)
+        record["upstream_request"] = {
+            "url": url, "body": record["client_request"]["body"] if unchanged else body}
+        if self.late_key:
+            record["inject_key"] = True
+        else:
+            self.injector.inject(flow)
         self.groq_calls[flow.id] = call
 
     async def _to_harmony(self, flow: http.HTTPFlow, conversation: Conversation) -> None:
         config, local = self.config, self.local
-        if config.backend == "vllm" and "context_length" not in local.server_info:
-            await local.refresh_health()  # vLLM needs the context length for its max_tokens
         check_word_lengths(conversation.body)
-        backend = make_backend(config.backend, local.server_info.get("context_length"))
+        backend = make_backend(config.backend, await local.context_length())
         request = conversation.chat
         record = record_of(flow)
         messages, restored = await self.memory.restore(request.messages)
@@ -331,8 +346,9 @@ class Gateway:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
             stream = GroqChatTranslator(call, store, hold_end=hold)
-        elif call is not None and sse and record.get("dialect") == "chat":
-            relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False))
+        elif call is not None and sse:  # Groq's own chat or Responses stream, read as it passes
+            relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False)) if (
+                record.get("dialect") == "chat") else GroqResponsesRelay()
             self.relays[flow.id] = relay
             flow.response.stream = relay
             return
@@ -344,20 +360,19 @@ class Gateway:
         flow.response.stream = stream
         self.streams[flow.id] = stream
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        """Whole replies translated; every reply's end (mitmproxy sends it once this returns)
-        after the store writes it made, which the client's next turn may read elsewhere."""
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Whole replies translated. What it returns mitmproxy awaits before the reply's end
+        goes out: the store writes the reply made (the next turn may read them elsewhere)."""
         exchange, call, _ = self._forget(flow)
-        await self.ends.sent(flow)
         response = flow.response
         if response is None or response.stream:
-            return
+            return self.ends.writing(flow)
         with collect_writes() as writes:
             if call is not None:
                 self._groq_response(flow, call)
             elif exchange is not None:
                 self._harmony_response(flow, exchange)
-        await self.state.settle(writes)
+        return self.state.settle(writes) if writes.pending() else None
 
     def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
         assert flow.response is not None
@@ -415,14 +430,20 @@ class Gateway:
         return (self.exchanges.pop(flow.id, None), self.groq_calls.pop(flow.id, None),
                 self.streams.pop(flow.id, None))
 
-    async def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        relay = self.relays.get(flow.id)
         _, _, stream = self._forget(flow)
-        await self.ends.sent(flow)
-        if stream is not None and flow.error is not None:
-            # Upstream reset or client gone mid-stream: log it, and end the client's stream
-            # with an error event instead of a truncated body.
-            send_last_chunk(flow, stream.abort(flow.error.msg))
+        if flow.error is not None:
+            if (stream or relay) is not None and (stream or relay).done:
+                # The stream had ended (its last event, or its own error, was sent) before
+                # this: a client hanging up at once is no failure, a backend error stays first.
+                record_of(flow)["ended_before_error"] = True
+            elif stream is not None:
+                # Upstream reset or client gone mid-stream: log it, and end the client's stream
+                # with an error event instead of a truncated body.
+                send_last_chunk(flow, stream.abort(flow.error.msg))
         _mask_groq_key(flow)
+        return self.ends.writing(flow)  # an end waiting for its writes goes out before the close
 
 
 def _mask_groq_key(flow: http.HTTPFlow) -> None:

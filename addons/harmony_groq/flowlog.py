@@ -103,6 +103,15 @@ class JSONRecordFormatter(logging.Formatter):
             return json.dumps(redact_value(keep, self.secrets), default=str)
 
 
+class RecordListener(logging.handlers.QueueListener):
+    """Takes the records' plain dicts off the queue: the ``LogRecord`` the handler needs is
+    made here, in the listener thread, not on the event loop (~5 µs a flow)."""
+
+    def prepare(self, record: Any) -> logging.LogRecord:
+        return logging.makeLogRecord({"msg": record, "levelno": logging.INFO,
+                                      "levelname": "INFO"})
+
+
 class FlowLogWriter:
     """Owns the file handler and its listener thread."""
 
@@ -115,15 +124,14 @@ class FlowLogWriter:
                                                   encoding="utf-8", delay=True,
                                                   on_failure=on_failure)
         self.handler.setFormatter(JSONRecordFormatter(secrets))
-        self.listener = logging.handlers.QueueListener(self.queue, self.handler)
+        self.listener = RecordListener(self.queue, self.handler)
         self.listener.start()
         self.dropped = 0
 
     def write(self, record: dict[str, Any]) -> None:
         record.setdefault("ts", time.time())
         try:
-            self.queue.put_nowait(logging.makeLogRecord({"msg": record, "levelno": logging.INFO,
-                                                         "levelname": "INFO"}))
+            self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
             if self.on_failure is not None:

@@ -46,21 +46,35 @@ def json_response(status: int, body: dict[str, Any]) -> http.Response:
 
 
 @functools.lru_cache(maxsize=16)
-def _target(url: str) -> tuple[str, str, int, str]:
+def _target(url: str) -> tuple[str, str, int, bytes, str]:
     """``url`` split once: the ``request.url`` setter re-parses it on every flow (13 µs)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname or "", port, parts.path or "/"
+    default = port == (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return (parts.scheme, host, port, (parts.path or "/").encode(),
+            host if default else f"{host}:{port}")
 
 
-def rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any]) -> None:
-    """Point the flow at ``url`` with ``body``; client credentials never travel on."""
+_CREDENTIALS = frozenset(name.encode() for name in DROP_HEADERS)
+# A new body is sent uncompressed, so its content-encoding goes too.
+_DROPPED = _CREDENTIALS | {b"content-encoding"}
+
+
+def rewrite(flow: http.HTTPFlow, url: str, body: dict[str, Any] | None) -> None:
+    """Point the flow at ``url`` with ``body`` (``None``: the client's body is sent as it
+    came, its bytes not serialised again); client credentials never travel on."""
     request = flow.request
-    request.scheme, request.host, request.port, request.path = _target(url)
-    for name in (*DROP_HEADERS, "content-encoding"):  # the new body is sent uncompressed
-        request.headers.pop(name, None)
-    request.headers["content-type"] = "application/json"
-    request.content = json.dumps(body, ensure_ascii=False).encode()
+    # The fields themselves, then the Host header once: the host and port setters each
+    # rebuild it.
+    request.scheme, request.data.host, request.data.port, request.data.path, host = _target(url)
+    request.host_header = host
+    headers = request.headers  # one pass over the raw fields: ten pops cost 8 µs
+    dropped = _DROPPED if body is not None else _CREDENTIALS
+    headers.fields = tuple(f for f in headers.fields if f[0].lower() not in dropped)
+    if body is not None:
+        headers["content-type"] = "application/json"
+        request.content = json.dumps(body, ensure_ascii=False).encode()
 
 
 def prepare_sse(flow: http.HTTPFlow) -> None:

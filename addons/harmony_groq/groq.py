@@ -1,4 +1,5 @@
-"""The Groq route: request sanitising, the streamed-response relay, the model list."""
+"""The Groq route: request sanitising, reasoning renamed in whole replies, the model list
+(streams: groq_stream.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from mitmproxy import http
 
 from .chat_request import EFFORTS
+from .groq_stream import apply_reasoning_keys
 
 CLIENT_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 DROP_HEADERS = CLIENT_KEY_HEADERS + (
@@ -105,9 +106,6 @@ def groq_chat_request(body: dict[str, Any], model: str) -> tuple[dict[str, Any],
     return groq_tool_names(sanitize_body(body, model))
 
 
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
-
-
 def rename_reasoning(response: http.Response, keys: tuple[str, ...]) -> None:
     """Groq answers ``message.reasoning``; offer it under the configured field names."""
     content = response.content or b""
@@ -123,111 +121,22 @@ def rename_reasoning(response: http.Response, keys: tuple[str, ...]) -> None:
         response.content = json.dumps(body, ensure_ascii=False).encode()
 
 
-def apply_reasoning_keys(container: dict[str, Any], keys: tuple[str, ...]) -> bool:
-    """Put Groq's ``reasoning`` under the configured field names (Cline reads only
-    ``reasoning_content``); True if the container changed."""
-    if "reasoning" not in container or keys == ("reasoning",):
-        return False
-    value = container.pop("reasoning")
-    for key in keys:
-        container[key] = value
-    return True
-
-
-@dataclass
-class GroqStreamRelay:
-    """Relays Groq's SSE event by event as it arrives, renaming reasoning fields as configured
-    and assembling the stream for the flow log."""
-
-    keys: tuple[str, ...] = ("reasoning", "reasoning_content")
-    buffer: bytes = b""
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    error: Any = None
-    first_token_at: float | None = None
-    events: int = 0
-
-    def __call__(self, data: bytes) -> bytes | list[bytes]:
-        if not data:
-            rest, self.buffer = self.buffer, b""
-            return rest or []
-        self.buffer += data
-        *events, self.buffer = _EVENT_END.split(self.buffer)
-        out = [self._relay(raw) + b"\n\n" for raw in events]
-        return b"".join(out) if out else []
-
-    def _relay(self, raw: bytes) -> bytes:
-        if not raw.startswith(b"data:"):
-            return raw
-        payload = raw[5:].strip()
-        if payload == b"[DONE]":
-            return raw
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            self.error = "unreadable Groq event"
-            return raw
-        self._record(event)
-        changed = False
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta")
-            if isinstance(delta, dict):
-                changed |= apply_reasoning_keys(delta, self.keys)
-        if not changed:
-            return raw
-        return b"data: " + json.dumps(event, ensure_ascii=False).encode()
-
-    def _record(self, event: dict[str, Any]) -> None:
-        self.events += 1
-        if "error" in event:
-            self.error = event["error"]
-        x_groq = event.get("x_groq") or {}
-        if x_groq.get("error"):
-            self.error = x_groq["error"]
-        if event.get("usage"):
-            self.usage = event["usage"]
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                self._first()
-                self.content.append(delta["content"])
-            if delta.get("reasoning"):
-                self._first()
-                self.reasoning.append(delta["reasoning"])
-            for call in delta.get("tool_calls") or []:
-                self._first()
-                entry = self.tool_calls.setdefault(call.get("index", 0), {
-                    "id": call.get("id"), "name": "", "arguments": ""})
-                fn = call.get("function") or {}
-                entry["name"] += fn.get("name") or ""
-                entry["arguments"] += fn.get("arguments") or ""
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-
-    def _first(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.time()
-
-    def summary(self) -> dict[str, Any]:
-        """The assembled stream as plain data for the flow record."""
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
-        if self.reasoning:
-            message["reasoning"] = "".join(self.reasoning)
-        if self.tool_calls:
-            message["tool_calls"] = list(self.tool_calls.values())
-        return {"message": message, "finish_reason": self.finish_reason, "usage": self.usage,
-                "error": self.error, "first_token_at": self.first_token_at,
-                "events": self.events}
+def clamp_max_tokens(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """``body`` with its output limit (``max_tokens``, ``max_completion_tokens``, Responses'
+    ``max_output_tokens``) no higher than the model's ``limit``: Groq refuses a larger one
+    with a 400 (Claude Code asks for 32 000, and 128 000 after a ``max_tokens`` stop)."""
+    over = {key: limit for key in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+            if limit and type(body.get(key)) is int and body[key] > limit}
+    return {**body, **over} if over else body
 
 
 class GroqModels:
-    """Groq's live model list, fetched with the server key and cached briefly."""
+    """Groq's live model list, fetched with the server key and cached briefly; ``limits`` maps
+    each model to its ``max_completion_tokens``."""
 
     def __init__(self) -> None:
         self.cached: list[dict[str, Any]] = []
+        self.limits: dict[str, int] = {}
         self.fetched_at = 0.0
         self.last_error: str | None = None
 
@@ -250,6 +159,8 @@ class GroqModels:
             self.last_error = f"Groq model list unavailable: {type(exc).__name__}"
             return self.cached
         self.cached = [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        self.limits = {m["id"]: m["max_completion_tokens"] for m in self.cached
+                       if type(m.get("max_completion_tokens")) is int}
         self.fetched_at = time.monotonic()
         self.last_error = None
         return self.cached

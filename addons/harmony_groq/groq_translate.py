@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
@@ -15,6 +13,7 @@ from mitmproxy import http
 from .completion import AssembledMessage
 from .dialects.base import GroqCall, Outcome, ReplyWriter
 from .errors import ProxyError
+from .groq_stream import GroqChatReader, reasoning_of
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .state.writes import collect_writes
@@ -23,15 +22,10 @@ from .streaming import HoldEnd, InterruptibleStream
 logger = logging.getLogger(__name__)
 
 
-def _reasoning(container: dict[str, Any]) -> str:
-    value = container.get("reasoning") or container.get("reasoning_content")
-    return value if isinstance(value, str) else ""
-
-
 def message_events(message: dict[str, Any], names: dict[str, str] | None) -> list[Event]:
     """A whole Groq assistant message as events: reasoning, content, then the calls."""
     events: list[Event] = []
-    if reasoning := _reasoning(message):
+    if reasoning := reasoning_of(message):
         events.append(ReasoningDelta(reasoning))
     if isinstance(message.get("content"), str) and message["content"]:
         events.append(ContentDelta(message["content"]))
@@ -95,13 +89,6 @@ def retry_headers(response: http.Response) -> dict[str, str]:
             if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")}
 
 
-@dataclass
-class _PendingCall:
-    id: str = ""
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-
 class GroqChatTranslator(InterruptibleStream):
     """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
 
@@ -113,11 +100,8 @@ class GroqChatTranslator(InterruptibleStream):
         self.names = call.tool_names or {}
         self.on_done = on_done
         self.framer = SSEFramer()
+        self.reader = GroqChatReader()
         self.message = AssembledMessage()
-        self.calls: dict[int, _PendingCall] = {}
-        self.finish_reason: str | None = None
-        self.usage: dict[str, Any] | None = None
-        self.first_token_at: float | None = None
         self.started = self.done = False
 
     def __call__(self, data: bytes) -> list[bytes]:
@@ -130,7 +114,7 @@ class GroqChatTranslator(InterruptibleStream):
                 if self.done:
                     return out
             if not data:
-                if self.finish_reason is None:
+                if self.reader.finish_reason is None:
                     raise ProxyError(502, "Groq ended the stream before the reply finished.",
                                      code="upstream_incomplete")
                 self._finish(out)
@@ -153,44 +137,22 @@ class GroqChatTranslator(InterruptibleStream):
         if not isinstance(chunk, dict):
             raise ProxyError(502, f"Groq sent an unreadable event: {payload[:200]!r}",
                              code="upstream_error")
-        error = chunk.get("error") or (chunk.get("x_groq") or {}).get("error")
-        if error:
+        events = self.reader.read(chunk)
+        if error := self.reader.error:
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise ProxyError(502, f"Groq failed mid-stream: {message}", code="upstream_error")
-        usage = chunk.get("usage") or (chunk.get("x_groq") or {}).get("usage")
-        if usage:
-            self.usage = usage
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            events: list[Event] = []
-            if reasoning := _reasoning(delta):
-                events.append(ReasoningDelta(reasoning))
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                events.append(ContentDelta(delta["content"]))
-            for part in delta.get("tool_calls") or []:
-                pending = self.calls.setdefault(part.get("index", len(self.calls)),
-                                                _PendingCall())
-                function = part.get("function") or {}
-                pending.id = part.get("id") or pending.id
-                pending.name = function.get("name") or pending.name
-                pending.arguments.append(function.get("arguments") or "")
-            if events:
-                self.first_token_at = self.first_token_at or time.time()
-                self._emit(events, out)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+        if events:
+            self._emit(events, out)
 
     def _emit(self, events: list[Event], out: list[bytes]) -> None:
         self.message.add(events)
         out.extend(self.reply.events(events))
 
     def _finish(self, out: list[bytes]) -> None:
-        calls = [ToolCall(n, c.id, self.names.get(c.name, c.name), "".join(c.arguments) or "{}")
-                 for n, c in enumerate(self.calls[i] for i in sorted(self.calls))]
+        calls = self.reader.tool_calls(self.names)
         if calls:
-            self.first_token_at = self.first_token_at or time.time()
             self._emit(list(calls), out)
-        outcome = outcome_of(self.finish_reason, self.usage, self.message)
+        outcome = outcome_of(self.reader.finish_reason, self.reader.usage, self.message)
         with collect_writes() as writes:  # a stored response; a spilled reply's memory
             end = self.reply.finish(self.message, outcome)
         self._end(end, writes, out)
@@ -198,10 +160,11 @@ class GroqChatTranslator(InterruptibleStream):
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         out.extend(self.reply.fail(error))
-        self._close({"finish_reason": None, "usage": None, "error": error.message})
+        self._close({"finish_reason": None, "usage": None, "error": error.message,
+                     "interrupted": self.interrupted})
 
     def _close(self, summary: dict[str, Any]) -> None:
         self.done = True
         self.on_done({"upstream_text": None, "message": self.message.to_message(self.reply.keys),
-                      "repairs": [], "first_token_at": self.first_token_at, "keepalives": 0,
-                      **summary})
+                      "repairs": [], "first_token_at": self.reader.first_token_at,
+                      "keepalives": 0, **summary})

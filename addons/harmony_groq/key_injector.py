@@ -24,10 +24,14 @@ class GroqKeyInjector:
         self.settings = settings
 
     def update(self, flows: list[http.HTTPFlow]) -> None:
-        config = self.settings.config
         for flow in flows:
             # An intercepted flow waits in mitmweb: inject on the update its resume triggers.
-            if (isinstance(flow, http.HTTPFlow) and flow.response is None and config
+            if (isinstance(flow, http.HTTPFlow) and flow.response is None
                     and not flow.intercepted
                     and flow.metadata.get(META, {}).pop("inject_key", False)):
-                flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"
+                self.inject(flow)
+
+    def inject(self, flow: http.HTTPFlow) -> None:
+        config = self.settings.config
+        if config is not None:
+            flow.request.headers["authorization"] = f"Bearer {config.groq_api_key}"

@@ -39,6 +39,7 @@ class LocalEndpoints:
         self.server_info: dict[str, Any] = {}
         self._health: tuple[float, dict[str, Any]] | None = None
         self._health_task: asyncio.Task | None = None
+        self._models_task: asyncio.Task | None = None
 
     @property
     def config(self) -> Config:
@@ -84,6 +85,28 @@ class LocalEndpoints:
         }
         self._health = (time.monotonic(), body)
 
+    async def context_length(self) -> int | None:
+        """The model server's context length (vLLM's ``max_model_len``, which its adapter needs
+        for ``max_tokens``); asked again while unknown, so a vLLM that was down at start-up
+        is measured once it is up."""
+        if self.config.backend == "vllm" and not self.server_info.get("context_length"):
+            await self.refresh_health()
+        return self.server_info.get("context_length")
+
+    def groq_limit(self, model: str) -> int | None:
+        """Groq's ``max_completion_tokens`` for ``model``, from the model list as last fetched
+        (at start-up, and for ``/v1/models``, which agents ask for when they start): never a
+        fetch on a request's way."""
+        return self.models.limits.get(model)
+
+    def fetch_groq_models(self) -> None:
+        """Fetch Groq's model list in the background (at start-up)."""
+        config = self.config
+        if config.groq_api_key:
+            self._models_task = asyncio.get_running_loop().create_task(self.models.get(
+                self.client(), config.groq_base_url, config.groq_api_key,
+                config.models_cache_seconds))
+
     async def model_ids(self) -> list[dict[str, Any]]:
         """The gpt-oss ids, then Groq's live list (a Groq id that would route locally, such as
         ``openai/gpt-oss-20b``, is offered as ``groq/<id>``)."""
@@ -103,12 +126,23 @@ class LocalEndpoints:
     async def model_list(self, request: http.Request) -> dict[str, Any]:
         """OpenAI's list; Codex's catalog when it asks with ``client_version``; Anthropic's
         shape for a client that sends ``anthropic-version``."""
-        if "client_version" in request.query:
+        dialect = model_list_dialect(request)
+        if dialect == "responses":
             return {"models": [codex_model(mid, self.server_info.get("context_length"))
                                for mid in self.config.harmony_model_ids]}
-        if "anthropic-version" in request.headers:
+        if dialect == "messages":
             return anthropic_models(await self.model_ids())
         return {"object": "list", "data": await self.model_ids()}
+
+
+def model_list_dialect(request: http.Request) -> str:
+    """Which client API asks for the model list: Codex (Responses) adds ``client_version``,
+    Anthropic's clients send ``anthropic-version``; anyone else gets OpenAI's list."""
+    if "client_version" in request.query:
+        return "responses"
+    if "anthropic-version" in request.headers:
+        return "messages"
+    return "chat"
 
 
 def codex_model(slug: str, context_window: int | None) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .auth import check_proxy_key
 from .errors import ProxyError
-from .records import record_of
+from .records import failure, record_of
 from .settings import Settings
 
 PATHS = frozenset({"/metrics", "/v1/metrics"})
@@ -85,11 +85,11 @@ def error_code(flow: http.HTTPFlow, summary: dict[str, Any] | None) -> str | Non
     response = flow.response
     if response is not None and response.status_code >= 400:
         return _body_error_code(response) or f"http_{response.status_code}"
-    if flow.error is not None:
-        return "stream_interrupted" if response is not None else "no_response"
-    error = (summary or {}).get("error")
-    if not error:
+    if failure(flow) is None:  # the first cause counts; a client leaving after the end: none
         return None
+    error = (summary or {}).get("error")
+    if not error or (summary or {}).get("interrupted"):
+        return "stream_interrupted" if response is not None else "no_response"
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, str) and code else "stream_error"
 
@@ -246,7 +246,7 @@ class Metrics:
     def _observe(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
         route = record.get("route") or "none"
-        dialect = record.get("dialect", "chat")
+        dialect = record.get("dialect", "none")  # /health, /metrics, passthrough
         response = flow.response
         status = None if response is None else response.status_code
         summary: dict[str, Any] | None = record.get("stream_summary")
@@ -259,7 +259,7 @@ class Metrics:
         code = error_code(flow, summary)
         if code is not None:
             self.errors(self.codes.label(code)).inc()
-        if summary is not None and (flow.error is not None or summary.get("error")):
+        if summary is not None and code is not None:
             self.aborted(route).inc()
         for repair in (summary or record).get("repairs") or ():
             self.repairs(self.repair_kinds.label(repair_kind(repair))).inc()

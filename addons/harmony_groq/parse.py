@@ -132,17 +132,22 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self.stops = stops
         self.pending = ""
-        self.matched = False
+        self.match: str | None = None  # the stop string that cut the text
+
+    @property
+    def matched(self) -> bool:
+        return self.match is not None
 
     def feed(self, text: str) -> str:
         if not self.stops:
             return text
         buffer = self.pending + text
-        hits = [i for s in self.stops if (i := buffer.find(s)) >= 0]
+        hits = [(i, len(s), s) for s in self.stops if (i := buffer.find(s)) >= 0]
         if hits:
-            self.matched = True
+            # The first in the text; of two starting there, the shorter ended first.
+            at, _, self.match = min(hits)
             self.pending = ""
-            return buffer[: min(hits)]
+            return buffer[:at]
         hold = 0
         for stop in self.stops:
             for size in range(min(len(stop) - 1, len(buffer)), 0, -1):

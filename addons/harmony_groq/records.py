@@ -21,6 +21,7 @@ from .settings import OPTIONS, Settings
 
 logger = logging.getLogger(__name__)
 META = "harmony_groq"
+CLIENT_DISCONNECTED = "Client disconnected."  # mitmproxy's flow.error message
 
 
 def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -28,8 +29,32 @@ def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
     return flow.metadata.setdefault(META, {"id": flow.id})
 
 
+def failure(flow: http.HTTPFlow) -> Any:
+    """What made the flow fail, first cause first; ``None`` for a success.
+
+    A stream's own error (the backend's or Groq's error event, a translation failure) comes
+    before mitmproxy's ``flow.error`` (the client hanging up on that error event); and a
+    ``flow.error`` after the stream had ended (``ended_before_error``, set by the gateway's
+    ``error`` hook) is no failure: the client got the whole reply. The flow log, mitmweb's
+    label and the metrics all ask this."""
+    record = record_of(flow)
+    summary = record.get("stream_summary")
+    if summary and summary.get("error") and not summary.get("interrupted"):
+        return summary["error"]
+    if flow.error is None or record.get("ended_before_error"):
+        return None
+    return flow.error.msg  # what interrupted the stream, or the flow before any response
+
+
+def client_disconnected(flow: http.HTTPFlow) -> bool:
+    """mitmproxy's error for a client that closed its connection before the response ended."""
+    return flow.error is not None and flow.error.msg == CLIENT_DISCONNECTED
+
+
 def header_pairs(message: http.Message) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in message.headers.items(multi=True)]
+    # Straight from the raw fields, decoded as mitmproxy's ``Headers`` does.
+    return [(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in message.headers.fields]
 
 
 class FlowLog:
@@ -80,6 +105,7 @@ class FlowLog:
 
 def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     """The finished log record of a flow."""
+    first_cause = failure(flow)
     record = dict(record_of(flow))
     record["event"] = "flow"
     started = flow.request.timestamp_start
@@ -92,6 +118,9 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
         # The rendered prompt is logged once, under "prompt" (100k tokens are ~400 KB).
         record["upstream_request"] = {**upstream, "body": {**upstream["body"],
                                                            "prompt": "<see prompt>"}}
+    elif upstream and upstream["body"] is (record.get("client_request") or {}).get("body"):
+        # Sent as the client's own bytes: logged once, under client_request.
+        record["upstream_request"] = {**upstream, "body": "<see client_request>"}
     record["path"] = flow.request.path if record.get("route") in ("local", None) else (
         record.get("client_path") or flow.request.path)
     response = flow.response
@@ -112,8 +141,6 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
             record["usage"] = stream["usage"]
             if stream.get("repairs"):
                 record["repairs"] = stream["repairs"]
-            if stream["error"]:
-                record["error"] = stream["error"]
             first_token = stream["first_token_at"]
         else:
             body = _body_json(response)
@@ -122,13 +149,20 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
                 record.setdefault("usage", body["usage"])
         if response.timestamp_start:
             record["ttfb_ms"] = round((response.timestamp_start - started) * 1000, 1)
+    if first_cause:
+        record["error"] = first_cause
     if flow.error is not None:
-        record["error"] = flow.error.msg
         record.setdefault("status", None)
+        if client_disconnected(flow):  # beside the first cause, never over it
+            record["client_disconnected"] = True
+            record["client_disconnected_at"] = flow.error.timestamp
+        elif first_cause is None:
+            record["error_after_end"] = flow.error.msg
     if first_token:
         record["ttft_ms"] = round((first_token - started) * 1000, 1)
     record["total_ms"] = round((ended - started) * 1000, 1)
     record.pop("response_headers_at", None)
+    record.pop("ended_before_error", None)
     return record
 
 

@@ -12,7 +12,7 @@ translation there and ``send_last_chunk`` delivers its error event before that c
 The reply's end (its terminal events) waits for the store writes it made (a shared store writes
 in the background; the next turn, maybe on another proxy, reads them): the translator hands it
 to ``EndsAfterWrites``, whose task writes it once they are done (state/writes.py), and the
-gateway's ``response`` hook, which mitmproxy awaits before it ends the body, awaits that task.
+gateway's ``response`` hook hands that task to mitmproxy, which awaits it before it ends the body.
 Only where ``can_write_chunks``; elsewhere, and with the in-process store, the end goes out with
 the chunk that made it.
 """
@@ -67,6 +67,7 @@ class StreamResult:
     repairs: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     keepalives: int = 0
+    interrupted: bool = False  # ended by ``abort``: the flow failed outside the stream
 
     def client_message(self) -> dict[str, Any]:
         """The message the client's deltas concatenate to (reasoning only where it was sent)."""
@@ -77,7 +78,7 @@ class StreamResult:
         return {"upstream_text": "".join(self.upstream_text), "message": self.client_message(),
                 "finish_reason": self.finish_reason, "usage": self.usage, "error": self.error,
                 "repairs": self.repairs, "first_token_at": self.first_token_at,
-                "keepalives": self.keepalives}
+                "keepalives": self.keepalives, "interrupted": self.interrupted}
 
 
 HoldEnd = Callable[[bytes, Writes], bool]  # takes the end to write after the writes, or not
@@ -90,6 +91,8 @@ class InterruptibleStream:
 
     done: bool
     started: bool
+    interrupted: bool = False
+    prompt_tokens = 0  # known before generation (gpt-oss): the reply's opening reports it
     reply: ReplyWriter
     hold_end: HoldEnd | None = None
 
@@ -97,7 +100,7 @@ class InterruptibleStream:
         if self.started:
             return []
         self.started = True
-        return self.reply.start()
+        return self.reply.start(self.prompt_tokens)
 
     def _end(self, end: list[bytes], writes: Writes, out: list[bytes]) -> None:
         """The reply's end into ``out``, unless it waits for ``writes`` under way."""
@@ -114,6 +117,7 @@ class InterruptibleStream:
         if self.done:
             return b""
         out: list[bytes] = []
+        self.interrupted = True
         self._fail(ProxyError(502, f"The stream was interrupted: {reason}",
                               code="stream_interrupted"), out)
         return b"".join(out)
@@ -134,6 +138,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.keepalive_seconds = keepalive_seconds
         self.on_done = on_done
         self.result = StreamResult(keys=exchange.reply.keys)
+        self.prompt_tokens = len(exchange.prompt.token_ids)
         self.started = False
         self.done = False
         self.completion_tokens = 0
@@ -225,6 +230,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
                        error.message)
         out.extend(self.reply.fail(error))
         self.result.error = error.message
+        self.result.interrupted = self.interrupted
         self._close()
 
     def _close(self) -> None:
@@ -281,7 +287,7 @@ def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
 class EndsAfterWrites:
     """Streams' ends that wait for their store writes: each written by a task of its own as soon
     as ``settle`` is done with the writes (at most the store's timeout), before mitmproxy ends
-    the body (its ``response`` and ``error`` hooks await ``sent``)."""
+    the body (it awaits what the gateway's ``response`` and ``error`` hooks return)."""
 
     def __init__(self, settle: Callable[[Writes], Awaitable[None]]) -> None:
         self.settle = settle
@@ -308,11 +314,10 @@ class EndsAfterWrites:
         await self.settle(writes)
         write_chunk(flow, data)
 
-    async def sent(self, flow: http.HTTPFlow) -> None:
-        """Once the flow's held end, if any, is written."""
-        task = self.tasks.pop(flow.id, None)
-        if task is not None:
-            await task
+    def writing(self, flow: http.HTTPFlow) -> asyncio.Task | None:
+        """The task writing the flow's end, if it waits for writes: the flow's last hook hands
+        it to mitmproxy to await."""
+        return self.tasks.pop(flow.id, None)
 
 
 async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:

@@ -26,6 +26,7 @@ class Outcome:
     completion_tokens: int
     reasoning_tokens: int
     stopped: bool = False  # a client stop string matched
+    stop_sequence: str | None = None  # which one, when known (gpt-oss; Groq does not say)
 
     def usage(self) -> dict[str, Any]:
         """The chat-shaped usage the flow log keeps for every dialect."""
@@ -44,7 +45,10 @@ class ReplyWriter(Protocol):
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]: ...
 
-    def start(self) -> list[bytes]: ...
+    def start(self, prompt_tokens: int = 0) -> list[bytes]:
+        """The stream's opening; ``prompt_tokens``: the prompt's size when it is known before
+        generation (a rendered gpt-oss prompt), else 0."""
+        ...
 
     def events(self, events: list[Event]) -> list[bytes]: ...
 

@@ -38,7 +38,7 @@ class ChatReply:
         return completion_dict(self.completion_id, self.model, message.to_message(self.keys),
                                outcome.finish, outcome.usage())
 
-    def start(self) -> list[bytes]:
+    def start(self, prompt_tokens: int = 0) -> list[bytes]:
         return [encode_event(self.builder.first())]
 
     def events(self, events: list[Event]) -> list[bytes]:

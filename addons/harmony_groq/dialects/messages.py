@@ -16,6 +16,7 @@ from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
     Images,
     chat_body,
+    require_max_tokens,
     require_model_and_roles,
     resolve_model,
     thinking_hidden,
@@ -47,10 +48,12 @@ class MessagesDialect:
 
     def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
         request = self.chat(body, config)
+        require_max_tokens(body)
         return Conversation(request, MessagesReply(request.model, request.stop,
                                                    not thinking_hidden(body)), body)
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
+        require_max_tokens(body)
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))

@@ -93,9 +93,9 @@ class MessagesReply:
 
     def _stop(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.stopped:
-            # The decoder says a stop sequence matched, not which; with one it is that one.
-            return {"stop_reason": "stop_sequence",
-                    "stop_sequence": self.stops[0] if len(self.stops) == 1 else None}
+            # The decoder says which stop sequence matched; else, with one, it is that one.
+            return {"stop_reason": "stop_sequence", "stop_sequence": outcome.stop_sequence or (
+                self.stops[0] if len(self.stops) == 1 else None)}
         return {"stop_reason": STOP_REASONS.get(outcome.finish, "end_turn"),
                 "stop_sequence": None}
 
@@ -119,10 +119,12 @@ class MessagesReply:
 
     # -- the stream -------------------------------------------------------------------------
 
-    def start(self) -> list[bytes]:
+    def start(self, prompt_tokens: int = 0) -> list[bytes]:
         empty = {"stop_reason": None, "stop_sequence": None}
-        usage = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
-                 "cache_read_input_tokens": 0}  # the real counts come in message_delta
+        # Claude Code shows the context in use from message_start's input_tokens; the final
+        # counts come in message_delta.
+        usage = {"input_tokens": prompt_tokens, "output_tokens": 0,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         return [_frame("message_start", {"message": self._message([], empty, usage)})]
 
     def _open(self, kind: str, block: dict[str, Any], out: list[bytes]) -> None:

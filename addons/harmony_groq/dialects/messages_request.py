@@ -301,6 +301,13 @@ def stop_sequences(body: dict[str, Any]) -> list[str] | None:
     return stops or None
 
 
+def require_max_tokens(body: dict[str, Any]) -> None:
+    """Anthropic's API requires ``max_tokens`` on ``/v1/messages`` (not on count_tokens): a
+    client that works here must work there, so it is refused here as Anthropic words it."""
+    if body.get("max_tokens") is None:
+        raise bad_request("max_tokens: Field required", param="max_tokens")
+
+
 def chat_body(body: dict[str, Any], model: str, images: Images) -> dict[str, Any]:
     """The request as a chat-completions body (``None`` fields left out)."""
     tools = tool_set(body)

@@ -149,7 +149,7 @@ class ResponsesReply:
         return (f"event: {kind}\ndata: ".encode()
                 + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
 
-    def start(self) -> list[bytes]:
+    def start(self, prompt_tokens: int = 0) -> list[bytes]:
         response = self.response("in_progress", [])
         return [self._event("response.created", {"response": response}),
                 self._event("response.in_progress", {"response": response})]
