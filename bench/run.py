@@ -27,6 +27,7 @@ sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 
 from httpclient import Target  # noqa: E402
 from litellm_env import ensure_litellm, start_litellm  # noqa: E402
+from llama_server import llamacpp_section  # noqa: E402
 from phases import (  # noqa: E402
     FULL,
     QUICK,
@@ -61,10 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a few seconds per phase: checks the benchmark runs, not for quoting")
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
-    parser.add_argument("--only", choices=PHASES, action="append", metavar="PART",
-                        help="run only this part: groq, oss, stream or store (repeatable); a "
-                             "change measured on one part need not wait for, or disturb, the "
-                             "others")
+    parser.add_argument("--only", choices=[*PHASES, "llamacpp"], action="append",
+                        metavar="PART",
+                        help="run only this part: groq, oss, stream, store or llamacpp (a real "
+                             "llama-server; not in --quick unless named) (repeatable); a change "
+                             "measured on one part need not wait for, or disturb, the others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the addon proxy with py-spy during the heavy phases")
@@ -132,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, SHARED_CPU)  # children inherit; servers under test move to 0
-    parts = args.only or list(PHASES)
+    parts = args.only or [*PHASES, *([] if args.quick else ["llamacpp"])]
+    llama = llamacpp_section(args.quick) if "llamacpp" in parts else []
+    parts = [part for part in parts if part != "llamacpp"]
+    if not parts:
+        return _output("\n".join(llama), args.markdown)
     measured_against_litellm = not args.no_litellm and "groq" in parts
     litellm_exe = ensure_litellm(ROOT / ".venv-litellm") if measured_against_litellm else None
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, contextlib.ExitStack() as stack:
@@ -191,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         results.idle_rss_mib = {f"{name}, idle": mib for name, mib in idle.items()}
     litellm_version = None if litellm is None else _litellm_version(litellm_exe)
     text = render(results, machine(pinned, litellm_version), args.quick)
+    return _output("\n".join([text, *llama]), args.markdown)
+
+
+def _output(text: str, markdown: Path | None) -> int:
     print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
+    if markdown:
+        markdown.write_text(text)
     return 0
 
 

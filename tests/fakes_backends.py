@@ -191,6 +191,41 @@ def vllm_error(status: int, message: str, kind: str = "BadRequestError",
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+def structured_outputs_problem(body: dict[str, Any]) -> str | None:
+    """What vLLM (≥ 0.12, xgrammar) refuses in a request's constrained-decoding fields: the
+    removed ``guided_*`` fields, ``structured_outputs`` with other than one kind, a structural
+    tag that is not the documented JSON string (``structures`` of begin/schema/end, each begin
+    starting with one of the ``triggers``)."""
+    guided = sorted(k for k in body if k.startswith("guided_"))
+    if guided:
+        return f"{guided[0]} was removed in vLLM 0.12; use structured_outputs"
+    spec = body.get("structured_outputs")
+    if spec is None:
+        return None
+    kinds = [k for k in STRUCTURED_KINDS if isinstance(spec, dict) and spec.get(k) is not None]
+    if not isinstance(spec, dict) or len(kinds) != 1 or set(spec) - set(STRUCTURED_KINDS):
+        return "structured_outputs needs exactly one of " + ", ".join(STRUCTURED_KINDS)
+    if kinds == ["json"] and not isinstance(spec["json"], dict | str):
+        return "structured_outputs.json must be a schema"
+    if "#/$defs/missing" in json.dumps(spec):  # as xgrammar: a $ref must name a definition
+        return "Invalid JSON schema: $ref #/$defs/missing not found"
+    if kinds == ["structural_tag"]:
+        try:
+            tag = json.loads(spec["structural_tag"])
+            structures, triggers = tag["structures"], tag["triggers"]
+            ok = tag["type"] == "structural_tag" and structures and all(
+                isinstance(s["schema"], dict) and isinstance(s["end"], str)
+                and any(s["begin"].startswith(t) for t in triggers) for s in structures)
+        except (TypeError, ValueError, KeyError):
+            ok = False
+        if not ok:
+            return "structured_outputs.structural_tag is not a valid structural tag"
+    return None
+
+
 class _VllmHandler(_BackendHandler):
     def do_GET(self) -> None:  # noqa: N802
         fake: FakeVllm = self.fake
@@ -227,6 +262,8 @@ class _VllmHandler(_BackendHandler):
         elif "model" in body and body["model"] != fake.served_model:
             problem = vllm_error(404, f"The model `{body['model']}` does not exist.",
                                  "NotFoundError", "model")
+        elif (structured := structured_outputs_problem(body)) is not None:
+            problem = vllm_error(400, structured, param="structured_outputs")
         elif body.get("stream_options") and not body.get("stream"):
             problem = vllm_error(400, "Stream options can only be defined when `stream=True`.",
                                  param="stream_options")

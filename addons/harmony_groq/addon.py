@@ -22,7 +22,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .auth import check_proxy_key
-from .backends import BackendFormatError, make_backend
+from .backends import BackendFormatError, make_backend, upstream_refusal
 from .chat_request import check_word_lengths, parse_json_body
 from .completion import reasoning_keys
 from .dialects.base import Conversation, Dialect, GroqCall
@@ -382,8 +382,8 @@ class Gateway:
             status = flow.response.status_code
             excerpt = (flow.response.get_text(strict=False) or "")[:500]
             record["upstream_response"] = {"status": status, "body": excerpt}
-            answer(flow, ProxyError(502, f"The model server answered {status}: {excerpt}",
-                                    code="upstream_error"), dialect)
+            sent = record.get("upstream_request", {}).get("body", {})
+            answer(flow, upstream_refusal(status, excerpt, sent), dialect)
             return
         try:
             payload = json.loads(flow.response.content or b"")

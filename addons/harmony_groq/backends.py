@@ -7,6 +7,7 @@ parsing, streaming and the OpenAI mapping are shared. Formats: transformers-serv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,7 +15,9 @@ import httpx
 
 from .backend_check import completions_problem
 from .chat_request import ChatRequest
+from .constraints import constraint_for, llamacpp_fields, vllm_fields
 from .encoding import harmony_encoding
+from .errors import ProxyError
 from .parse import CALL, ENDOFTEXT, RETURN
 from .render import HarmonyPrompt
 
@@ -25,6 +28,7 @@ STOP_TOKEN_IDS = (RETURN, CALL, ENDOFTEXT)
 # length is unknown (the server was down when it was asked), ask for this many.
 VLLM_FALLBACK_MAX_TOKENS = 8192
 DESCRIBE_TIMEOUT = 2.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class BackendOutput:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the server reused from its cache
     error: str | None = None
 
     @property
@@ -76,6 +81,15 @@ def _usage(body: dict[str, Any]) -> tuple[int | None, int | None]:
     if not isinstance(usage, dict):
         return None, None
     return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def _cached(body: Any) -> int | None:
+    """OpenAI's ``usage.prompt_tokens_details.cached_tokens`` (vLLM with
+    ``--enable-prompt-tokens-details``)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if type(cached) is int else None
 
 
 def _error_of(data: Any) -> str | None:
@@ -123,7 +137,8 @@ def _completion_output(body: Any, with_ids: bool) -> BackendOutput:
     return BackendOutput(text=_text(choice.get("text")),
                          token_ids=_token_ids(choice.get("token_ids")) if with_ids else None,
                          finish_reason=choice.get("finish_reason"),
-                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         cached_tokens=_cached(body))
 
 
 async def _get(client: httpx.AsyncClient, url: str) -> tuple[int | str, Any]:
@@ -166,6 +181,10 @@ class TransformersBackend:
 
     def request_body(self, prompt: HarmonyPrompt, request: ChatRequest, stream: bool,
                      model: str) -> dict[str, Any]:
+        constraint = constraint_for(request, prompt)
+        if constraint is not None:
+            logger.info("transformers serve has no constrained decoding: %s not enforced "
+                        "(the decoder repairs what it can)", constraint.describe())
         return _request_body(prompt.text, request, stream, model,
                              ("max_tokens", request.max_tokens))
 
@@ -213,6 +232,9 @@ class VllmBackend:
             ("max_tokens", self._max_tokens(prompt, request)),
             stop_token_ids=list(STOP_TOKEN_IDS), return_token_ids=True,
             skip_special_tokens=False, spaces_between_special_tokens=False)
+        constraint = constraint_for(request, prompt)
+        if constraint is not None:
+            body.update(vllm_fields(constraint))
         if stream:  # vLLM rejects stream_options on a non-streamed request
             body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         return body
@@ -234,7 +256,8 @@ class VllmBackend:
             return BackendOutput(error=error)
         if isinstance(data, dict) and data.get("choices") == []:  # the closing usage chunk
             prompt_tokens, completion_tokens = _usage(data)
-            return BackendOutput(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            return BackendOutput(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                 cached_tokens=_cached(data))
         return self.read_response(data)
 
     async def describe(self, client: httpx.AsyncClient, base_url: str) -> dict[str, Any]:
@@ -287,11 +310,23 @@ class LlamaCppBackend:
     completions_path = "/completion"
     text_transport = False
 
+    def __init__(self, context_length: int | None = None) -> None:
+        self.context_length = context_length
+
     def request_body(self, prompt: HarmonyPrompt, request: ChatRequest, stream: bool,
                      model: str) -> dict[str, Any]:
+        """The prompt as ids; a prompt the context cannot hold is a 400 before any work, and
+        strict tools or a json_schema answer get their grammar (constraints.py)."""
+        if self.context_length and len(prompt.token_ids) >= self.context_length:
+            raise ProxyError(400, f"The prompt is {len(prompt.token_ids)} tokens; the model "
+                             f"server's context length is {self.context_length} tokens (its "
+                             "/props n_ctx). Shorten the conversation.",
+                             code="context_length_exceeded", param="messages")
+        constraint = constraint_for(request, prompt)
+        extra = llamacpp_fields(constraint) if constraint is not None else {}
         return _request_body(list(prompt.token_ids), request, stream, model,
                              ("n_predict", request.max_tokens),
-                             return_tokens=True, cache_prompt=True)
+                             return_tokens=True, cache_prompt=True, **extra)
 
     def read_response(self, body: Any) -> BackendOutput:
         if not isinstance(body, dict):
@@ -301,10 +336,13 @@ class LlamaCppBackend:
         if not body.get("stop"):
             return BackendOutput(text=content, token_ids=_streamed_ids(content, tokens))
         stop_type = body.get("stop_type")
+        timings = body.get("timings")
+        cached = timings.get("cache_n") if isinstance(timings, dict) else None
         return BackendOutput(text=content, token_ids=tokens or None,
                              finish_reason=LLAMACPP_FINISH.get(stop_type, "stop"),
                              prompt_tokens=body.get("tokens_evaluated"),
-                             completion_tokens=body.get("tokens_predicted"))
+                             completion_tokens=body.get("tokens_predicted"),
+                             cached_tokens=cached if type(cached) is int else None)
 
     def read_event(self, data: Any) -> BackendOutput:
         error = _error_of(data)
@@ -331,13 +369,29 @@ class LlamaCppBackend:
                             model=props.get("model_path"), context_length=n_ctx)
 
 
+def upstream_refusal(status: int, excerpt: str, sent: dict[str, Any]) -> ProxyError:
+    """The error for a model server's non-200 answer: its 400 for a constraint it could not
+    compile (``grammar``, ``structured_outputs``) or a prompt over its context is the client's
+    400; anything else is a 502."""
+    if status == 400 and ("grammar" in sent or "structured_outputs" in sent):
+        return ProxyError(400, "The model server could not compile the constraint for the "
+                          f"strict tools or the response format: {excerpt}",
+                          code="unsupported_schema")
+    if status == 400 and "exceed_context_size_error" in excerpt:
+        return ProxyError(400, f"The prompt does not fit the model server's context: {excerpt}",
+                          code="context_length_exceeded", param="messages")
+    return ProxyError(502, f"The model server answered {status}: {excerpt}",
+                      code="upstream_error")
+
+
 def make_backend(name: str, context_length: int | None = None) -> Backend:
     """The adapter for ``BACKEND=name``; ``context_length`` (from ``describe``) lets the vLLM
-    adapter default ``max_tokens`` to the rest of the context."""
+    adapter default ``max_tokens`` to the rest of the context and the llama.cpp adapter refuse
+    a prompt the context cannot hold."""
     if name == "transformers":
         return TransformersBackend()
     if name == "vllm":
         return VllmBackend(context_length)
     if name == "llamacpp":
-        return LlamaCppBackend()
+        return LlamaCppBackend(context_length)
     raise ValueError(f"backend {name!r} is not available")

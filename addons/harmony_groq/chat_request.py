@@ -86,6 +86,7 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any] | None
+    strict: bool = False  # arguments must follow ``parameters`` (constrained where possible)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _tools(body: dict) -> list[ToolSpec]:
         if not isinstance(description, str):
             raise bad_request(f"tools[{index}].function.description must be a string.",
                               param=f"tools[{index}]")
-        specs.append(ToolSpec(fn["name"], description, params or None))
+        specs.append(ToolSpec(fn["name"], description, params or None,
+                              fn.get("strict") is True))
     return specs
 
 

@@ -87,9 +87,9 @@ class LocalEndpoints:
 
     async def context_length(self) -> int | None:
         """The model server's context length (vLLM's ``max_model_len``, which its adapter needs
-        for ``max_tokens``); asked again while unknown, so a vLLM that was down at start-up
-        is measured once it is up."""
-        if self.config.backend == "vllm" and not self.server_info.get("context_length"):
+        for ``max_tokens``; llama.cpp's ``n_ctx``, for the prompt check); asked again while
+        unknown, so a server that was down at start-up is measured once it is up."""
+        if self.config.backend != "transformers" and not self.server_info.get("context_length"):
             await self.refresh_health()
         return self.server_info.get("context_length")
 

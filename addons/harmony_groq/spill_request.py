@@ -123,8 +123,8 @@ class SpillReply:
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
         return self.inner.whole(self._own(message), outcome)
 
-    def start(self) -> list[bytes]:
-        return self.inner.start()
+    def start(self, prompt_tokens: int = 0) -> list[bytes]:
+        return self.inner.start(prompt_tokens)
 
     def events(self, events: list[Event]) -> list[bytes]:
         return self.inner.events([self._call(e) for e in events])

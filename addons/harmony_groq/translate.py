@@ -50,7 +50,7 @@ class HarmonyExchange:
                                stopped=decoder.stopped, tool_calls=len(message.tool_calls))
         return Outcome(finish, output.prompt_tokens or len(self.prompt.token_ids),
                        output.completion_tokens or completion_tokens, decoder.reasoning_tokens,
-                       decoder.stopped, decoder.stop_matcher.match)
+                       decoder.stopped, decoder.stop_matcher.match, output.cached_tokens)
 
 
 def feed_output(decoder: HarmonyDecoder, output: BackendOutput) -> list[Event]:

@@ -113,6 +113,22 @@ def server_env(hub_cache: Path) -> dict[str, str]:
     return env
 
 
+def health_problem(process: subprocess.Popen, url: str, timeout: float) -> str | None:
+    """Poll ``url/health`` until it answers 200 (None), the process exits or time runs out
+    (what happened, as words)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited ({process.returncode})"
+        try:
+            if httpx.get(f"{url}/health", timeout=2, trust_env=False).status_code == 200:
+                return None
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return f"not healthy after {timeout:.0f} s"
+
+
 class TransformersServer:
     """``transformers serve MODEL --device cpu`` on a free loopback port (started at once)."""
 
@@ -134,20 +150,10 @@ class TransformersServer:
 
     def wait_healthy(self, timeout: float = 120) -> None:
         """Poll ``/health`` until 200; RealServerSetupError if it exits or never gets there."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RealServerSetupError(
-                    f"transformers serve {self.model} exited ({self.process.returncode}):\n"
-                    + self.log_tail())
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RealServerSetupError(f"transformers serve {self.model} not healthy after "
-                                   f"{timeout:.0f} s:\n{self.log_tail()}")
+        problem = health_problem(self.process, self.url, timeout)
+        if problem is not None:
+            raise RealServerSetupError(f"transformers serve {self.model} {problem}:\n"
+                                       + self.log_tail())
 
     def signal_stop(self) -> None:
         if self.process.poll() is None:

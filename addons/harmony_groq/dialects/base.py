@@ -27,15 +27,19 @@ class Outcome:
     reasoning_tokens: int
     stopped: bool = False  # a client stop string matched
     stop_sequence: str | None = None  # which one, when known (gpt-oss; Groq does not say)
+    cached_tokens: int | None = None  # prompt tokens the model server reused (when it says)
 
     def usage(self) -> dict[str, Any]:
         """The chat-shaped usage the flow log keeps for every dialect."""
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
+        if self.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 class ReplyWriter(Protocol):

@@ -88,8 +88,11 @@ class MessagesReply:
         self.thinking: Any = None  # the open thinking block's running hash
 
     def _usage(self, outcome: Outcome) -> dict[str, Any]:
-        return {"input_tokens": outcome.prompt_tokens, "output_tokens": outcome.completion_tokens,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        # Anthropic counts cache reads apart: input_tokens is the part not read from a cache.
+        cached = outcome.cached_tokens or 0
+        return {"input_tokens": outcome.prompt_tokens - cached,
+                "output_tokens": outcome.completion_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
 
     def _stop(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.stopped:

@@ -30,7 +30,7 @@ def new_id(prefix: str) -> str:
 def usage_of(outcome: Outcome) -> dict[str, Any]:
     return {
         "input_tokens": outcome.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": outcome.cached_tokens or 0},
         "output_tokens": outcome.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": outcome.reasoning_tokens},
         "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,

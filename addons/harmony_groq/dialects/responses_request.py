@@ -79,8 +79,10 @@ def _tool_entry(tool: dict[str, Any], where: str, namespace: str | None,
     else:
         kinds[flat] = ToolKind(name, namespace)
         parameters = tool.get("parameters")
-    return {"type": "function",
-            "function": {"name": flat, "description": description, "parameters": parameters}}
+    function = {"name": flat, "description": description, "parameters": parameters}
+    if tool.get("strict") is True:
+        function["strict"] = True
+    return {"type": "function", "function": function}
 
 
 def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:

@@ -1,0 +1,166 @@
+"""Constrained decoding: the schema → GBNF compiler, the harmony grammar's shape, and what each
+backend is sent (vLLM's ``structured_outputs`` against a fake that validates the documented
+request shape; transformers serve: nothing, and a log line). The real llama-server runs these
+grammars in test_llamacpp_e2e.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from harmony_groq.chat_request import parse_chat_request
+from harmony_groq.constraints import constraint_for, llamacpp_grammar, vllm_fields
+from harmony_groq.errors import ProxyError
+from harmony_groq.gbnf import SchemaGrammar, UnsupportedSchema
+from harmony_groq.render import render_prompt
+
+from conftest import default_options
+from fakes import FakeGroq, FakeTransformers
+from fakes_backends import FakeVllm, structured_outputs_problem
+from proxy_process import ProxyProcess
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                           "unit": {"enum": ["c", "f"]}},
+          "required": ["city"], "additionalProperties": False}
+
+
+def tool(name: str, strict: bool, schema: dict[str, Any] = SCHEMA) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": schema,
+                                             "strict": strict}}
+
+
+def request_of(**body: Any):  # noqa: ANN202 - (ChatRequest, HarmonyPrompt)
+    request = parse_chat_request({"model": "gpt-oss-20b",
+                                  "messages": [{"role": "user", "content": "hi"}], **body})
+    return request, render_prompt(request, "2026-01-15", text_transport=False)
+
+
+def test_nothing_is_constrained_without_strict_tools_or_a_json_schema() -> None:
+    assert constraint_for(*request_of(tools=[tool("a", False)])) is None
+    assert constraint_for(*request_of(response_format={"type": "json_object"})) is None
+    assert constraint_for(*request_of(tools=[tool("a", True)], tool_choice="none")) is None
+    forced_free = request_of(tools=[tool("a", True), tool("b", False)],
+                             tool_choice={"type": "function", "function": {"name": "b"}})
+    assert constraint_for(*forced_free) is None
+
+
+def test_the_reply_grammar_frees_messages_and_constrains_the_last() -> None:
+    constraint = constraint_for(*request_of(tools=[tool("get.weather", True), tool("b", False)]))
+    assert constraint is not None
+    grammar = llamacpp_grammar(constraint)
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
+    assert rules["root"] == '( msg <[200006]> "assistant" )* ( final | call )'
+    assert rules["free"] == "( !<[200007]> )*"  # analysis: any token but <|end|>
+    assert rules["final"] == '<[200005]> "final" <[200008]> free'
+    assert '"get_weather" header args-' in rules["tool-chan"]  # harmony's name for it
+    assert '"b" header free' in rules["tool-chan"]
+
+
+def test_forced_and_required_calls_start_where_the_prefilled_header_ends() -> None:
+    forced = constraint_for(*request_of(
+        tools=[tool("a", True)], tool_choice={"type": "function", "function": {"name": "a"}}))
+    assert forced is not None and forced.start == "args"
+    assert llamacpp_grammar(forced).startswith("root ::= args-")
+    assert vllm_fields(forced) == {"structured_outputs": {"json": SCHEMA}}
+    required = constraint_for(*request_of(tools=[tool("a", True)], tool_choice="required"))
+    assert required is not None and required.start == "name"
+    assert llamacpp_grammar(required).startswith("root ::= tool-chan")
+
+
+def test_gbnf_covers_the_strict_subset_and_refuses_the_rest() -> None:
+    grammar = SchemaGrammar()
+    recursive = {"$defs": {"node": {"type": "object", "properties": {
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+        "required": ["kids"], "additionalProperties": False}}, "$ref": "#/$defs/node"}
+    root = grammar.add(recursive, "t")
+    text = grammar.text({"root": root})
+    assert "t-def-node-" in text and text.count("::=") > 5
+    for bad, word in [({"type": "string", "pattern": "^a"}, "'pattern'"),
+                      ({"type": "integer", "minimum": 3}, "'minimum'"),
+                      ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "allOf"),
+                      ({"$ref": "#/$defs/missing"}, "does not name")]:
+        with pytest.raises(UnsupportedSchema, match=word):
+            SchemaGrammar().add(bad, "t")
+    strict = constraint_for(*request_of(tools=[tool("a", True, {"type": "string",
+                                                                 "pattern": "x"})]))
+    assert strict is not None
+    with pytest.raises(ProxyError) as caught:
+        llamacpp_grammar(strict)
+    assert caught.value.status == 400 and caught.value.code == "unsupported_schema"
+
+
+def test_vllm_structural_tag_matches_the_documented_shape() -> None:
+    answer = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
+    constraint = constraint_for(*request_of(tools=[tool("a", True)], response_format=answer))
+    assert constraint is not None
+    fields = vllm_fields(constraint)
+    assert structured_outputs_problem(fields) is None
+    tag = json.loads(fields["structured_outputs"]["structural_tag"])
+    begins = [s["begin"] for s in tag["structures"]]
+    assert begins == ["<|channel|>commentary to=functions.a <|constrain|>json<|message|>",
+                      " to=functions.a<|channel|>commentary json<|message|>",
+                      "<|channel|>final<|message|>"]
+    assert all(s["schema"] == SCHEMA for s in tag["structures"])
+    assert structured_outputs_problem({"guided_json": SCHEMA}) is not None
+
+
+# -- through the proxy -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vllm_proxy(tmp_path_factory: pytest.TempPathFactory, vllm_server: FakeVllm,
+               transformers_server: FakeTransformers, groq_server: FakeGroq):  # noqa: ANN201
+    options = {**default_options(transformers_server, groq_server), "backend": "vllm",
+               "transformers_url": vllm_server.url}
+    process = ProxyProcess(tmp_path_factory.mktemp("vllm-constraints"), upstream=vllm_server.url,
+                           options=options)
+    yield process
+    process.stop()
+
+
+def test_vllm_gets_structured_outputs_it_accepts(vllm_proxy: ProxyProcess,
+                                                 vllm_server: FakeVllm) -> None:
+    vllm_server.reset_state()
+    client = openai.OpenAI(base_url=vllm_proxy.base_url, api_key="sk-client", max_retries=0)
+    ask = {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": "hi"}]}
+    reply = client.chat.completions.create(**ask, tools=[tool("a", True)])  # type: ignore
+    assert reply.choices[0].finish_reason in ("stop", "tool_calls", "length")
+    tag = json.loads(vllm_server.bodies[-1]["structured_outputs"]["structural_tag"])
+    assert tag["triggers"][0] == "<|channel|>commentary to=functions.a "
+    client.responses.create(model="gpt-oss-120b", input="hi", text={"format": {
+        "type": "json_schema", "name": "x", "schema": SCHEMA, "strict": True}})
+    tag = json.loads(vllm_server.bodies[-1]["structured_outputs"]["structural_tag"])
+    assert tag["structures"] == [{"begin": "<|channel|>final<|message|>", "schema": SCHEMA,
+                                  "end": "<|return|>"}]
+    client.chat.completions.create(**ask, tools=[tool("a", False)])  # type: ignore
+    assert "structured_outputs" not in vllm_server.bodies[-1]
+
+
+def test_transformers_serve_says_it_cannot_constrain(proxy: ProxyProcess,
+                                                     fake_transformers: FakeTransformers
+                                                     ) -> None:
+    before = len(proxy.log_records())
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    client.chat.completions.create(model="gpt-oss-20b", tools=[tool("a", True)],  # type: ignore
+                                   messages=[{"role": "user", "content": "hi"}])
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert set(record["upstream_request"]["body"]) <= {"prompt", "stream", "max_tokens",
+                                                       "temperature", "top_p", "seed"}
+    assert any("no constrained decoding: tool a not enforced" in line
+               for line in proxy.output)
+
+
+def test_a_schema_vllm_cannot_compile_is_the_clients_400(vllm_proxy: ProxyProcess,
+                                                         vllm_server: FakeVllm) -> None:
+    vllm_server.reset_state()
+    client = openai.OpenAI(base_url=vllm_proxy.base_url, api_key="sk-client", max_retries=0)
+    broken = tool("a", True, {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-oss-120b", tools=[broken],  # type: ignore
+                                       messages=[{"role": "user", "content": "hi"}])
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "unsupported_schema"
+    assert "$ref #/$defs/missing not found" in error["message"]
+    assert vllm_server.generated == []  # nothing was generated
