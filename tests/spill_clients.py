@@ -6,6 +6,7 @@ with a local one."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ from anthropic_stream import check_stream
 DIALECTS = ("chat", "responses", "messages")
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
          "messages": "/v1/messages"}
+END_OF_STREAM = {"chat": b"data: [DONE]", "responses": b"event: response.completed",
+                 "messages": b"event: message_stop"}
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Reply:
     body: Any  # the whole body, or the stream's events
     message: dict[str, Any] = field(default_factory=dict)  # chat form: content, reasoning, calls
     shape: Any = None
+    end_at: float = 0.0  # time.monotonic() when the end (whole body, terminal event) arrived
 
     @property
     def served_by(self) -> str | None:
@@ -221,13 +225,18 @@ def send(base_url: str, dialect: str, model: str, convo: list[dict[str, Any]],
     body = request_body(dialect, model, convo, stream, tools, **extra)
     headers = {"authorization": "Bearer sk-client", "anthropic-version": "2023-06-01"}
     url = base_url.removesuffix("/v1") + PATHS[dialect]
-    with httpx.Client(timeout=30, trust_env=False) as client:
-        response = client.post(url, json=body, headers=headers)
-    raw = response.content
-    reply = Reply(response.status_code, response.headers, None)
+    raw, end_at = b"", 0.0
+    with (httpx.Client(timeout=30, trust_env=False) as client,
+          client.stream("POST", url, json=body, headers=headers) as response):
+        for chunk in response.iter_bytes():
+            raw += chunk
+            if stream and not end_at and END_OF_STREAM[dialect] in raw:
+                end_at = time.monotonic()
+        end_at = end_at or time.monotonic()
+    reply = Reply(response.status_code, response.headers, None, end_at=end_at)
     if response.status_code != 200:
-        reply.body = response.json()
+        reply.body = json.loads(raw)
         return reply
-    reply.body = None if stream else response.json()
+    reply.body = None if stream else json.loads(raw)
     READERS[dialect](reply, raw, stream)
     return reply

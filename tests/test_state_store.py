@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
@@ -29,10 +30,11 @@ from harmony_groq.settings import (
 from harmony_groq.state import Namespace, StoreUnavailable
 from harmony_groq.state import redis_store as redis_store_module
 from harmony_groq.state.addon import State
-from harmony_groq.state.codec import decode, public_url, secret_url
+from harmony_groq.state.codec import decode, entry_key, public_url, secret_url
 from harmony_groq.state.memory import MemoryStore, json_size
 from harmony_groq.state.metrics import StoreMetrics
 from harmony_groq.state.redis_store import RedisStore
+from harmony_groq.state.writes import collect_writes
 
 from redis_server import PASSWORD, QUOTED_PASSWORD, RedisServer
 
@@ -352,3 +354,51 @@ def test_a_live_change_resizes_the_store_or_replaces_it(redis_server: RedisServe
         tctx.configure(settings, state_store=redis_server.url)
         assert state.store.kind == "redis" and state.reasoning.store is state.store
         assert run(state.health())["url"].endswith(f"127.0.0.1:{redis_server.port}/0")
+
+
+def test_a_reply_waits_for_its_writes_at_most_the_store_timeout(redis_server: RedisServer
+                                                                ) -> None:
+    """What the gateway does at a reply's end: the writes made while it was written are
+    collected, and ``settle`` returns once they are on the server (another proxy can read
+    them) or, with the server stalled, after ``STATE_STORE_TIMEOUT_MS`` (the write goes on,
+    counted late). The in-process store collects nothing: nothing waits."""
+    registry = CollectorRegistry()
+    settings = Settings()
+    state = State(settings, registry)
+    other = redis.Redis.from_url(redis_server.url)
+    with taddons.context(settings, state) as tctx:
+        tctx.options.mode = ["reverse:http://127.0.0.1:9@127.0.0.1:0"]
+        tctx.configure(settings)
+        with collect_writes() as writes:
+            state.responses.put("r0", VALUE)
+        assert writes.under_way == [] and not writes.pending()
+        tctx.configure(settings, state_store=redis_server.url, state_store_timeout_ms=100)
+
+        async def scenario() -> None:
+            with collect_writes() as writes:
+                state.responses.put("r1", VALUE)
+                state.reasoning.put("c1", VALUE)
+            state.spill.put("outside", "groq")  # not this reply's
+            assert [name for name, _ in writes.under_way] == ["resp", "reason"]
+            await state.settle(writes)
+            assert other.exists(entry_key("resp", "r1"), entry_key("reason", "c1")) == 2
+            assert redis_server.process is not None
+            os.kill(redis_server.process.pid, signal.SIGSTOP)
+            try:
+                with collect_writes() as writes:
+                    state.responses.put("r2", VALUE)
+                started = time.monotonic()
+                await state.settle(writes)
+                assert 0.09 < time.monotonic() - started < 0.5 and writes.pending()
+            finally:
+                os.kill(redis_server.process.pid, signal.SIGCONT)
+            await writes.wait(2)
+            await state.done()
+
+        run(scenario())
+    assert other.exists(entry_key("resp", "r2")) == 1
+    other.close()
+    assert sample(registry, "harmony_groq_state_store_errors_total", namespace="resp",
+                  op="wait", reason="late") == 1
+    assert sample(registry, "harmony_groq_state_store_seconds_count", namespace="reason",
+                  op="wait") == 1

@@ -66,7 +66,10 @@ from .routing import (
 from .settings import Config, Settings
 from .spillover import Spillover
 from .state.addon import State
+from .state.writes import collect_writes
 from .streaming import (
+    EndsAfterWrites,
+    HoldEnd,
     HarmonyStreamTranslator,
     InterruptibleStream,
     can_write_chunks,
@@ -104,6 +107,7 @@ class Gateway:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
+        self.ends = EndsAfterWrites(self.state.settle)
         self.memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: self.memory,  # an addon after this one
@@ -340,11 +344,12 @@ class Gateway:
 
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
-        translator = self._translator(flow)
+        hold = self.ends.holder(flow)  # the end waits for the writes the next turn reads
+        translator = self._translator(flow, hold)
         if translator is not None:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
-            stream = GroqChatTranslator(call, store)
+            stream = GroqChatTranslator(call, store, hold_end=hold)
         elif call is not None and sse:  # Groq's own chat or Responses stream, read as it passes
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False)) if (
                 record.get("dialect") == "chat") else GroqResponsesRelay()
@@ -359,7 +364,8 @@ class Gateway:
         flow.response.stream = self.failover.wrap(flow, translator) if translator else stream
         self.streams[flow.id] = stream
 
-    def _translator(self, flow: http.HTTPFlow) -> HarmonyStreamTranslator | None:
+    def _translator(self, flow: http.HTTPFlow, hold: HoldEnd | None
+                    ) -> HarmonyStreamTranslator | None:
         """A gpt-oss stream's translator (and its heartbeat); None for other flows."""
         exchange = self.exchanges.get(flow.id)
         if exchange is None or not exchange.request.stream:
@@ -367,7 +373,7 @@ class Gateway:
         record = record_of(flow)
         translator = HarmonyStreamTranslator(
             exchange, self.config.keepalive_seconds,
-            lambda result: record.__setitem__("stream_summary", result.summary()))
+            lambda result: record.__setitem__("stream_summary", result.summary()), hold_end=hold)
         if can_write_chunks(flow):
             with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
                 self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
@@ -375,26 +381,30 @@ class Gateway:
         return translator
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """Sync, but for a pooled stream to continue on another replica: then an awaitable,
-        which mitmproxy awaits, keeping the client's body open meanwhile."""
+        """Whole replies translated. Sync, but for what mitmproxy must await before the reply's
+        end goes out: a pooled stream continuing on another replica, and the store writes the
+        reply made (the next turn may read them on another proxy)."""
         if self.failover.pending(flow, end_body=False):
             return self._settle(flow, False, self._response)
-        self._response(flow)
-        return None
+        return self._response(flow)
 
     async def _settle(self, flow: http.HTTPFlow, end_body: bool,
-                      then: Callable[[http.HTTPFlow, bool], None]) -> None:
-        then(flow, await self.failover.settle(flow, end_body))
+                      then: Callable[[http.HTTPFlow, bool], Awaitable[None] | None]) -> None:
+        waiting = then(flow, await self.failover.settle(flow, end_body))
+        if waiting is not None:
+            await waiting
 
-    def _response(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
+    def _response(self, flow: http.HTTPFlow, resumed: bool = False) -> Awaitable[None] | None:
         exchange, call, _ = self._forget(flow)
         response = flow.response
         if response is None or response.stream:
-            return
-        if call is not None:
-            self._groq_response(flow, call)
-        elif exchange is not None:
-            self._harmony_response(flow, exchange)
+            return self.ends.finishing(flow)
+        with collect_writes() as writes:
+            if call is not None:
+                self._groq_response(flow, call)
+            elif exchange is not None:
+                self._harmony_response(flow, exchange)
+        return self.state.settle(writes) if writes.pending() else None
 
     def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
         assert flow.response is not None
@@ -456,24 +466,25 @@ class Gateway:
     def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if self.failover.pending(flow, end_body=True):
             return self._settle(flow, True, self._error)
-        self._error(flow)
-        return None
+        return self._error(flow)
 
-    def _error(self, flow: http.HTTPFlow, resumed: bool = False) -> None:
+    def _error(self, flow: http.HTTPFlow, resumed: bool = False) -> Awaitable[None] | None:
         relay = self.relays.get(flow.id)
         _, _, stream = self._forget(flow)
+        end_body = False
         if flow.error is not None and not resumed:
             if (stream or relay) is not None and (stream or relay).done:
                 # The stream had ended (its last event, or its own error, was sent) before
                 # this: a client hanging up at once is no failure, a backend error stays first;
                 # the client's body still gets its end if the upstream's was what got lost.
-                record_of(flow)["ended_before_error"] = True
-                send_last_chunk(flow, b"")
+                record_of(flow)["ended_before_error"] = end_body = True
             elif stream is not None:
                 # Upstream reset or client gone mid-stream: log it, and end the client's stream
                 # with an error event instead of a truncated body.
                 send_last_chunk(flow, stream.abort(flow.error.msg))
         _mask_groq_key(flow)
+        # An end waiting for its writes goes out before the body's end and the close.
+        return self.ends.finishing(flow, end_body)
 
 
 def _mask_groq_key(flow: http.HTTPFlow) -> None:

@@ -16,7 +16,8 @@ from .errors import ProxyError
 from .groq_stream import GroqChatReader, reasoning_of
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
-from .streaming import InterruptibleStream
+from .state.writes import collect_writes
+from .streaming import HoldEnd, InterruptibleStream
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,10 @@ def retry_headers(response: http.Response) -> dict[str, str]:
 class GroqChatTranslator(InterruptibleStream):
     """Groq's chat-completion SSE in, the dialect's stream out (``flow.response.stream``)."""
 
-    def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, call: GroqCall, on_done: Callable[[dict[str, Any]], None],
+                 hold_end: HoldEnd | None = None) -> None:
         assert call.reply is not None
+        self.hold_end = hold_end
         self.reply: ReplyWriter = call.reply
         self.names = call.tool_names or {}
         self.on_done = on_done
@@ -150,7 +153,9 @@ class GroqChatTranslator(InterruptibleStream):
         if calls:
             self._emit(list(calls), out)
         outcome = outcome_of(self.reader.finish_reason, self.reader.usage, self.message)
-        out.extend(self.reply.finish(self.message, outcome))
+        with collect_writes() as writes:  # a stored response; a spilled reply's memory
+            end = self.reply.finish(self.message, outcome)
+        self._end(end, writes, out)
         self._close({"finish_reason": outcome.finish, "usage": outcome.usage(), "error": None})
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:

@@ -102,7 +102,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "proxies; a password in STATE_STORE is taken from the environment, never shown.",
                masked=True),
     OptionSpec("state_store_timeout_ms", "STATE_STORE_TIMEOUT_MS", int, 25,
-               "Milliseconds a request waits for the state store before going on without it."),
+               "Milliseconds a request waits for the state store before going on without it: "
+               "for its reads, and at its reply's end for the writes the next turn reads."),
     OptionSpec("claude_model_map", "CLAUDE_MODEL_MAP", str, "",
                "Comma-separated PATTERN=MODEL: Claude model names (Claude Code's aliases) "
                "matching a glob PATTERN are served by MODEL; first match wins."),

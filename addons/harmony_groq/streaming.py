@@ -8,6 +8,13 @@ would silently drop a chunk, so every failure becomes the dialect's error event 
 When the upstream connection breaks mid-body (reset, crash), mitmproxy never calls the stream
 again: it fires the ``error`` hook and then closes the client connection. ``abort`` closes the
 translation there and ``send_last_chunk`` delivers its error event before that close.
+
+The reply's end (its terminal events) waits for the store writes it made (a shared store writes
+in the background; the next turn, maybe on another proxy, reads them): the translator hands it
+to ``EndsAfterWrites``, whose task writes it once they are done (state/writes.py), and the
+gateway's ``response`` hook hands that task to mitmproxy, which awaits it before it ends the body.
+Only where ``can_write_chunks``; elsewhere, and with the in-process store, the end goes out with
+the chunk that made it.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +36,7 @@ from .encoding import harmony_encoding
 from .errors import ProxyError
 from .parse import Event, StrippedOutputError
 from .sse import SSEFramer
+from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
@@ -74,21 +82,32 @@ class StreamResult:
                 "keepalives": self.keepalives, "interrupted": self.interrupted}
 
 
+HoldEnd = Callable[[bytes, Writes], bool]  # takes the end to write after the writes, or not
+
+
 class InterruptibleStream:
     """A stream translator the ``error`` hook can close: ``abort`` writes its terminal events.
-    Its first output opens the client's stream (``reply.start()``) whatever arrives first."""
+    Its first output opens the client's stream (``reply.start()``) whatever arrives first.
+    Its end waits for the store writes it made where ``hold_end`` takes it."""
 
     done: bool
     started: bool
     interrupted: bool = False
     prompt_tokens = 0  # known before generation (gpt-oss): the reply's opening reports it
     reply: ReplyWriter
+    hold_end: HoldEnd | None = None
 
     def _opening(self) -> list[bytes]:
         if self.started:
             return []
         self.started = True
         return self.reply.start(self.prompt_tokens)
+
+    def _end(self, end: list[bytes], writes: Writes, out: list[bytes]) -> None:
+        """The reply's end into ``out``, unless it waits for ``writes`` under way."""
+        if not (self.hold_end is not None and writes.pending()
+                and self.hold_end(b"".join(end), writes)):
+            out.extend(end)
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         raise NotImplementedError
@@ -117,8 +136,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 hold_end: HoldEnd | None = None) -> None:
         self.exchange = exchange
+        self.hold_end = hold_end
         self.decoder = exchange.new_decoder()
         self.reply = exchange.reply
         self.framer = SSEFramer()
@@ -210,8 +231,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
         message = self.result.message
         outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
-        self.exchange.remember(message)
-        out.extend(self.reply.finish(message, outcome))
+        with collect_writes() as writes:
+            self.exchange.remember(message)
+            end = self.reply.finish(message, outcome)
+        self._end(end, writes, out)
         self.result.finish_reason, self.result.usage = outcome.finish, outcome.usage()
         self._close()
 
@@ -239,30 +262,14 @@ def can_write_chunks(flow: http.HTTPFlow) -> bool:
                 or flow.client_conn.tls_established)
 
 
-def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
-    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
-    stream (``last``: and the body's end, even with no ``data``).
+def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWriter | None:
+    """The client connection's writer (``server``: the upstream connection's), or None when it
+    cannot be found or is closing.
 
     mitmproxy offers no way to send body data the upstream did not cause, so this reaches into
     mitmproxy 12's connection handler (``proxyserver.connections`` → ``transports`` →
-    ``writer``); every step is checked and ``False`` means nothing was sent. A chunk is one
-    write on the event loop, so it never lands inside one of mitmproxy's.
+    ``writer``); every step is checked.
     """
-    response = flow.response
-    if (not (data or last) or response is None or not can_write_chunks(flow)
-            or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
-        return False
-    writer = client_writer(flow)
-    if writer is None:
-        return False
-    chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
-    writer.write(chunk + (b"0\r\n\r\n" if last else b""))
-    return True
-
-
-def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWriter | None:
-    """The client connection's writer (``server``: the upstream connection's) in mitmproxy
-    12's connection handler, or None when it cannot be found or is closing."""
     master = getattr(ctx, "master", None)
     proxyserver = master.addons.get("proxyserver") if master else None
     handler = getattr(proxyserver, "connections", {}).get(flow.client_conn.id)
@@ -271,12 +278,83 @@ def client_writer(flow: http.HTTPFlow, server: bool = False) -> asyncio.StreamWr
     return None if writer is None or writer.is_closing() else writer
 
 
+def _chunk_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The client's writer where chunks of our own can go (an HTTP/1 chunked body in plain
+    text), else None."""
+    response = flow.response
+    if (response is None or not can_write_chunks(flow)
+            or "chunked" not in response.headers.get("transfer-encoding", "").lower()):
+        return None
+    return client_writer(flow)
+
+
+def write_chunk(flow: http.HTTPFlow, data: bytes, last: bool = False) -> bool:
+    """Write ``data`` as one chunk of an HTTP/1 client's chunked body, outside mitmproxy's
+    stream (``last``: and the body's end, even with no ``data``); ``False``: nothing was sent.
+    A chunk is one write on the event loop, so it never lands inside one of mitmproxy's.
+    """
+    writer = _chunk_writer(flow) if data or last else None
+    if writer is None:
+        return False
+    chunk = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+    writer.write(chunk + (b"0\r\n\r\n" if last else b""))
+    return True
+
+
 def send_last_chunk(flow: http.HTTPFlow, data: bytes) -> bool:
     """Write ``data`` and the end of the body from the ``error`` hook, whose connection
     mitmproxy is about to close: without it the client gets a truncated chunked body
     ("incomplete chunked read"), also when the reply was complete and only the model server's
     own end of the body was lost. HTTP/2 clients get a stream reset."""
     return write_chunk(flow, data, last=True)
+
+
+class EndsAfterWrites:
+    """Streams' ends that wait for their store writes: each written by a task of its own as soon
+    as ``settle`` is done with the writes (at most the store's timeout), before mitmproxy ends
+    the body (it awaits what the gateway's ``response`` and ``error`` hooks return)."""
+
+    def __init__(self, settle: Callable[[Writes], Awaitable[None]]) -> None:
+        self.settle = settle
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    def holder(self, flow: http.HTTPFlow) -> HoldEnd | None:
+        """What a translator hands its end to, where chunks of our own can reach the client."""
+        if not can_write_chunks(flow):
+            return None
+
+        def hold(data: bytes, writes: Writes) -> bool:
+            if _chunk_writer(flow) is None:  # the client is gone, or mitmproxy changed
+                return False
+            try:
+                task = asyncio.get_running_loop().create_task(self._write(flow, data, writes))
+            except RuntimeError:  # no event loop: a stream driven outside mitmproxy
+                return False
+            self.tasks[flow.id] = task
+            return True
+
+        return hold
+
+    async def _write(self, flow: http.HTTPFlow, data: bytes, writes: Writes) -> None:
+        await self.settle(writes)
+        write_chunk(flow, data)
+
+    def finishing(self, flow: http.HTTPFlow, end_body: bool = False) -> Awaitable[None] | None:
+        """The task writing the flow's end, if it waits for writes: the flow's last hook hands
+        it to mitmproxy to await. ``end_body``: the body's end goes out too, after it (the
+        upstream's own end was lost)."""
+        task = self.tasks.pop(flow.id, None)
+        if not end_body:
+            return task
+        if task is None:
+            send_last_chunk(flow, b"")
+            return None
+        return _then_end_body(flow, task)
+
+
+async def _then_end_body(flow: http.HTTPFlow, task: asyncio.Task) -> None:
+    await task
+    send_last_chunk(flow, b"")
 
 
 async def heartbeat(flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:

@@ -16,9 +16,11 @@ Every entry has a TTL and every namespace a byte budget (memory: least recently 
 oldest written out), so nothing grows without bound. Reads are awaited where awaiting is fine
 (the request hook) and give up after ``STATE_STORE_TIMEOUT_MS``; writes never wait: ``put``
 returns at once (memory: done; Redis: a bounded background task), so the per-token stream path
-can call it. A store that fails or is slow degrades, never fails a request: a read gives
-``None`` (the same as an evicted entry), a write is dropped, both are counted, ``/health`` says
-``degraded``, and after ``RETRY_SECONDS`` the store is tried again.
+can call it. The end of the reply that made them waits for them instead, as long again at most
+(``writes.py``): a next turn sent to another proxy the moment the reply ended finds them. A
+store that fails or is slow degrades, never fails a request: a read gives ``None`` (the same as
+an evicted entry), a write is dropped, both are counted, ``/health`` says ``degraded``, and
+after ``RETRY_SECONDS`` the store is tried again.
 
 Routing estimates (the replicas' prefix guesses) are hints and stay in each process.
 """

@@ -1,11 +1,13 @@
 """``State``: the addon that owns the state store, built from the settings and closed (its
 writes finished) when mitmproxy shuts down. Its users hold its ``Namespace`` objects, which a
-live settings change (mitmweb) points at the new store."""
+live settings change (mitmweb) points at the new store; the gateway has the end of each reply
+wait for the writes the reply made (``settle``, state/writes.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,7 @@ from .base import SPILL_BUDGET_BYTES, Namespace, StateStore
 from .memory import MemoryStore
 from .metrics import StoreMetrics
 from .redis_store import RedisStore
+from .writes import Writes
 
 logger = logging.getLogger(__name__)
 STORE_OPTIONS = frozenset({"state_store", "state_store_timeout_ms"})  # a new store
@@ -71,6 +74,21 @@ class State:
             return
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def settle(self, writes: Writes) -> None:
+        """Wait for the writes a reply made, before its end goes out (the next turn, maybe on
+        another proxy, reads them), at most ``STATE_STORE_TIMEOUT_MS``: writes still under way
+        then go on in the background, counted as late (that next turn may miss them)."""
+        if not writes.pending():
+            return
+        config = self.settings.config
+        timeout_ms = (config.state_store_timeout_ms if config is not None
+                      else OPTION_DEFAULTS["state_store_timeout_ms"])
+        started = time.perf_counter()
+        late = await writes.wait(timeout_ms / 1000)
+        waited = time.perf_counter() - started
+        for namespace in {name for name, _ in writes.under_way}:
+            self.metrics.waited(namespace, waited, namespace in late)
 
     async def health(self) -> dict[str, Any]:
         return await self.store.health()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+from .writes import note_write
 
 NAMESPACES = ("resp", "reason", "spill")
 SPILL_BUDGET_BYTES = 4 * 1024 * 1024  # stickiness entries are a few dozen bytes each
@@ -23,8 +26,10 @@ class StateStore(Protocol):
         """The values under ``keys`` (``None`` where none); raises ``StoreUnavailable``."""
         ...
 
-    def put(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
-        """Keep ``value`` for ``ttl_seconds`` (or drop it, counted, when it cannot be)."""
+    def put(self, namespace: str, key: str, value: Any, ttl_seconds: int
+            ) -> asyncio.Future | None:
+        """Keep ``value`` for ``ttl_seconds`` (or drop it, counted, when it cannot be); the
+        write still under way (a shared store's background task), or ``None`` once done."""
         ...
 
     async def delete(self, namespace: str, key: str) -> bool:
@@ -65,7 +70,11 @@ class Namespace:
         return await self.store.get_many(self.name, keys)
 
     def put(self, key: str, value: Any, ttl_seconds: int | None = None) -> None:
-        self.store.put(self.name, key, value, ttl_seconds or self.ttl)
+        """Never waits; a write still under way is noted for the reply being written
+        (``writes.collect_writes``), whose end waits for it."""
+        write = self.store.put(self.name, key, value, ttl_seconds or self.ttl)
+        if write is not None:
+            note_write(self.name, write)
 
     async def delete(self, key: str) -> bool:
         return await self.store.delete(self.name, key)

@@ -12,9 +12,8 @@ redis-py's asyncio client: no call blocks the event loop. A read gives up after 
 timeout; a write runs as a background task (at most ``MAX_PENDING_WRITES`` at once) with a
 longer one. Until its write is done, an entry is read from the task (``writing``): a client's
 next request to this proxy sees what its last reply stored, even while the write is still
-connecting; another proxy sees it once the write is on the server, which is before the reply
-leaves this proxy whenever a pooled connection is free (the task runs ahead of the reply's
-bytes on the event loop).
+connecting; another proxy sees it once the write is on the server, and the reply's end waits
+for that (state/writes.py, at most the store's timeout).
 
 A connection error or a timeout rests the store for ``RETRY_SECONDS``: calls in that time fail
 at once (counted) instead of each waiting for the timeout; the next call after it tries again,
@@ -154,21 +153,23 @@ class RedisStore:
         return [own[1] if own is not None else
                 (None if (value := next(found)) is None else decode(value)) for own in local]
 
-    def put(self, namespace: str, key: str, value: Any, ttl_seconds: int) -> None:
+    def put(self, namespace: str, key: str, value: Any, ttl_seconds: int
+            ) -> asyncio.Task | None:
         if not self.budgets[namespace]:
-            return  # a budget of 0 keeps nothing (REASONING_MEMORY_BYTES=0)
+            return None  # a budget of 0 keeps nothing (REASONING_MEMORY_BYTES=0)
         if len(self.pending) >= MAX_PENDING_WRITES:
             self.metrics.failed(namespace, "put", "backlog")
-            return
+            return None
         try:
             task = asyncio.get_running_loop().create_task(
                 self._write(namespace, key, value, ttl_seconds))
         except RuntimeError:  # no event loop: only outside mitmproxy
             self.metrics.failed(namespace, "put", "error")
-            return
+            return None
         self.pending.add(task)
         self.writing[(namespace, key)] = (task, value)
         task.add_done_callback(lambda done: self._written(done, namespace, key))
+        return task
 
     def _written(self, task: asyncio.Task, namespace: str, key: str) -> None:
         self.pending.discard(task)
