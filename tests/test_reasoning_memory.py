@@ -95,7 +95,8 @@ def test_restores_the_analysis_of_an_issued_call_without_touching_the_clients_bo
 @pytest.mark.parametrize("message", [
     sent(issued(9)),                                              # an id the proxy never issued
     sent(issued(1, name="get_time")),                              # another function
-    sent(issued(1, arguments='{"city":"Paris"}')),                 # arguments not byte-exact
+    sent(issued(1, arguments='{"city": "Lyon"}')),                 # other arguments
+    sent(issued(1, arguments='{"city": "Paris"')),                 # not the same JSON
     {**sent(issued(1)), "tool_calls": [{"id": issued(1).id, "type": "function", "function": {
         "name": "get_weather", "arguments": {"city": "Paris"}}}]},  # arguments as an object
     {**sent(issued(1)), "role": "user"},
@@ -106,6 +107,15 @@ def test_anything_but_an_issued_call_as_issued_changes_nothing(message: dict) ->
     memory.remember("Need the weather.", [issued(1)])
     messages = [USER, message]
     assert restore(memory, messages) == (messages, [])
+
+
+def test_the_same_arguments_re_serialised_are_the_call_as_issued() -> None:
+    """The Messages dialect hands a call out as parsed ``input`` and gets it back compact."""
+    memory = ReasoningMemory.in_memory()
+    memory.remember("Need the weather.", [issued(1)])
+    messages = [USER, sent(issued(1, arguments='{"city":"Paris"}')), result(issued(1))]
+    restored_messages, restored = restore(memory, messages)
+    assert restored_messages[1]["reasoning"] == "Need the weather." and len(restored) == 1
 
 
 @pytest.mark.parametrize("own", [{"reasoning_content": "My own words."},

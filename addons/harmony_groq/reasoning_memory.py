@@ -16,6 +16,7 @@ per request, and a store that cannot be read skips the restore (counted in the s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,25 @@ def _calls_of(message: dict[str, Any]) -> tuple[Call, ...] | None:
             return None
         out.append(parts)
     return tuple(out)
+
+
+def _same_arguments(sent: str, issued: str) -> bool:
+    """The arguments the client sent back are the ones issued, byte for byte or as the same
+    JSON (the Messages dialect hands calls out as parsed ``input`` and gets them back
+    re-serialised compactly)."""
+    if sent == issued:
+        return True
+    try:
+        return json.loads(sent) == json.loads(issued)
+    except ValueError:
+        return False
+
+
+def _same_calls(sent: tuple[Call, ...], issued: tuple[Call, ...]) -> bool:
+    """``sent`` are the first of the ``issued`` calls: same ids and names, same arguments."""
+    return len(sent) <= len(issued) and all(
+        s[0] == i[0] and s[1] == i[1] and _same_arguments(s[2], i[2])
+        for s, i in zip(sent, issued, strict=False))
 
 
 def _is_final_answer(message: dict[str, Any]) -> bool:
@@ -123,7 +143,7 @@ class ReasoningMemory:
         restored: list[str] = []
         for (n, calls), value in zip(wanted, turns, strict=True):
             turn = _turn(value)
-            if turn is None or calls != turn[1][:len(calls)]:
+            if turn is None or not _same_calls(calls, turn[1]):
                 continue
             if out is messages:
                 out = list(messages)
