@@ -69,8 +69,8 @@ from .state.addon import State
 from .state.writes import collect_writes
 from .streaming import (
     EndsAfterWrites,
-    HoldEnd,
     HarmonyStreamTranslator,
+    HoldEnd,
     InterruptibleStream,
     can_write_chunks,
     heartbeat,
