@@ -70,7 +70,6 @@ from .state.writes import collect_writes
 from .streaming import (
     EndsAfterWrites,
     HarmonyStreamTranslator,
-    HoldEnd,
     InterruptibleStream,
     can_write_chunks,
     heartbeat,
@@ -344,12 +343,11 @@ class Gateway:
 
         call = self.groq_calls.get(flow.id)
         sse = "text/event-stream" in flow.response.headers.get("content-type", "")
-        hold = self.ends.holder(flow)  # the end waits for the writes the next turn reads
-        translator = self._translator(flow, hold)
+        translator = self._translator(flow)
         if translator is not None:
             stream: InterruptibleStream = translator
         elif call is not None and sse and call.reply is not None:
-            stream = GroqChatTranslator(call, store, hold_end=hold)
+            stream = GroqChatTranslator(call, store, hold_end=self.ends.holder(flow))
         elif call is not None and sse:  # Groq's own chat or Responses stream, read as it passes
             relay = GroqStreamRelay(reasoning_keys(self.config.reasoning_field, False)) if (
                 record.get("dialect") == "chat") else GroqResponsesRelay()
@@ -364,8 +362,7 @@ class Gateway:
         flow.response.stream = self.failover.wrap(flow, translator) if translator else stream
         self.streams[flow.id] = stream
 
-    def _translator(self, flow: http.HTTPFlow, hold: HoldEnd | None
-                    ) -> HarmonyStreamTranslator | None:
+    def _translator(self, flow: http.HTTPFlow) -> HarmonyStreamTranslator | None:
         """A gpt-oss stream's translator (and its heartbeat); None for other flows."""
         exchange = self.exchanges.get(flow.id)
         if exchange is None or not exchange.request.stream:
@@ -373,7 +370,8 @@ class Gateway:
         record = record_of(flow)
         translator = HarmonyStreamTranslator(
             exchange, self.config.keepalive_seconds,
-            lambda result: record.__setitem__("stream_summary", result.summary()), hold_end=hold)
+            lambda result: record.__setitem__("stream_summary", result.summary()),
+            hold_end=self.ends.holder(flow))  # the end waits for the writes the next turn reads
         if can_write_chunks(flow):
             with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
                 self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
