@@ -94,8 +94,11 @@ class JSONRecordFormatter(logging.Formatter):
         try:
             line = redact_text(json.dumps(record.msg, ensure_ascii=False, default=str),
                                self.secrets)  # one pass; the patterns stop at quotes
-            # One record, one line, for every reader: escape what some treat as line breaks.
-            return line.translate(_LINE_BREAKS)
+            # One record, one line, for every reader: escape what some treat as line breaks
+            # (looked for first: ``translate`` costs a dict lookup per character).
+            if "\x85" in line or "\u2028" in line or "\u2029" in line:
+                line = line.translate(_LINE_BREAKS)
+            return line
         except (RecursionError, ValueError, TypeError) as exc:
             # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
             keep = {k: record.msg.get(k) for k in ("event", "id", "route", "model", "status",
