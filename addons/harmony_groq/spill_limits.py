@@ -1,11 +1,11 @@
 """What spill-over may spend at Groq: the organisation's rate limits as Groq's answers report
 them, and the proxy's own token budget per hour or day.
 
-``GroqLimits`` reads ``retry-after`` and ``x-ratelimit-*`` from every Groq answer (spilled or
-not: the limits are per organisation). ``SpillBudget`` reserves, before a request spills, its
-prompt estimate plus the completion tokens it may use (sent to Groq as
-``max_completion_tokens``), and settles the reservation to the usage Groq reports; the sum of
-settled usage and open reservations never passes the budget.
+``GroqLimits`` keeps ``retry-after`` and ``x-ratelimit-*`` of every Groq answer (spilled or
+not: the limits are per organisation), read when a spill asks. ``SpillBudget`` reserves,
+before a request spills, its prompt estimate plus the completion tokens it may use (sent to
+Groq as ``max_completion_tokens``), and settles the reservation to the usage Groq reports;
+the sum of settled usage and open reservations never passes the budget.
 """
 
 from __future__ import annotations
