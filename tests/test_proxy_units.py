@@ -122,6 +122,15 @@ def test_redaction() -> None:
     assert nested == {"messages": [{"content": f"use {REDACTED}"}]}
 
 
+@pytest.mark.parametrize("key", ["gsk_abcdefghijklmnop1234", "sk-ant-abcdefghijklmnop",
+                                 "sk-abcdefghijklmnop", "BEARER tok-1", "bEaReR\ttok-2"])
+def test_redaction_of_each_key_shape_alone(key: str) -> None:
+    # Each shape on its own: the pattern scan is skipped for text without a key's literal.
+    assert redact_text(f'{{"content": "x {key} y"}}') == f'{{"content": "x {REDACTED} y"}}'
+    assert redact_text('{"content": "skip no keys, ask bear"}') == (
+        '{"content": "skip no keys, ask bear"}')
+
+
 def test_error_shape() -> None:
     error = ProxyError(404, "nope", code="not_found")
     response = error.to_response()

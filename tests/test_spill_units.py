@@ -45,6 +45,25 @@ def test_limits_refuse_after_429_and_near_the_token_limit() -> None:
     assert "retry after 30 s" in (limits.refusal(1) or "")
 
 
+def test_limits_read_when_asked_keep_each_limits_last_report() -> None:
+    # Counts are read when a spill asks: the last answer that reported a limit wins, an answer
+    # without it leaves it, and a 429's wait outlives the answers after it.
+    limits = GroqLimits()
+    limits.observe(200, {"x-ratelimit-remaining-tokens": "5000",
+                         "x-ratelimit-remaining-requests": "0",
+                         "x-ratelimit-reset-requests": "1m"})
+    limits.observe(200, {"x-ratelimit-remaining-tokens": "50", "x-ratelimit-reset-tokens": "9s"})
+    limits.observe(502, {"content-type": "text/html"})
+    refusal = limits.refusal(10) or ""
+    assert "request limit" in refusal
+    assert (limits.requests_left, limits.tokens_left) == (0, 50)
+    limits = GroqLimits()
+    limits.observe(429, {"retry-after": "30"})
+    limits.observe(200, {"x-ratelimit-remaining-tokens": "5000",
+                         "x-ratelimit-remaining-requests": "100"})
+    assert "retry after 30 s" in (limits.refusal(1) or "")
+
+
 def test_limits_past_their_reset_do_not_refuse() -> None:
     limits = GroqLimits()
     limits.observe(200, {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "0s"})

@@ -21,6 +21,7 @@ from typing import Any
 from .redact import redact_text, redact_value
 
 logger = logging.getLogger(__name__)
+MAX_QUEUED = 10000  # records waiting for the writer thread
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -93,8 +94,11 @@ class JSONRecordFormatter(logging.Formatter):
         try:
             line = redact_text(json.dumps(record.msg, ensure_ascii=False, default=str),
                                self.secrets)  # one pass; the patterns stop at quotes
-            # One record, one line, for every reader: escape what some treat as line breaks.
-            return line.translate(_LINE_BREAKS)
+            # One record, one line, for every reader: escape what some treat as line breaks
+            # (looked for first: ``translate`` costs a dict lookup per character).
+            if "\x85" in line or "\u2028" in line or "\u2029" in line:
+                line = line.translate(_LINE_BREAKS)
+            return line
         except (RecursionError, ValueError, TypeError) as exc:
             # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
             keep = {k: record.msg.get(k) for k in ("event", "id", "route", "model", "status",
@@ -118,7 +122,8 @@ class FlowLogWriter:
     def __init__(self, path: str, max_bytes: int, backups: int, secrets: tuple[str, ...],
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self.queue: queue.Queue = queue.Queue(maxsize=10000)
+        # SimpleQueue: one C call a record (Queue's put takes a Python lock and a condition).
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.on_failure = on_failure
         self.handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
                                                   encoding="utf-8", delay=True,
@@ -130,12 +135,12 @@ class FlowLogWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         record.setdefault("ts", time.time())
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+        if self.queue.qsize() >= MAX_QUEUED:  # the disk fell behind: drop, and say so
             self.dropped += 1
             if self.on_failure is not None:
                 self.on_failure("queue_full")
+            return
+        self.queue.put_nowait(record)
 
     def close(self) -> None:
         self.listener.stop()

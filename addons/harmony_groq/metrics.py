@@ -34,7 +34,7 @@ from prometheus_client.exposition import choose_encoder
 
 from .auth import check_proxy_key
 from .errors import ProxyError
-from .records import failure, record_of
+from .records import failure, record_of, reply_json
 from .settings import Settings
 
 PATHS = frozenset({"/metrics", "/v1/metrics"})
@@ -106,10 +106,8 @@ def _body_error_code(response: http.Response) -> str | None:
 
 
 def _body_usage(response: http.Response) -> Any:
-    try:
-        return json.loads(response.content or b"").get("usage")
-    except (ValueError, AttributeError):
-        return None
+    body = reply_json(response)  # parsed once for the flow log and here
+    return body.get("usage") if isinstance(body, dict) else None
 
 
 def _tokens(usage: Any) -> list[tuple[str, int]]:
@@ -305,12 +303,17 @@ class MetricsEndpoint:
         self.metrics = metrics
         self.health = health
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        config = self.settings.config
-        if (flow.response is not None or config is None
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """An awaitable for a ``/metrics`` request only: every other flow passes at once."""
+        if (flow.response is not None or self.settings.config is None
                 or flow.request.path.split("?", 1)[0].rstrip("/") not in PATHS
                 or not isinstance(flow.client_conn.proxy_mode, ReverseMode)):
-            return
+            return None
+        return self._answer(flow)
+
+    async def _answer(self, flow: http.HTTPFlow) -> None:
+        config = self.settings.config
+        assert config is not None
         record = record_of(flow)
         record["route"] = "local"
         try:

@@ -143,7 +143,7 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
                 record["repairs"] = stream["repairs"]
             first_token = stream["first_token_at"]
         else:
-            body = _body_json(response)
+            body = reply_json(response)
             record["client_response"] = {"body": body}
             if isinstance(body, dict) and isinstance(body.get("usage"), dict):
                 record.setdefault("usage", body["usage"])
@@ -166,7 +166,31 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     return record
 
 
+class _LastReply:
+    """The last reply parsed, by the identity of its raw bytes (immutable, so the same object
+    is the same body): the flow log, the metrics and mitmweb's label read one finished reply
+    one after the other, and it is parsed once for them."""
+
+    raw: bytes | None = None
+    value: Any = None
+
+
+def reply_json(response: http.Response) -> Any:
+    """A whole reply's body as JSON; its text (the first 2,000 characters) when it is not
+    JSON; ``None`` when it cannot be decoded. Parsed once per reply (``_LastReply``)."""
+    raw = response.raw_content
+    if raw is not None and raw is _LastReply.raw:
+        return _LastReply.value
+    value = _body_json(response)
+    _LastReply.raw, _LastReply.value = raw, value
+    return value
+
+
 def _body_json(message: http.Message) -> Any:
+    try:
+        return json.loads(message.get_content(strict=False) or b"")
+    except ValueError:  # not JSON, or not in UTF-8: as text, decoded as mitmproxy does
+        pass
     try:
         text = message.get_text(strict=False) or ""
     except Exception:

@@ -1,11 +1,11 @@
 """What spill-over may spend at Groq: the organisation's rate limits as Groq's answers report
 them, and the proxy's own token budget per hour or day.
 
-``GroqLimits`` reads ``retry-after`` and ``x-ratelimit-*`` from every Groq answer (spilled or
-not: the limits are per organisation). ``SpillBudget`` reserves, before a request spills, its
-prompt estimate plus the completion tokens it may use (sent to Groq as
-``max_completion_tokens``), and settles the reservation to the usage Groq reports; the sum of
-settled usage and open reservations never passes the budget.
+``GroqLimits`` keeps ``retry-after`` and ``x-ratelimit-*`` of every Groq answer (spilled or
+not: the limits are per organisation), read when a spill asks. ``SpillBudget`` reserves,
+before a request spills, its prompt estimate plus the completion tokens it may use (sent to
+Groq as ``max_completion_tokens``), and settles the reservation to the usage Groq reports;
+the sum of settled usage and open reservations never passes the budget.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ MIN_COMPLETION = 256  # a spill that could not write this much is not worth maki
 PROMPT_MARGIN = 1.10  # Groq renders the prompt itself: a little longer than ours, to be safe
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+LIMITS = ("requests", "tokens")  # x-ratelimit-remaining-<limit>, x-ratelimit-reset-<limit>
 
 
 def go_duration(value: str | None) -> float | None:
@@ -55,21 +56,34 @@ class GroqLimits:
     tokens_left: int | None = None  # x-ratelimit-remaining-tokens (per minute)
     tokens_reset_at: float = 0.0
 
+    # Per limit, the last answer that reported it and when: read when a spill asks.
+    unread: dict[str, tuple[float, Mapping[str, str]]] = field(default_factory=dict)
+
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Every Groq answer passes here; its counts are read only when a spill asks
+        (``refusal``): per limit, the last answer that reported it replaces the earlier ones'.
+        A 429 is read at once: its wait holds whatever answers come after it."""
         now = time.monotonic()
         if status == 429:
             wait = go_duration(headers.get("retry-after"))
             self.blocked_until = max(self.blocked_until, now + (1.0 if wait is None else wait))
-        for attr, name in (("requests", "requests"), ("tokens", "tokens")):
+        for name in LIMITS:
+            if f"x-ratelimit-remaining-{name}" in headers:
+                self.unread[name] = (now, headers)
+
+    def _read(self) -> None:
+        for name, (now, headers) in self.unread.items():
             left = headers.get(f"x-ratelimit-remaining-{name}")
             if left is None or not left.strip().isdigit():
                 continue
             reset = go_duration(headers.get(f"x-ratelimit-reset-{name}"))
-            setattr(self, f"{attr}_left", int(left))
-            setattr(self, f"{attr}_reset_at", now + (60.0 if reset is None else reset))
+            setattr(self, f"{name}_left", int(left))
+            setattr(self, f"{name}_reset_at", now + (60.0 if reset is None else reset))
+        self.unread.clear()
 
     def refusal(self, tokens: int) -> str | None:
         """Why a spill of about ``tokens`` prompt tokens must not go to Groq now, or None."""
+        self._read()
         now = time.monotonic()
         if now < self.blocked_until:
             return (f"Groq answered 429 (rate limited); retry after "
