@@ -116,6 +116,20 @@ class ProxyProcess:
                 return records
             time.sleep(0.05)
 
+    def last_record(self, holding: str, count: int = 1, timeout: float = 5) -> dict:
+        """The last flow record whose JSON holds ``holding``, once ``count`` such are written
+        (the log is written after the reply went out, so the newest record may still be an
+        earlier flow's)."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.log_records() if holding in json.dumps(r)]
+            if len(found) >= count or time.monotonic() > deadline:
+                assert found, f"no flow record holds {holding!r}"
+                return found[-1]
+            time.sleep(0.05)
+
     def stop(self) -> int | None:
         return terminate(self.process)
 

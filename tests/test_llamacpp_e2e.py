@@ -143,12 +143,6 @@ def reasoning_of(message: Any) -> str | None:
     return (message.model_extra or {}).get("reasoning_content")
 
 
-def last_record(proxy: ProxyProcess, before: int) -> dict[str, Any]:
-    records = proxy.log_records(wait_for=before + 1)
-    assert len(records) > before, "the flow was not logged"
-    return records[-1]
-
-
 # -- the scripted servers: every client API, whole and streamed ---------------------------------
 
 def test_health_reports_the_servers_context_and_build(proxies: dict[str, ProxyProcess],
@@ -215,7 +209,7 @@ def test_tool_round_trip(proxies: dict[str, ProxyProcess]) -> None:
     answer = sdk(proxies["final"]).chat.completions.create(model=MODEL, messages=history,
                                                            tools=[WEATHER_TOOL])
     assert answer.choices[0].message.content == ANSWER
-    record = proxies["final"].log_records(wait_for=1)[-1]
+    record = proxies["final"].last_record("18 C, sunny")
     assert "<|start|>functions.get_weather to=assistant" in record["prompt"]
     assert "18 C, sunny" in record["prompt"]
 
@@ -241,7 +235,7 @@ def test_prefix_reuse_is_reported_in_usage_and_log(proxies: dict[str, ProxyProce
     cached = again.usage.prompt_tokens_details.cached_tokens
     assert cached is not None and again.usage.prompt_tokens - 2 <= cached < \
         again.usage.prompt_tokens
-    record = last_record(proxy, 0)
+    record = proxy.last_record("A question whose prompt the server will keep", count=2)
     assert record["usage"]["prompt_tokens_details"]["cached_tokens"] == cached
     text = "A question whose prompt the server will keep: " + "words " * 40
     client.responses.create(model=MODEL, input=text)
@@ -260,13 +254,12 @@ def test_prefix_reuse_is_reported_in_usage_and_log(proxies: dict[str, ProxyProce
 def test_prompt_longer_than_the_context_is_a_400_before_any_generation(
         proxies: dict[str, ProxyProcess]) -> None:
     proxy = proxies["free"]
-    before = len(proxy.log_records())
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(proxy).chat.completions.create(model=MODEL, messages=ask("word " * 1500))
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
     assert str(FREE_CONTEXT) in error["message"]
-    record = last_record(proxy, before)
+    record = proxy.last_record("word word word")
     assert "upstream_request" not in record  # refused before the server was asked
 
 
@@ -308,7 +301,7 @@ def test_server_killed_mid_chat_stream_ends_with_its_error(
     assert len(received) == 5
     assert "".join(reasoning_of(c.choices[0].delta) or "" for c in received
                    if c.choices).startswith("step step")
-    assert "incomplete chunked read" in proxy.log_records(wait_for=1)[-1]["error"]
+    assert "incomplete chunked read" in proxy.last_record("incomplete chunked read")["error"]
 
 
 @pytest.mark.parametrize("api", RAW_STREAMS)
@@ -365,7 +358,7 @@ def test_strict_tool_arguments_are_valid_for_every_seed(proxies: dict[str, Proxy
               f"without strict: {sum(free)}/{len(free)}")
     assert all(strict)
     assert not all(free)  # the constraint is what makes them valid
-    record = proxies["free"].log_records(wait_for=1)[-1]
+    record = proxies["free"].last_record('"strict": false')
     assert "grammar" not in record["upstream_request"]["body"]  # the non-strict ones
 
 
@@ -389,7 +382,7 @@ def test_json_schema_answers_are_valid_for_every_seed(proxies: dict[str, ProxyPr
               "model's messages before the answer)")
     assert all(finished)
     assert len(finished) >= len(outcomes) - 2
-    record = proxies["free"].log_records(wait_for=1)[-1]
+    record = proxies["free"].last_record("Answer in JSON.")
     assert record["upstream_request"]["body"]["grammar"].startswith("root ::=")
 
 
@@ -416,7 +409,6 @@ def test_strict_tools_with_auto_choice_and_responses_text_format(
 
 def test_a_schema_the_grammar_cannot_express_is_a_400(proxies: dict[str, ProxyProcess]) -> None:
     proxy = proxies["free"]
-    before = len(proxy.log_records())
     tool = forecast_tool(True)
     tool["function"]["parameters"] = {"type": "object", "properties": {
         "city": {"type": "string", "pattern": "^[A-Z]"}}}
@@ -425,4 +417,4 @@ def test_a_schema_the_grammar_cannot_express_is_a_400(proxies: dict[str, ProxyPr
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "unsupported_schema"
     assert "'pattern'" in error["message"] and "forecast" in error["message"]
-    assert "upstream_request" not in last_record(proxy, before)
+    assert "upstream_request" not in proxy.last_record("^[A-Z]")

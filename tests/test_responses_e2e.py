@@ -348,7 +348,7 @@ def test_reasoning_restored_for_a_function_call_without_its_reasoning_item(
         client.responses.create(**body, input=history)
         prompts.append(last_prompt(fake_transformers))
     assert prompts[0] == prompts[1] and "List the files first." in prompts[1]
-    assert proxy.log_records(wait_for=1)[-1]["restored_reasoning"]
+    assert proxy.last_record("restored_reasoning")["restored_reasoning"]
 
 
 def test_groq_refusing_the_server_key_is_not_the_clients_fault(client: openai.OpenAI,
