@@ -6,8 +6,9 @@
   cache hits are the servers' own ``timings.cache_n`` (the flow log's cached tokens);
 - ``repeating``: every reply is an analysis message of `` tick`` up to ``max_tokens``, and a
   continuation from the prompt plus generated ids goes on exactly (``harness.repeating_args``):
-  a server killed mid-stream, the stream resumed on the other one, the client's text compared
-  with an unbroken run's; then the dead replica's ejection and return after a restart.
+  a server killed mid-stream (Chat Completions, Responses, Messages), the stream resumed on the
+  other one, the client's text compared with an unbroken run's; the dead replica's ejection
+  and return after a restart on its port.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import httpx
 import openai
 import pytest
 
+from anthropic_stream import check_stream
 from conftest import PINNED_DATE
 from llamacpp import harness
 from proxy_process import ProxyProcess
 from realserver.build_tiny_model import FINAL_SCRIPT
+from responses_grammar import check_grammar, parse_sse
 from test_llamacpp_e2e import ANSWER, MODEL, NO_GROQ, llama_build  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.llamacpp
@@ -165,19 +168,41 @@ def ticks(proxy: ProxyProcess, marker: str, on_chunk: Callable[[int], None] = la
     return "".join(content), "".join(reasoning), finish
 
 
-def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
-        llama_build, repeating) -> None:  # noqa: F811
+def restart(build: tuple[Path, Path], repeating: tuple[list[harness.LlamaServer],
+            ProxyProcess, Path], dead: harness.LlamaServer) -> float:
+    """Start the killed server again on its port; seconds until the proxy has it back."""
     servers, proxy, work = repeating
-    unbroken = ticks(proxy, "whole run")
-    assert unbroken == ("", " tick" * (TICKS - 3), "length")
+    binary, model = build
+    restarted = harness.LlamaServer(binary, model, work, port=dead.port, threads=1,
+                                    extra_args=harness.repeating_args(work))
+    servers[servers.index(dead)] = restarted
+    restarted.wait_healthy()
+    return wait_until(lambda: health(proxy)[dead.url]["up"], 5)
+
+
+def killer(servers: list[harness.LlamaServer], proxy: ProxyProcess
+           ) -> tuple[list[harness.LlamaServer], Callable[[], None]]:
+    """``(killed, kill)``: ``kill`` SIGKILLs the server that is serving the one stream."""
     killed: list[harness.LlamaServer] = []
 
+    def kill() -> None:
+        if not killed:
+            (busy,) = [s for s in servers if health(proxy)[s.url]["in_flight"] == 1]
+            busy.kill()
+            killed.append(busy)
+    return killed, kill
+
+
+def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
+        llama_build, repeating) -> None:  # noqa: F811
+    servers, proxy, _ = repeating
+    unbroken = ticks(proxy, "whole run")
+    assert unbroken == ("", " tick" * (TICKS - 3), "length")
+    killed, kill = killer(servers, proxy)
+
     def kill_serving_replica(chunk: int) -> None:
-        if chunk == 5 and not killed:  # two ticks or more have been sent
-            busy = [s for s in servers if health(proxy)[s.url]["in_flight"] == 1]
-            assert len(busy) == 1
-            busy[0].kill()
-            killed.append(busy[0])
+        if chunk == 5:  # two ticks or more have been sent
+            kill()
 
     assert ticks(proxy, "killed run", kill_serving_replica) == unbroken
     (dead,) = killed
@@ -202,12 +227,61 @@ def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
     # Restarted on its port: back within seconds, and a new conversation (a private prompt:
     # a short one would follow the shared system prompt's blocks) goes to it, the replica
     # holding least.
-    binary, model = llama_build
-    restarted = harness.LlamaServer(binary, model, work, port=dead.port, threads=1,
-                                    extra_args=harness.repeating_args(work))
-    servers[servers.index(dead)] = restarted
-    restarted.wait_healthy()
-    assert wait_until(lambda: health(proxy)[dead.url]["up"], 5) < 5
+    assert restart(llama_build, repeating, dead) < 5
     client(proxy).chat.completions.create(
         model=MODEL, messages=conversation("restarted", 0), max_tokens=8)
     assert [a["replica"] for a in record_of(proxy, "restarted")["replicas"]] == [dead.url]
+
+
+RAW_APIS = {  # client API → (path, body, headers)
+    "responses": ("/v1/responses", {"model": MODEL, "stream": True,
+                                    "max_output_tokens": TICKS}, {}),
+    "messages": ("/v1/messages", {"model": MODEL, "stream": True, "max_tokens": TICKS},
+                 {"anthropic-version": "2023-06-01"}),
+}
+
+
+def raw_ticks(proxy: ProxyProcess, api: str, marker: str, kill: Callable[[], None] | None
+              ) -> tuple[Any, ...]:
+    """A streamed Responses or Messages reply, checked against the API's event grammar:
+    (end state, [(part type, text)]); ``kill`` is called once three ticks reached the client."""
+    path, body, headers = RAW_APIS[api]
+    text = f"Count. {marker}"
+    body = {**body, **({"input": text} if api == "responses"
+                       else {"messages": [{"role": "user", "content": text}]})}
+    raw = b""
+    with httpx.stream("POST", proxy.root_url + path, json=body, timeout=60,
+                      headers={"authorization": "Bearer x", **headers}) as reply:
+        assert reply.status_code == 200
+        for data in reply.iter_bytes():
+            raw += data
+            if kill is not None and raw.count(b"tick") >= 3:
+                kill()
+    if api == "responses":
+        final = check_grammar(parse_sse(raw))
+        return (final["status"], final.get("incomplete_details"),
+                [(item["type"], "".join(part.get("text", "")
+                                        for part in item.get("content") or []))
+                 for item in final["output"]])
+    ended = check_stream(raw)
+    return (ended["stop_reason"], None,
+            [(block["type"], block.get("thinking") or block.get("text"))
+             for block in ended["content"]])
+
+
+@pytest.mark.parametrize("api", RAW_APIS)
+def test_responses_and_messages_streams_resume_on_the_other_real_replica(
+        llama_build, repeating, api: str) -> None:  # noqa: F811
+    servers, proxy, _ = repeating
+    unbroken = raw_ticks(proxy, api, f"whole {api}", None)
+    assert unbroken == ({"responses": ("incomplete", {"reason": "max_output_tokens"}),
+                         "messages": ("max_tokens", None)}[api]
+                        + ([({"responses": "reasoning", "messages": "thinking"}[api],
+                              " tick" * (TICKS - 3))],))
+    killed, kill = killer(servers, proxy)
+    assert raw_ticks(proxy, api, f"killed {api}", kill) == unbroken
+    record = record_of(proxy, f"killed {api}")
+    assert record.get("resumed") == 1 and "error" not in record, record["replicas"]
+    assert [a["outcome"] for a in record["replicas"]] == ["reset", "ok"]
+    assert record["replicas"][0]["replica"] == killed[0].url
+    assert restart(llama_build, repeating, killed[0]) < 5
