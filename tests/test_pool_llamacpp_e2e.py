@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from proxy_process import ProxyProcess
 from realserver.build_tiny_model import FINAL_SCRIPT
 from responses_grammar import check_grammar, parse_sse
 from test_llamacpp_e2e import ANSWER, MODEL, NO_GROQ, llama_build  # noqa: F401 (fixture)
+from test_pool_e2e import flow_of, health, wait_until
 
 pytestmark = pytest.mark.llamacpp
 
@@ -74,30 +74,6 @@ def client(proxy: ProxyProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.base_url, api_key="x", max_retries=0, timeout=60)
 
 
-def health(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
-    body = httpx.get(f"{proxy.root_url}/health", timeout=5).json()
-    return {r["url"]: r for pool in body["replicas"] for r in pool["replicas"]}
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "condition not met in time"
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
-def record_of(proxy: ProxyProcess, marker: str) -> dict[str, Any]:
-    """The flow record whose client request holds ``marker`` (the log is written at its end)."""
-    def found() -> dict[str, Any] | None:
-        return next((r for r in reversed(proxy.log_records())
-                     if marker in str(r.get("client_request"))), None)
-    wait_until(lambda: found() is not None, 10)
-    record = found()
-    assert record is not None
-    return record
-
-
 def conversation(marker: str, turns: int) -> list[dict[str, str]]:
     """A private conversation (its own ~450-token first message), then ``turns`` exchanges."""
     messages = [{"role": "user", "content": f"{marker}: " + f"{marker} context line. " * 80}]
@@ -126,7 +102,7 @@ def test_cache_aware_keeps_each_conversation_on_its_warm_real_replica(scripted) 
                                if c.choices) == ANSWER
             else:
                 assert reply.choices[0].message.content == ANSWER
-            record = record_of(proxy, f"question {turn} about {marker}" if turn else
+            record = flow_of(proxy, f"question {turn} about {marker}" if turn else
                                f"{marker}: {marker}")
             (attempt,) = record["replicas"]
             assert attempt["outcome"] == "ok"
@@ -207,7 +183,7 @@ def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
     assert ticks(proxy, "killed run", kill_serving_replica) == unbroken
     (dead,) = killed
     (other,) = [s for s in servers if s is not dead]
-    record = record_of(proxy, "killed run")
+    record = flow_of(proxy, "killed run")
     assert record.get("resumed") == 1 and "error" not in record, record["replicas"]
     first, second = record["replicas"]
     assert (first["replica"], first["outcome"]) == (dead.url, "reset")
@@ -222,7 +198,7 @@ def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
         short = client(proxy).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"while down {n}"}], max_tokens=8)
         assert short.choices[0].finish_reason == "length"
-        assert [a["replica"] for a in record_of(proxy, f"while down {n}")["replicas"]] == \
+        assert [a["replica"] for a in flow_of(proxy, f"while down {n}")["replicas"]] == \
             [other.url]
     # Restarted on its port: back within seconds, and a new conversation (a private prompt:
     # a short one would follow the shared system prompt's blocks) goes to it, the replica
@@ -230,7 +206,7 @@ def test_real_replica_killed_mid_stream_resumes_on_the_other_then_returns(
     assert restart(llama_build, repeating, dead) < 5
     client(proxy).chat.completions.create(
         model=MODEL, messages=conversation("restarted", 0), max_tokens=8)
-    assert [a["replica"] for a in record_of(proxy, "restarted")["replicas"]] == [dead.url]
+    assert [a["replica"] for a in flow_of(proxy, "restarted")["replicas"]] == [dead.url]
 
 
 RAW_APIS = {  # client API → (path, body, headers)
@@ -280,7 +256,7 @@ def test_responses_and_messages_streams_resume_on_the_other_real_replica(
                               " tick" * (TICKS - 3))],))
     killed, kill = killer(servers, proxy)
     assert raw_ticks(proxy, api, f"killed {api}", kill) == unbroken
-    record = record_of(proxy, f"killed {api}")
+    record = flow_of(proxy, f"killed {api}")
     assert record.get("resumed") == 1 and "error" not in record, record["replicas"]
     assert [a["outcome"] for a in record["replicas"]] == ["reset", "ok"]
     assert record["replicas"][0]["replica"] == killed[0].url
