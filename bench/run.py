@@ -40,6 +40,7 @@ from phases import (  # noqa: E402
     stream_phase,
 )
 from pool_bench import pool_phase  # noqa: E402
+from pool_real import pool_llamacpp_section  # noqa: E402
 from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
@@ -55,6 +56,8 @@ NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
+# Parts on real llama-servers (built once, minutes): their own report sections.
+REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,10 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a few seconds per phase: checks the benchmark runs, not for quoting")
     parser.add_argument("--no-litellm", action="store_true",
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
-    parser.add_argument("--only", choices=[*PHASES, "llamacpp"], action="append",
+    parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
-                        help="run only this part: groq, oss, stream, store, pool or llamacpp (a "
-                             "real llama-server; not in --quick unless named) (repeatable); a "
+                        help="run only this part: groq, oss, stream, store, pool, llamacpp or "
+                             "pool-llamacpp (real llama-servers; not in --quick unless named) "
+                             "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
@@ -137,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, SHARED_CPU)  # children inherit; servers under test move to 0
-    parts = args.only or [*PHASES, *([] if args.quick else ["llamacpp"])]
-    llama = llamacpp_section(args.quick) if "llamacpp" in parts else []
-    parts = [part for part in parts if part != "llamacpp"]
+    parts = args.only or [*PHASES, *([] if args.quick else REAL_SERVER_PARTS)]
+    llama = [line for part in REAL_SERVER_PARTS if part in parts
+             for line in REAL_SERVER_PARTS[part](args.quick)]
+    parts = [part for part in parts if part not in REAL_SERVER_PARTS]
     if not parts:
         return _output("\n".join(llama), args.markdown)
     measured_against_litellm = not args.no_litellm and "groq" in parts

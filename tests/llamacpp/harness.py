@@ -7,7 +7,9 @@ that ``tests/realserver`` builds into a GGUF with the vendored converter (cached
 binary, keyed on the model builder). ``LlamaServer`` runs one server on a free loopback port;
 ``start_servers`` several (replicas). Replies are made exact with ``script_grammar``: the
 script's token ids as a grammar, and its end-of-generation token (which a grammar cannot name)
-picked with a logit bias.
+picked with a logit bias. ``repeating_args`` makes every reply one analysis message of one
+token repeated up to ``max_tokens``, which a continuation (prompt + generated ids, on another
+replica) goes on exactly: the replica-pool tests' resume.
 """
 
 from __future__ import annotations
@@ -91,21 +93,46 @@ def script_grammar(script: str) -> tuple[str, int]:
     return "root ::= " + " ".join(f"<[{t}]>" for t in ids[:-1]) + "\n", ids[-1]
 
 
+REPEATED = 27693  # " tick"
+HEADER = (200005, 35644, 200008)  # <|channel|>analysis<|message|>
+
+
+def repeating_args(workdir: Path) -> list[str]:
+    """Server arguments under which every reply is ``<|channel|>analysis<|message|>`` and then
+    `` tick`` until ``max_tokens``, and a continuation from the prompt plus any of it (two
+    ticks or more) goes on with ticks: the reply an unbroken run would have given.
+
+    A command-line grammar restarts with every request, so it cannot know where a continuation
+    starts; the server's sampler does (it is fed the prompt). The grammar allows the header or
+    a tick first; the header's logit bias (+20) picks it in a fresh reply, a negative frequency
+    penalty (each tick in the last 64 tokens: +50) picks ticks once two are in the prompt.
+    The end-of-generation tokens are barred, so only ``max_tokens`` ends a reply.
+    """
+    grammar = workdir / "repeating.gbnf"
+    grammar.write_text("root ::= ( " + " ".join(f"<[{t}]>" for t in HEADER)
+                       + f" )? <[{REPEATED}]>*\n")
+    bias = [f"{HEADER[0]}+20", *(f"{t}-100" for t in END_OF_GENERATION)]
+    return ["--grammar-file", str(grammar), "--temp", "0", "--frequency-penalty", "-50",
+            *(arg for b in bias for arg in ("--logit-bias", b))]
+
+
 class LlamaServer:
-    """``llama-server`` on a free loopback port, one slot, 2 threads, started at once.
+    """``llama-server`` on a free loopback port (or ``port``: a restart), one slot, started at
+    once.
 
     ``script``: every request (without a grammar of its own) is answered with it, greedily.
     """
 
     def __init__(self, binary: Path, model: Path, workdir: Path, *, context: int = 4096,
-                 script: str | None = None, extra_args: Iterable[str] = ()) -> None:
+                 script: str | None = None, extra_args: Iterable[str] = (),
+                 threads: int = 2, port: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = realserver.free_port()
+        self.port = port or realserver.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.context = context
         self.log_path = workdir / f"llama-server-{self.port}.log"
         args = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-c", str(context), "-np", "1", "-t", "2", "--swa-full"]
+                "-c", str(context), "-np", "1", "-t", str(threads), "--swa-full"]
         if script is not None:
             grammar, end = script_grammar(script)
             grammar_file = workdir / f"script-{self.port}.gbnf"
@@ -113,7 +140,7 @@ class LlamaServer:
             args += ["--grammar-file", str(grammar_file), "--temp", "0",
                      "--logit-bias", f"{end}+100"]
         args += list(extra_args)
-        with self.log_path.open("w") as log:
+        with self.log_path.open("a") as log:  # a restart on the same port appends
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
