@@ -4,6 +4,7 @@ Completions, Responses and Anthropic Messages (the fake replicas of ``fakes_repl
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -324,6 +325,30 @@ def test_stream_broken_mid_reply_resumes_with_identical_text(pooled, replicas,
     assert resumed_on.prompts[-1][:-12] == broken.prompts[-1]
     assert resumed_on.prompts[-1][-12:] == broken.generated[-1].ids[:12]
     assert metric(proxy, "harmony_groq_replica_resumes_total", resumed_on.url) == 1
+
+
+def test_a_constrained_reply_under_way_is_not_resumed(pooled, replicas) -> None:
+    """A json_schema answer's constraint covers the whole reply from its start, so a reply
+    broken mid-way ends as a failed stream (the dialect's error event), never continued."""
+    proxy = pooled(routing="round_robin")
+    marker = f"m-{uuid.uuid4().hex[:8]}"
+    for replica in replicas:
+        replica.reset_after = 12  # events: inside the reasoning, wherever it lands
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+              "additionalProperties": False}
+    body = {"model": "gpt-oss-120b", "stream": True,
+            "messages": [{"role": "user", "content": marker}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "s", "schema": schema, "strict": True}}}
+    with httpx.stream("POST", f"{proxy.base_url}/chat/completions", json=body,
+                      timeout=20) as response:
+        text = response.read().decode()
+    assert response.status_code == 200
+    assert '"code": "stream_interrupted"' in text  # the chat dialect's failed end
+    record = flow_of(proxy, marker)
+    assert record["resume_refused"] == "constrained" and "resumed" not in record
+    assert [r["outcome"] for r in record["replicas"]] == ["reset"]
+    assert "structured_outputs" in json.dumps(record["upstream_request"]["body"])
 
 
 def test_text_backend_resumes_from_the_text_so_far(start_proxy) -> None:

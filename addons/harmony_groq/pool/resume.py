@@ -27,6 +27,7 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http.http1 import assemble_response_head
 
 from ..backends import Backend, BackendOutput
+from ..constraints import constraint_for
 from ..errors import ProxyError
 from ..flows import prepare_sse
 from ..records import record_of
@@ -97,8 +98,19 @@ class ReplicaStream:
             attempt.end(outcome, error.message)
         if self.giving_up or not can_write_chunks(self.flow) or not self.pooled.can_retry():
             return False
+        if self._constrained_midway():
+            record_of(self.flow)["resume_refused"] = "constrained"
+            return False
         self.broken = self.translator.suspended = True
         return True
+
+    def _constrained_midway(self) -> bool:
+        """A backend constraint (llama.cpp's grammar, vLLM's structured outputs) covers the
+        whole reply from its start: a continuation would make it start over mid-reply, so a
+        constrained reply already under way ends as a failed stream instead of resuming."""
+        pooled = self.pooled
+        return (self.translator.completion_tokens > 0 and pooled.pool.kind != "transformers"
+                and constraint_for(pooled.request, pooled.prompt) is not None)
 
 
 def client_gone(flow: http.HTTPFlow) -> bool:
