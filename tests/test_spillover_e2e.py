@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harmony_groq.spill_capacity import PROBE_SECONDS
+from harmony_groq.pool.pool import PROBE_SECONDS
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers, Scripted

@@ -29,7 +29,7 @@ from .reasoning_memory import ReasoningMemory
 from .records import record_of
 from .render import render_prompt
 from .settings import Config, Settings
-from .spill_capacity import LocalCapacity, SingleServerCapacity
+from .spill_capacity import LocalCapacity
 from .spill_limits import GroqLimits, SpillBudget, prompt_estimate
 from .spill_request import SpillReply, spill_body
 from .spill_sticky import GROQ, conversation_keys, reply_keys
@@ -44,12 +44,10 @@ class Spillover:
     """Decides local or Groq for each gpt-oss request; keeps what that decision needs."""
 
     def __init__(self, settings: Settings, memory: Callable[[], ReasoningMemory],
-                 sticky: Namespace, capacity: LocalCapacity | None = None
-                 ) -> None:
+                 sticky: Namespace, capacity: LocalCapacity) -> None:
         self.settings = settings
         self.memory = memory
-        self.capacity: LocalCapacity = capacity or SingleServerCapacity(
-            lambda: self.config.transformers_url, lambda: self.config.spillover_max_inflight)
+        self.capacity = capacity
         self.sticky = sticky
         self.limits = GroqLimits()
         self.budget = SpillBudget()
