@@ -75,7 +75,7 @@ def test_a_loop_that_drops_reasoning_gets_it_back(proxy, client: openai.OpenAI,
                                                   fake_transformers: FakeTransformers,
                                                   stream: bool) -> None:
     fake_transformers.script(*STEPS, *STEPS)
-    before = len(proxy.log_records())
+    before = proxy.log_mark()
     assert agent_loop(client, send_reasoning=False, stream=stream) == "Sunny in both."
     assert agent_loop(client, send_reasoning=True, stream=stream) == "Sunny in both."
     prompts = fake_transformers.prompts

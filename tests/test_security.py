@@ -55,6 +55,7 @@ def test_proxy_key_required(start_proxy, fake_groq: FakeGroq,
     assert client.chat.completions.create(model="gpt-oss-20b", messages=HI).choices
     # The proxy's own key is never forwarded either.
     assert PROXY_KEY not in json.dumps([r["headers"] for r in fake_groq.requests])
+    proxy.log_mark()  # every flow above is in the log
     assert PROXY_KEY not in proxy.log_path.read_text()
 
 

@@ -270,12 +270,13 @@ def test_a_store_killed_mid_run_degrades_and_recovers(
     for proxy in proxies:
         assert metric(proxy, "harmony_groq_state_store_up") == 1
         assert proxy.process.poll() is None
+        records = proxy.log_records(wait_for=proxy.log_mark())
+        assert [r for r in records if (r.get("status") or 0) >= 500] == []
         output = "".join(proxy.output)
         log = proxy.log_path.read_text()
         assert "Traceback" not in output and "***redacted***" in log
         for secret in (PASSWORD, QUOTED_PASSWORD):
             assert secret not in output and secret not in log
-        assert [r for r in proxy.log_records() if (r.get("status") or 0) >= 500] == []
 
 
 # -- the real OpenAI Agents SDK ---------------------------------------------------------------

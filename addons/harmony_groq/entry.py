@@ -114,7 +114,7 @@ def _each(hooks: list[Callable[..., Any]] | tuple, *args: Any) -> Awaitable[None
         except Exception:
             logger.exception("%s failed", hook.__qualname__)
             continue
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             return _each_awaited(result, hook, hooks[index + 1:], args)
     return None
 
@@ -128,7 +128,7 @@ async def _each_awaited(first: Awaitable[Any], hook: Callable[..., Any],
     for later in rest:
         try:
             result = later(*args)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 await result
         except Exception:
             logger.exception("%s failed", later.__qualname__)
