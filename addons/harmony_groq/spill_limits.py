@@ -75,12 +75,13 @@ class GroqLimits:
     def _read(self) -> None:
         """Per limit, the newest answer that reported it replaces what earlier ones said."""
         for name in LIMITS:
-            for now, headers in reversed(self.unread):
-                left = headers.get(f"x-ratelimit-remaining-{name}")
-                if left is not None:
-                    break
-            else:
+            header = f"x-ratelimit-remaining-{name}"
+            newest = next(((now, headers) for now, headers in reversed(self.unread)
+                           if header in headers), None)
+            if newest is None:
                 continue
+            now, headers = newest
+            left = headers[header]
             if not left.strip().isdigit():
                 continue
             reset = go_duration(headers.get(f"x-ratelimit-reset-{name}"))
