@@ -101,5 +101,6 @@ def test_a_memory_of_zero_bytes_restores_nothing(start_proxy, fake_transformers:
     fake_transformers.script(*STEPS)
     agent_loop(client, send_reasoning=False, stream=False)
     assert "Paris first." not in fake_transformers.prompts[1]
-    records = [r for r in proxy.log_records(wait_for=4) if r["route"] == "gpt-oss"]
+    records = [r for r in proxy.log_records(wait_for=proxy.log_mark())
+               if r["route"] == "gpt-oss"]
     assert [r.get("restored_reasoning") for r in records] == [None] * 3

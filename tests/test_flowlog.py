@@ -65,7 +65,7 @@ def test_a_full_queue_drops_the_batch_and_reports_each_record(
     writer = _writer(tmp_path / "flows.log", failures)
     writer.listener.stop()  # a disk that stopped: nothing leaves the queue
     writer.write({"n": 0})  # no event loop: handed over at once, and queued
-    writer.batch = [{"n": 1}, {"n": 2}, {"n": 3}]
+    writer.batch = [json.dumps({"n": n}) for n in (1, 2, 3)]
     writer.flush()
     assert failures == ["queue_full"] * 3
     assert writer.queue.qsize() == 1
@@ -75,7 +75,7 @@ def test_a_batch_rotates_between_its_lines_and_a_lost_one_counts_each_record(
         tmp_path: Path) -> None:
     path = tmp_path / "flows.log"
     writer = FlowLogWriter(str(path), 300, 10, ())
-    writer.batch = [{"n": n, "text": "x" * 100} for n in range(8)]
+    writer.batch = [json.dumps({"n": n, "text": "x" * 100}) for n in range(8)]
     writer.flush()
     writer.close()
     files = sorted(tmp_path.glob("flows.log*"))
@@ -85,7 +85,7 @@ def test_a_batch_rotates_between_its_lines_and_a_lost_one_counts_each_record(
 
     failures: list[str] = []
     lost = _writer(tmp_path / "missing-dir" / "flows.log", failures)
-    lost.batch = [{"n": n} for n in range(3)]
+    lost.batch = [json.dumps({"n": n}) for n in range(3)]
     lost.flush()
     lost.close()
     assert failures == ["write"] * 3

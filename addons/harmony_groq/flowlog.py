@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .redact import redact_text, redact_value
+import orjson
+
+from .redact import redact_text
 
 logger = logging.getLogger(__name__)
 MAX_QUEUED = 1000  # batches waiting for the writer thread
@@ -92,45 +94,59 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         self.stream = None  # type: ignore[assignment]
 
 
-# One encoder for every line (``json.dumps`` with options builds one a call); records are plain
-# data, so the circular check is spared (a cycle still fails, as RecursionError, below).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str, check_circular=False)
+# What orjson declines (a lone surrogate from a client's JSON, an integer past 64 bits, nesting
+# past 254) goes through the stdlib's encoder instead.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=str)
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
+def record_line(flow_record: dict[str, Any]) -> str:
+    """A record as one line of compact JSON (orjson: a fifth of the stdlib's time), not yet
+    redacted.
+
+    Serialised when the record is written, not in the thread: a batch of dicts waiting for the
+    thread outlives the garbage collector's young generations and makes its full collections
+    (a whole-heap scan, ~60 ms here) frequent; a batch of strings is not tracked at all."""
+    try:
+        line = orjson.dumps(flow_record, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError included
+        line = _stdlib_line(flow_record)
+    # One record, one line, for every reader: escape what some treat as line breaks (looked
+    # for first: ``translate`` costs a dict lookup per character).
+    if "\x85" in line or "\u2028" in line or "\u2029" in line:
+        line = line.translate(_LINE_BREAKS)
+    return line
+
+
+def _stdlib_line(flow_record: dict[str, Any]) -> str:
+    try:
+        return _ENCODER.encode(flow_record)
+    except (RecursionError, ValueError, TypeError) as exc:
+        # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
+        keep = {k: flow_record.get(k) for k in ("event", "id", "route", "model", "status",
+                                               "error", "started", "total_ms")}
+        keep["log_error"] = f"record not serialisable: {type(exc).__name__}"
+        return json.dumps(keep, default=str)
+
+
 class JSONRecordFormatter(logging.Formatter):
-    """Serialises and redacts a record's dict in the listener thread, off the event loop."""
+    """Redacts a batch of record lines in the listener thread, off the event loop."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
         super().__init__()
-        # Redaction runs on the serialised line, where a secret appears JSON-escaped.
+        # Redaction runs on the serialised lines, where a secret appears JSON-escaped.
         self.secrets = tuple({form for s in secrets
                               for form in (s, json.dumps(s, ensure_ascii=False)[1:-1])})
 
     def format(self, record: logging.LogRecord) -> str:
-        """A batch's lines (``record.msg`` is the list of its records)."""
-        return "\n".join(self._line(one) for one in record.msg)
-
-    def _line(self, flow_record: dict[str, Any]) -> str:
-        try:
-            line = redact_text(_ENCODER.encode(flow_record),
-                               self.secrets)  # one pass; the patterns stop at quotes
-            # One record, one line, for every reader: escape what some treat as line breaks
-            # (looked for first: ``translate`` costs a dict lookup per character).
-            if "\x85" in line or "\u2028" in line or "\u2029" in line:
-                line = line.translate(_LINE_BREAKS)
-            return line
-        except (RecursionError, ValueError, TypeError) as exc:
-            # A pathological body (say, nested 10,000 deep) still leaves a record of the flow.
-            keep = {k: flow_record.get(k) for k in ("event", "id", "route", "model", "status",
-                                                   "error", "started", "total_ms")}
-            keep["log_error"] = f"record not serialisable: {type(exc).__name__}"
-            return json.dumps(redact_value(keep, self.secrets), default=str)
+        """The batch's lines (``record.msg``), redacted in one pass: the key patterns stop at
+        quotes and line breaks, so none spans two records."""
+        return redact_text("\n".join(record.msg), self.secrets)
 
 
 class RecordListener(logging.handlers.QueueListener):
-    """Takes batches (lists of the records' plain dicts) off the queue: the ``LogRecord`` the
-    handler needs is made here, in the listener thread, not on the event loop."""
+    """Takes batches (lists of record lines) off the queue: the ``LogRecord`` the handler
+    needs is made here, in the listener thread, not on the event loop."""
 
     def prepare(self, record: Any) -> logging.LogRecord:
         return logging.makeLogRecord({"msg": record, "levelno": logging.INFO,
@@ -158,7 +174,7 @@ class FlowLogWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         record.setdefault("ts", time.time())
-        self.batch.append(record)
+        self.batch.append(record_line(record))
         if self.timer is not None and len(self.batch) < MAX_BATCH:
             return  # goes with the batch when the timer fires
         wait = self.flushed_at + BATCH_SECONDS - time.monotonic()
