@@ -116,6 +116,26 @@ class ProxyProcess:
                 return records
             time.sleep(0.05)
 
+    def log_mark(self, timeout: float = 10) -> int:
+        """How many flow records the log holds once every flow finished so far is in it.
+
+        The log is written after each reply, in batches (``flowlog.BATCH_SECONDS``), so a count
+        taken at once can miss the last flows' records. Records are written in the order the
+        flows ended: a ``/health`` request marked with a fresh id is sent, and once its record
+        is there, so are those of every flow before it."""
+        import uuid
+
+        mark = f"log-mark-{uuid.uuid4().hex}"
+        httpx.get(f"{self.root_url}/health?{mark}", timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.log_records()
+            at = next((i for i, r in enumerate(records) if mark in (r.get("path") or "")), None)
+            if at is not None:
+                return at + 1
+            assert time.monotonic() < deadline, "the marked /health flow was never logged"
+            time.sleep(0.05)
+
     def last_record(self, holding: str, count: int = 1, timeout: float = 5) -> dict:
         """The last flow record whose JSON holds ``holding``, once ``count`` such are written
         (the log is written after the reply went out, so the newest record may still be an

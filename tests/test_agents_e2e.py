@@ -142,7 +142,7 @@ def run_agent(agent: AgentSetup, answers: Answers, agent_cli: Callable[[str], Pa
     fake_transformers.respond(coding_model(agent, answers))
 
     def run(prompt: str) -> AgentRun:
-        before = len(proxy.log_records())
+        before = proxy.log_mark()
         done = run_headless(executable, agent.command(home, prompt), home=home, cwd=work,
                             env=agent.env, timeout=RUN_TIMEOUT)
         output = ANSI.sub("", done.stdout)

@@ -75,7 +75,7 @@ def test_a_loop_that_drops_reasoning_gets_it_back(proxy, client: openai.OpenAI,
                                                   fake_transformers: FakeTransformers,
                                                   stream: bool) -> None:
     fake_transformers.script(*STEPS, *STEPS)
-    before = len(proxy.log_records())
+    before = proxy.log_mark()
     assert agent_loop(client, send_reasoning=False, stream=stream) == "Sunny in both."
     assert agent_loop(client, send_reasoning=True, stream=stream) == "Sunny in both."
     prompts = fake_transformers.prompts
@@ -101,5 +101,6 @@ def test_a_memory_of_zero_bytes_restores_nothing(start_proxy, fake_transformers:
     fake_transformers.script(*STEPS)
     agent_loop(client, send_reasoning=False, stream=False)
     assert "Paris first." not in fake_transformers.prompts[1]
-    records = [r for r in proxy.log_records(wait_for=4) if r["route"] == "gpt-oss"]
+    records = [r for r in proxy.log_records(wait_for=proxy.log_mark())
+               if r["route"] == "gpt-oss"]
     assert [r.get("restored_reasoning") for r in records] == [None] * 3

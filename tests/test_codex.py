@@ -101,7 +101,8 @@ def test_shell_round_trip(codex: Path, proxy: ProxyProcess,
     # The second turn rendered the tool's output, and Codex's echoed reasoning before the call.
     second = fake_transformers.prompts[-1]
     assert secret in second and "Read the file first." in second
-    records = [r for r in proxy.log_records(wait_for=2) if r.get("dialect") == "responses"]
+    records = [r for r in proxy.log_records(wait_for=proxy.log_mark())
+               if r.get("dialect") == "responses"]
     assert records[-1]["client_request"]["body"]["store"] is False
 
 
@@ -123,7 +124,8 @@ def test_apply_patch_edits_a_file(codex: Path, proxy: ProxyProcess,
     assert stdout.strip() == "PATCHED"
     assert target.read_text() == "hello patched world\n"
     # The patch went to Codex as a freeform custom_tool_call (the raw text, not JSON).
-    answered = [r for r in proxy.log_records(wait_for=2) if r.get("dialect") == "responses"]
+    answered = [r for r in proxy.log_records(wait_for=proxy.log_mark())
+               if r.get("dialect") == "responses"]
     history = answered[-1]["client_request"]["body"]["input"]
     call = next(item for item in history if item.get("type") == "custom_tool_call")
     assert call["name"] == "apply_patch" and call["input"] == patch

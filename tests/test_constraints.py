@@ -141,7 +141,7 @@ def test_vllm_gets_structured_outputs_it_accepts(vllm_proxy: ProxyProcess,
 def test_transformers_serve_says_it_cannot_constrain(proxy: ProxyProcess,
                                                      fake_transformers: FakeTransformers
                                                      ) -> None:
-    before = len(proxy.log_records())
+    before = proxy.log_mark()
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
     client.chat.completions.create(model="gpt-oss-20b", tools=[tool("a", True)],  # type: ignore
                                    messages=[{"role": "user", "content": "hi"}])

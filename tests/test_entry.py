@@ -4,6 +4,7 @@ reply, and a failing part that does not stop the others."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -66,3 +67,14 @@ def test_done_runs_the_bookkeeping_still_pending() -> None:
 
     asyncio.run(run())
     assert calls == ["book.response", "book.done"]
+
+
+def test_running_freezes_what_start_up_loaded() -> None:
+    """Start-up's objects live as long as the process: full collections skip them."""
+    gc.unfreeze()
+    calls: list[str] = []
+    HarmonyGroq([Part("a", calls)], [Book(calls)]).running()
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

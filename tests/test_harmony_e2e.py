@@ -192,7 +192,7 @@ def test_truncation_drops_a_cut_call(client: openai.OpenAI, fake_transformers: F
 def test_repairs_reach_the_flow_log(proxy, client: openai.OpenAI,
                                     fake_transformers: FakeTransformers) -> None:
     fake_transformers.script("Musing.<|channel|>final<|message|>Fine.<|return|>")
-    before = len(proxy.log_records())
+    before = proxy.log_mark()
     answer = client.chat.completions.create(model="gpt-oss-20b",
                                             messages=[{"role": "user", "content": "ok?"}])
     assert answer.choices[0].message.content == "Fine."

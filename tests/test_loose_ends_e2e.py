@@ -201,9 +201,10 @@ def logged(proxy: ProxyProcess, text: str, max_tokens: int | None) -> dict:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         for record in proxy.log_records():
-            body = (record.get("client_request") or {}).get("body") or {}
-            if body.get("messages", [{}])[0].get("content") == text and (
-                    body.get("max_tokens") == max_tokens):
+            body = (record.get("client_request") or {}).get("body")
+            # The session's log also holds other tests' records, fuzzed bodies included.
+            if isinstance(body, dict) and body.get("messages") == [
+                    {"role": "user", "content": text}] and body.get("max_tokens") == max_tokens:
                 return record
         time.sleep(0.05)
     raise AssertionError(f"no record for {text}")

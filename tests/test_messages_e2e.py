@@ -387,7 +387,7 @@ def test_models_in_anthropic_shape_when_asked(claude: Claude, proxy: ProxyProces
 
 def test_flow_log_and_view(proxy: ProxyProcess, claude: Claude,
                            fake_transformers: FakeTransformers) -> None:
-    before = len(proxy.log_records())
+    before = proxy.log_mark()
     claude.stream(model="gpt-oss-20b", messages=[{"role": "user", "content": "hi"}])
     record = proxy.log_records(wait_for=before + 1)[-1]
     assert (record["dialect"], record["route"], record["status"]) == ("messages", "gpt-oss",

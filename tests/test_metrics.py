@@ -328,7 +328,8 @@ def test_scrape_after_a_mixed_run(start_proxy: Callable[..., ProxyProcess],
     assert not any(name.startswith(("python_", "process_")) or name.endswith("_created")
                    for name, _ in after)
     # The proxy answered /metrics itself; the flow log has it as a local flow like /health.
-    scraped = [r for r in proxy.log_records(wait_for=1) if r["path"].endswith("/metrics")]
+    scraped = [r for r in proxy.log_records(wait_for=proxy.log_mark())
+               if r["path"].endswith("/metrics")]
     assert {(r["route"], r["status"]) for r in scraped} >= {("local", 200), ("local", 401)}
     printed = "".join(proxy.output)
     assert "Addon error" not in printed and "Traceback" not in printed  # no hook failed

@@ -188,7 +188,7 @@ def test_prepare_makes_the_real_tokenizer_keep_control_tokens(base_model: Path,
 # -- answers through the proxy -----------------------------------------------------------------
 
 def test_non_streamed_final_answer(proxies: dict[str, ProxyProcess]) -> None:
-    logged = len(proxies["final"].log_records())
+    logged = proxies["final"].log_mark()
     response = sdk(proxies["final"]).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}])
     choice = response.choices[0]
@@ -265,7 +265,7 @@ def test_tool_call_then_result_then_final_answer(proxies: dict[str, ProxyProcess
              "function": {"name": name, "arguments": arguments}}]},
         {"role": "tool", "tool_call_id": call_id, "content": '{"temp_c": 21}'},
     ]
-    logged = len(proxies["final"].log_records())
+    logged = proxies["final"].log_mark()
     final = sdk(proxies["final"]).chat.completions.create(
         model=MODEL, messages=messages, tools=[WEATHER_TOOL])
     assert final.choices[0].message.content == ANSWER
@@ -332,7 +332,7 @@ def test_anthropic_messages_tool_round_trip_and_count(proxies: dict[str, ProxyPr
 # -- the unprepared model ----------------------------------------------------------------------
 
 def test_unprepared_model_gets_the_prepare_error(proxies: dict[str, ProxyProcess]) -> None:
-    logged = len(proxies["unprepared"].log_records())
+    logged = proxies["unprepared"].log_mark()
     with pytest.raises(openai.APIStatusError) as caught:
         sdk(proxies["unprepared"]).chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Say hello."}])

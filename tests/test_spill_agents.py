@@ -84,7 +84,8 @@ def test_codex_goes_on_at_groq_when_local_stops(agent_cli, spill_proxy: ProxyPro
     assert len(stopping_local.prompts) == 1
     (body,) = groq_bodies(fake_groq)
     check_spilled_turn(body, secret, "Read the file first.")
-    records = [r for r in spill_proxy.log_records(wait_for=2) if r.get("served_by")]
+    records = [r for r in spill_proxy.log_records(wait_for=spill_proxy.log_mark())
+               if r.get("served_by")]
     assert [r["served_by"] for r in records][-2:] == ["local", "groq"]
 
 

@@ -82,6 +82,7 @@ from .upstream import ModelServerClient
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 NO_RETRY = {"x-should-retry": "false"}
+_MASKED_KEY = f"Bearer {REDACTED}".encode()
 
 class Gateway:
     """Answers local endpoints and routes each dialect's requests to Groq or gpt-oss."""
@@ -488,5 +489,8 @@ class Gateway:
 def _mask_groq_key(flow: http.HTTPFlow) -> None:
     """Once the request went to Groq, the injected key is masked in the flow (mitmweb, saved
     flows) again."""
-    if "authorization" in flow.request.headers and record_of(flow).get("route") == "groq":
-        flow.request.headers["authorization"] = f"Bearer {REDACTED}"
+    if record_of(flow).get("route") != "groq":
+        return
+    headers = flow.request.headers  # one pass over the raw fields, as flows.rewrite does
+    headers.fields = tuple((name, _MASKED_KEY) if name.lower() == b"authorization"
+                           else (name, value) for name, value in headers.fields)

@@ -26,7 +26,10 @@ CLIENT_DISCONNECTED = "Client disconnected."  # mitmproxy's flow.error message
 
 def record_of(flow: http.HTTPFlow) -> dict[str, Any]:
     """The flow's log record, filled in by the hooks as the flow progresses."""
-    return flow.metadata.setdefault(META, {"id": flow.id})
+    record = flow.metadata.get(META)
+    if record is None:  # (not setdefault: that builds the new dict on every call)
+        record = flow.metadata[META] = {"id": flow.id}
+    return record
 
 
 def failure(flow: http.HTTPFlow) -> Any:

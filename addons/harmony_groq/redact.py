@@ -36,11 +36,19 @@ def _may_hold_key(text: str) -> bool:
 
 def redact_headers(headers: Iterable[tuple[str, str]], extra_secrets: Iterable[str] = ()
                    ) -> dict[str, str]:
-    secrets = tuple(extra_secrets)
+    secrets = tuple(s for s in extra_secrets if s)
+    pairs = list(headers)
+    # One look at all values first: most header sets hold no key, and each value's own scan
+    # costs more than the values joined.
+    joined = "\n".join(value for _, value in pairs)
+    scan = _may_hold_key(joined) or any(secret in joined for secret in secrets)
     out: dict[str, str] = {}
-    for name, value in headers:
+    for name, value in pairs:
         key = name.lower()
-        value = REDACTED if key in SECRET_HEADERS else redact_text(value, secrets)
+        if key in SECRET_HEADERS:
+            value = REDACTED
+        elif scan:
+            value = redact_text(value, secrets)
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
 

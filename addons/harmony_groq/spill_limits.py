@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ MIN_COMPLETION = 256  # a spill that could not write this much is not worth maki
 PROMPT_MARGIN = 1.10  # Groq renders the prompt itself: a little longer than ours, to be safe
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+UNREAD_ANSWERS = 64  # answers kept unread: Groq reports the limits on every one
 LIMITS = ("requests", "tokens")  # x-ratelimit-remaining-<limit>, x-ratelimit-reset-<limit>
 
 
@@ -56,8 +58,9 @@ class GroqLimits:
     tokens_left: int | None = None  # x-ratelimit-remaining-tokens (per minute)
     tokens_reset_at: float = 0.0
 
-    # Per limit, the last answer that reported it and when: read when a spill asks.
-    unread: dict[str, tuple[float, Mapping[str, str]]] = field(default_factory=dict)
+    # The latest answers' headers and when, newest last: read only when a spill asks.
+    unread: deque[tuple[float, Mapping[str, str]]] = field(
+        default_factory=lambda: deque(maxlen=UNREAD_ANSWERS))
 
     def observe(self, status: int, headers: Mapping[str, str]) -> None:
         """Every Groq answer passes here; its counts are read only when a spill asks
@@ -67,14 +70,19 @@ class GroqLimits:
         if status == 429:
             wait = go_duration(headers.get("retry-after"))
             self.blocked_until = max(self.blocked_until, now + (1.0 if wait is None else wait))
-        for name in LIMITS:
-            if f"x-ratelimit-remaining-{name}" in headers:
-                self.unread[name] = (now, headers)
+        self.unread.append((now, headers))
 
     def _read(self) -> None:
-        for name, (now, headers) in self.unread.items():
-            left = headers.get(f"x-ratelimit-remaining-{name}")
-            if left is None or not left.strip().isdigit():
+        """Per limit, the newest answer that reported it replaces what earlier ones said."""
+        for name in LIMITS:
+            header = f"x-ratelimit-remaining-{name}"
+            newest = next(((now, headers) for now, headers in reversed(self.unread)
+                           if header in headers), None)
+            if newest is None:
+                continue
+            now, headers = newest
+            left = headers[header]
+            if not left.strip().isdigit():
                 continue
             reset = go_duration(headers.get(f"x-ratelimit-reset-{name}"))
             setattr(self, f"{name}_left", int(left))
