@@ -2,7 +2,7 @@
 servers are down (``SPILLOVER=down``) or also when they are full (``saturated``), sticky per
 conversation, within Groq's rate limits and the proxy's spill budget.
 
-``Gateway`` hands every gpt-oss request to ``Spillover.route`` with its way to the local
+``RequestSide`` hands every gpt-oss request to ``Spillover.route`` with its way to the local
 server; ``route`` answers with a ``GroqCall`` when the request goes to Groq instead (before any
 local attempt, or after one failed before its first byte), which the gateway sends like any
 Groq call. As an addon after the gateway, ``Spillover`` reads Groq's rate-limit headers from
