@@ -164,7 +164,7 @@ class RequestSide:
         """The model server's cached check and the state store's live one."""
         store = await self.state.health()
         body = {**await self.local.health(), "state_store": store,
-                "replicas": self.pools.health()}
+                "replicas": self.pools.health(), "spillover": self.spill.health()}
         if store["status"] != "ok":
             body["status"] = "degraded"
         return body
