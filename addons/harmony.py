@@ -29,10 +29,10 @@ _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memo
 _gateway = Gateway(_settings, _state)
 _metrics.spill_status = _gateway.spill.status
 _metrics.registry.register(PoolCollector(_gateway.pools))
-# MetricsEndpoint answers /metrics before the Gateway routes; Spillover's hooks see the replies
-# the Gateway wrote; FlowLabels labels what was answered; the flow log and the metrics read the
-# finished flow once its reply was sent.
+# MetricsEndpoint answers /metrics before the gateway's request side routes; Spillover's hooks
+# see the replies the gateway's reply side wrote; FlowLabels labels what was answered; the flow
+# log and the metrics read the finished flow once its reply was sent.
 addons = [HarmonyGroq(
     [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-     _gateway.spill, FlowLabels()],
+     _gateway.requests, _gateway.replies, _gateway.spill, FlowLabels()],
     bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]

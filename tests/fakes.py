@@ -396,6 +396,8 @@ class _GroqHandler(_Handler):
             completion = min(fake.completion_tokens, limit)
             usage.update(prompt_tokens=prompt, completion_tokens=completion,
                          total_tokens=prompt + completion)
+        if fake.cached_tokens is not None:  # Groq's prompt caching
+            usage["prompt_tokens_details"] = {"cached_tokens": fake.cached_tokens}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
         # Reasoning models answer with Groq's own field name, `reasoning`.
@@ -623,6 +625,7 @@ class FakeGroq(FakeServer):
         self.models_status = 200
         self.token_delay = 0.0
         self.completion_tokens: int | None = None  # usage of a reply this long, when set
+        self.cached_tokens: int | None = None  # usage.prompt_tokens_details, when set
         self.rate_overrides: dict[str, str] = {}  # x-ratelimit-* headers to answer with
         self.stream_error: str | None = None  # sent as x_groq.error after the first word
         self.hold = False  # streams: keep the body open after the last event (hold_open)
@@ -641,6 +644,7 @@ class FakeGroq(FakeServer):
         self.models_status = 200
         self.token_delay = 0.0
         self.completion_tokens = None
+        self.cached_tokens = None
         self.rate_overrides = {}
         self.stream_error = None
         self.hold = False

@@ -208,3 +208,31 @@ def logged(proxy: ProxyProcess, text: str, max_tokens: int | None) -> dict:
                 return record
         time.sleep(0.05)
     raise AssertionError(f"no record for {text}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_groq_cached_tokens_reach_every_dialects_usage(
+        proxy: ProxyProcess, client: openai.OpenAI, fake_groq: FakeGroq, stream: bool) -> None:
+    """Groq's prompt caching (``usage.prompt_tokens_details.cached_tokens``) in the usage of a
+    Messages or Responses client served by a Groq model, as the local servers' cache hits are."""
+    fake_groq.cached_tokens = 8  # of the fake's 12 prompt tokens
+    messages = anthropic_client(proxy).messages
+    if stream:
+        with messages.stream(model=LLAMA, max_tokens=64,
+                             messages=[{"role": "user", "content": "hi"}]) as events:
+            usage = events.get_final_message().usage
+    else:
+        usage = messages.create(model=LLAMA, max_tokens=64,
+                                messages=[{"role": "user", "content": "hi"}]).usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (4, 8)
+    # Responses with store (not Groq's own endpoint): translated from Groq's chat reply.
+    marker = f"cached {stream} {time.monotonic_ns()}"
+    if stream:
+        with client.responses.stream(model=LLAMA, input=marker) as events:
+            reply = events.get_final_response()
+    else:
+        reply = client.responses.create(model=LLAMA, input=marker)
+    assert reply.usage is not None
+    assert (reply.usage.input_tokens, reply.usage.input_tokens_details.cached_tokens) == (12, 8)
+    record = proxy.last_record(marker)
+    assert record["usage"]["prompt_tokens_details"] == {"cached_tokens": 8}

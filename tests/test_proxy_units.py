@@ -187,7 +187,7 @@ def test_gateway_rewrites_groq_flow_and_strips_client_key(gateway) -> None:
                       b'[{"role": "user", "content": "hi"}]}')
     flow.request.headers["x-api-key"] = "sk-client-2"
     flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    asyncio.run(gw.request(flow))
+    asyncio.run(gw.requests.request(flow))
     assert flow.response is None
     assert flow.request.url == "http://127.0.0.1:9/openai/v1/chat/completions"
     assert "authorization" not in flow.request.headers  # not while mitmweb may publish it
@@ -199,7 +199,7 @@ def test_gateway_rewrites_groq_flow_and_strips_client_key(gateway) -> None:
     assert flow.request.headers["authorization"] == "Bearer gsk_unit0123456789abcdef"
     gw.injector.update([flow])
     flow.response = http.Response.make(200)
-    gw.responseheaders(flow)
+    gw.replies.responseheaders(flow)
     assert flow.request.headers["authorization"] == f"Bearer {REDACTED}"
     assert "x-api-key" not in flow.request.headers
     assert json.loads(flow.request.content)["model"] == "llama-3.3-70b-versatile"
@@ -217,7 +217,7 @@ def test_gateway_errors(gateway, body: bytes, path: bytes, status: int, fragment
     gw, log, log_path = gateway
     flow = _chat_flow(body, path)
     flow.client_conn.proxy_mode = ProxyMode.parse("reverse:http://127.0.0.1:9")
-    asyncio.run(gw.request(flow))
+    asyncio.run(gw.requests.request(flow))
     assert flow.response is not None and flow.response.status_code == status
     error = json.loads(flow.response.content)["error"]
     assert fragment in error["message"]

@@ -318,9 +318,12 @@ def test_groq_429_pauses_spill_until_retry_after(spill_proxy: Callable[..., Prox
     assert "rate limited" in str(refused.body) and "spill-over to Groq is paused" in str(
         refused.body)
     assert len(groq_chats(fake_groq)) == 1  # the refused request never reached Groq
+    spill = httpx.get(f"{proxy.root_url}/health", timeout=5).json()["spillover"]
+    assert spill["mode"] == "down" and "rate limited" in spill["paused"]
     time.sleep(max(0.0, 2.1 - (time.monotonic() - started)))
     again = send(proxy.base_url, dialect, MODEL, user(unique("c")), stream=False)
     assert again.status == 200 and again.served_by == "groq"
+    assert httpx.get(f"{proxy.root_url}/health", timeout=5).json()["spillover"]["paused"] is None
 
 
 def test_near_the_token_limit_no_spill(spill_proxy: Callable[..., ProxyProcess], local: Local,
@@ -363,6 +366,8 @@ def test_budget_is_never_exceeded(spill_proxy: Callable[..., ProxyProcess], loca
     else:
         pytest.fail("the budget never ran out")
     assert served >= 2
+    health = httpx.get(f"{proxy.root_url}/health", timeout=5).json()["spillover"]
+    assert health["budget"]["limit"] == budget and "SPILLOVER_BUDGET_TOKENS" in health["paused"]
     spent = _metric(proxy, "harmony_groq_spill_budget_tokens", 'kind="spent"')
     assert _metric(proxy, "harmony_groq_spill_budget_tokens", 'kind="limit"') == budget
     records = [r for r in records_with(proxy, tag, served + 1) if r["served_by"] == "groq"]

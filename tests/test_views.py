@@ -138,8 +138,8 @@ def test_view_shows_both_sides_of_a_gpt_oss_flow(hooks, fake_transformers) -> No
     gateway, labels = hooks
     fake_transformers.script(GENERATED)
     flow = _chat_flow(CHATS[1])
-    asyncio.run(gateway.request(flow))
-    gateway.response(flow)
+    asyncio.run(gateway.requests.request(flow))
+    gateway.replies.response(flow)
     labels.response(flow)
     assert flow.response is not None and flow.response.status_code == 200
 
@@ -178,8 +178,8 @@ def test_view_lists_repairs(hooks, fake_transformers) -> None:
     fake_transformers.script("<|channel|>analysis<|message|>hmm<|start|>assistant"
                              "<|channel|>final<|message|>ok")
     flow = _chat_flow(CHATS[0])
-    asyncio.run(gateway.request(flow))
-    gateway.response(flow)
+    asyncio.run(gateway.requests.request(flow))
+    gateway.replies.response(flow)
     repairs = flow_record(flow)["repairs"]
     assert repairs
     text = contentviews.prettify_message(flow.response, flow).text
@@ -197,14 +197,14 @@ def test_view_and_label_say_when_reasoning_was_restored(hooks, fake_transformers
     first = _chat_flow(body)
 
     async def agent() -> http.HTTPFlow:  # one loop: the gateway's HTTP client lives in it
-        await gateway.request(first)
-        gateway.response(first)
+        await gateway.requests.request(first)
+        gateway.replies.response(first)
         (call,) = json.loads(first.response.content)["choices"][0]["message"]["tool_calls"]
         again = _chat_flow({**body, "messages": body["messages"] + [
             {"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]})
-        await gateway.request(again)
-        gateway.response(again)
+        await gateway.requests.request(again)
+        gateway.replies.response(again)
         return again
 
     second = asyncio.run(agent())
@@ -230,11 +230,11 @@ def _sse(text: str, fake: FakeTransformers) -> list[bytes]:
 def test_streamed_flow_keeps_a_bounded_copy_and_is_assembled(hooks, fake_transformers) -> None:
     gateway, labels = hooks
     flow = _chat_flow({**CHATS[0], "stream": True})
-    asyncio.run(gateway.request(flow))
+    asyncio.run(gateway.requests.request(flow))
     flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
 
     async def headers() -> None:  # on an event loop, as mitmproxy runs its hooks
-        gateway.responseheaders(flow)
+        gateway.replies.responseheaders(flow)
         labels.responseheaders(flow)
 
     asyncio.run(headers())
@@ -243,7 +243,7 @@ def test_streamed_flow_keeps_a_bounded_copy_and_is_assembled(hooks, fake_transfo
     sent = b"".join(b"".join(stream(chunk)) for chunk in [*_sse(GENERATED, fake_transformers),
                                                             b""])
     flow.response.data.content = None  # mitmproxy stores nothing for a streamed body
-    gateway.response(flow)
+    gateway.replies.response(flow)
     labels.response(flow)
 
     assert len(sent) > 300
@@ -272,7 +272,7 @@ def test_other_flows_keep_their_usual_views_and_get_labels(hooks) -> None:
     gateway, labels = hooks
     flow = _chat_flow({"model": "llama-3.3-70b-versatile", "messages": [
         {"role": "user", "content": "hi"}]})
-    asyncio.run(gateway.request(flow))  # no GROQ_API_KEY: answered locally with a 503
+    asyncio.run(gateway.requests.request(flow))  # no GROQ_API_KEY: answered locally with a 503
     labels.response(flow)
     assert flow.response is not None
     view = HarmonyContentview()
@@ -296,19 +296,19 @@ def test_view_of_an_anthropic_messages_flow(hooks, fake_transformers, stream: bo
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     flow = _chat_flow(body)
     flow.request.path = "/v1/messages?beta=true"
-    asyncio.run(gateway.request(flow))
+    asyncio.run(gateway.requests.request(flow))
     if stream:
         flow.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
 
         async def headers() -> None:
-            gateway.responseheaders(flow)
+            gateway.replies.responseheaders(flow)
             labels.responseheaders(flow)
 
         asyncio.run(headers())
         for chunk in [*_sse(GENERATED, fake_transformers), b""]:
             flow.response.stream(chunk)
         flow.response.data.content = None
-    gateway.response(flow)
+    gateway.replies.response(flow)
     labels.response(flow)
 
     request = contentviews.prettify_message(flow.request, flow)

@@ -84,9 +84,12 @@ def _usage(body: dict[str, Any]) -> tuple[int | None, int | None]:
 
 
 def _cached(body: Any) -> int | None:
+    return cached_tokens(body.get("usage") if isinstance(body, dict) else None)
+
+
+def cached_tokens(usage: Any) -> int | None:
     """OpenAI's ``usage.prompt_tokens_details.cached_tokens`` (vLLM with
-    ``--enable-prompt-tokens-details``)."""
-    usage = body.get("usage") if isinstance(body, dict) else None
+    ``--enable-prompt-tokens-details``; Groq's prompt caching)."""
     details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return cached if type(cached) is int else None

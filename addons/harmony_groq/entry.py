@@ -2,7 +2,7 @@
 
 Why one: mitmproxy walks its whole chain for every event of every flow (eight a request),
 calling each addon object that has the hook through a context manager and a coroutine; the
-parts (``Settings``, ``MetricsEndpoint``, ``Gateway``, ``FlowLabels``, ``FlowLog``,
+parts (``Settings``, ``MetricsEndpoint``, the gateway's two sides, ``FlowLabels``, ``FlowLog``,
 ``Metrics``: each its own module, by job) are looked up once here instead.
 
 Why deferred: mitmproxy sends a whole reply to the client only once every ``response`` hook

@@ -10,6 +10,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from .backends import cached_tokens
 from .completion import AssembledMessage
 from .dialects.base import GroqCall, Outcome, ReplyWriter
 from .errors import ProxyError
@@ -44,7 +45,7 @@ def outcome_of(finish_reason: str | None, usage: dict[str, Any] | None,
     finish = "length" if finish_reason == "length" else (
         "tool_calls" if message.tool_calls else "stop")
     return Outcome(finish, usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
-                   details.get("reasoning_tokens") or 0)
+                   details.get("reasoning_tokens") or 0, cached_tokens=cached_tokens(usage))
 
 
 def translate_reply(call: GroqCall, response: http.Response) -> tuple[dict[str, Any], Outcome]:

@@ -14,7 +14,7 @@ class GroqKeyInjector:
 
     mitmproxy runs the ``update`` hook across the chain right after ``request`` and sends the
     request once it returns. Sitting at the very end of the chain, this runs after mitmweb's
-    view has published the flow, so the key never reaches a browser; ``Gateway`` masks it
+    view has published the flow, so the key never reaches a browser; ``ReplySide`` masks it
     again in ``responseheaders`` once it went upstream.
     """
 

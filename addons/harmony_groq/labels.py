@@ -2,7 +2,7 @@
 
 ``FlowLabels`` gives every finished flow a marker (its route) and a one-line comment (route,
 model, status, tokens in→out, time to first token), taken from ``flow_record``, the summary the
-flow log writes. It runs after ``Gateway``, whose ``response`` hook rewrites gpt-oss replies.
+flow log writes. It runs after ``ReplySide``, whose ``response`` hook rewrites gpt-oss replies.
 
 Streamed responses pass through mitmproxy without being stored, so mitmweb would say "Content
 is missing". ``FlowLabels`` keeps a copy of the bytes the client got, up to ``KEEP_BYTES`` per

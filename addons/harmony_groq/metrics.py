@@ -1,8 +1,8 @@
 """Prometheus metrics: every finished flow counted from its record, served at ``GET /metrics``.
 
 ``Metrics`` reads the record the other addons filled in (``records.record_of``) in the
-``response`` and ``error`` hooks, after ``Gateway`` has rewritten gpt-oss replies, and never
-changes a flow. ``MetricsEndpoint`` answers ``/metrics`` before ``Gateway`` sees the request.
+``response`` and ``error`` hooks, after ``ReplySide`` has rewritten gpt-oss replies, and never
+changes a flow. ``MetricsEndpoint`` answers ``/metrics`` before ``RequestSide`` sees the request.
 The metrics live in their own ``CollectorRegistry``, so nothing else loaded into mitmproxy can
 add series to the scrape.
 
@@ -293,7 +293,7 @@ class Metrics:
 
 
 class MetricsEndpoint:
-    """Answers ``GET /metrics`` in reverse mode, ahead of ``Gateway``; with ``PROXY_API_KEY``
+    """Answers ``GET /metrics`` in reverse mode, ahead of ``RequestSide``; with ``PROXY_API_KEY``
     set, only to requests that carry it. ``health`` is ``LocalEndpoints.health``: its cached
     check of the model server sets ``harmony_groq_model_server_up`` at scrape time."""
 

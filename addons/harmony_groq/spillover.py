@@ -2,7 +2,7 @@
 servers are down (``SPILLOVER=down``) or also when they are full (``saturated``), sticky per
 conversation, within Groq's rate limits and the proxy's spill budget.
 
-``Gateway`` hands every gpt-oss request to ``Spillover.route`` with its way to the local
+``RequestSide`` hands every gpt-oss request to ``Spillover.route`` with its way to the local
 server; ``route`` answers with a ``GroqCall`` when the request goes to Groq instead (before any
 local attempt, or after one failed before its first byte), which the gateway sends like any
 Groq call. As an addon after the gateway, ``Spillover`` reads Groq's rate-limit headers from
@@ -30,7 +30,7 @@ from .records import record_of
 from .render import render_prompt
 from .settings import Config, Settings
 from .spill_capacity import LocalCapacity
-from .spill_limits import GroqLimits, SpillBudget, prompt_estimate
+from .spill_limits import MIN_COMPLETION, GroqLimits, SpillBudget, prompt_estimate
 from .spill_request import SpillReply, spill_body
 from .spill_sticky import GROQ, conversation_keys, reply_keys
 from .state.base import Namespace
@@ -219,6 +219,19 @@ class Spillover:
     def status(self) -> dict[str, Any]:
         """What the metrics scrape shows: the budget's state."""
         return {"budget": self.budget.status()}
+
+    def health(self) -> dict[str, Any]:
+        """What ``/health`` shows: the mode, the twins, the budget, and why a spill would be
+        refused now (Groq's 429 or its limits; this process's view, like the budget)."""
+        config = self.config
+        mode = config.spillover if config.groq_api_key else "off"
+        paused = self.limits.refusal(0) if mode != "off" else None
+        left = self.budget.left()
+        if mode != "off" and paused is None and left is not None and left < MIN_COMPLETION:
+            paused = (f"the spill budget (SPILLOVER_BUDGET_TOKENS={self.budget.limit} per "
+                      f"{self.budget.window}) has {max(left, 0)} tokens left")
+        return {"mode": mode, "models": dict(config.spillover_models),
+                "budget": self.budget.status(), "paused": paused}
 
 
 def _unavailable(flow: http.HTTPFlow, refusal: str) -> ProxyError:
