@@ -309,14 +309,9 @@ def test_server_killed_mid_stream_ends_with_the_apis_failure_event(
         doomed: tuple[harness.LlamaServer, ProxyProcess], api: str) -> None:
     server, proxy = doomed
     path, body, headers = RAW_STREAMS[api]
-    raw = b""
-    with httpx.stream("POST", proxy.root_url + path, json=body, timeout=60,
-                      headers={"authorization": "Bearer sk-client", **headers}) as reply:
-        assert reply.status_code == 200
-        for data in reply.iter_bytes():
-            raw += data
-            if raw.count(b"step") >= 3 and server.process.poll() is None:
-                server.kill()
+    raw = harness.stream_raw(proxy.root_url + path, body,
+                             {"authorization": "Bearer sk-client", **headers}, b"step",
+                             server.kill)
     if api == "responses":
         failed = check_grammar(parse_sse(raw))
         assert failed["status"] == "failed"

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
@@ -225,14 +224,8 @@ def raw_ticks(proxy: ProxyProcess, api: str, marker: str, kill: Callable[[], Non
     text = f"Count. {marker}"
     body = {**body, **({"input": text} if api == "responses"
                        else {"messages": [{"role": "user", "content": text}]})}
-    raw = b""
-    with httpx.stream("POST", proxy.root_url + path, json=body, timeout=60,
-                      headers={"authorization": "Bearer x", **headers}) as reply:
-        assert reply.status_code == 200
-        for data in reply.iter_bytes():
-            raw += data
-            if kill is not None and raw.count(b"tick") >= 3:
-                kill()
+    raw = harness.stream_raw(proxy.root_url + path, body,
+                             {"authorization": "Bearer x", **headers}, b"tick", kill)
     if api == "responses":
         final = check_grammar(parse_sse(raw))
         return (final["status"], final.get("incomplete_details"),

@@ -19,8 +19,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from harmony_groq.encoding import harmony_encoding
 
@@ -179,3 +182,18 @@ def start_servers(binary: Path, model: Path, workdir: Path, count: int,
 def stop_servers(servers: Iterable[LlamaServer]) -> None:
     for server in servers:
         server.stop()
+
+
+def stream_raw(url: str, body: dict[str, Any], headers: dict[str, str], word: bytes,
+               interrupt: Callable[[], None] | None) -> bytes:
+    """A streamed reply's bytes as the client got them; ``interrupt`` (a server's kill) is
+    called once, as soon as ``word`` has reached the client three times."""
+    raw = b""
+    with httpx.stream("POST", url, json=body, timeout=60, headers=headers) as reply:
+        assert reply.status_code == 200
+        for data in reply.iter_bytes():
+            raw += data
+            if interrupt is not None and raw.count(word) >= 3:
+                interrupt()
+                interrupt = None
+    return raw
