@@ -8,7 +8,7 @@
 #   ./run.sh serve MODEL [args…] prepare MODEL, start `transformers serve` on it, then the proxy
 #   ./run.sh bench [args…]       run the benchmarks (bench/README.md)
 #
-# Settings come from the environment (README "Settings"); PYTHON=/path/to/python3.12+ picks the
+# Settings come from the environment (docs/settings.md); PYTHON=/path/to/python3.12+ picks the
 # interpreter used to create .venv.
 set -euo pipefail
 

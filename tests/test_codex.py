@@ -1,7 +1,7 @@
 """The real Codex CLI (npm ``@openai/codex``, pinned in agents.py) run headless (``codex exec``)
 against the real mitmdump and a rule-driven model server: Codex speaks only the Responses API.
 
-Codex's config is the one the README gives users: a custom provider whose ``base_url`` is the
+Codex's config is the one docs/clients.md gives users: a custom provider whose ``base_url`` is the
 proxy, ``model_catalog_url`` for the gpt-oss catalog (context window, freeform ``apply_patch``),
 and the settings that keep it offline.
 """

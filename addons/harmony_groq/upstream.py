@@ -18,7 +18,7 @@ _HOP_HEADERS = ("content-length", "transfer-encoding", "content-encoding", "conn
 
 def unreachable(url: str) -> ProxyError:
     return ProxyError(503, f"The gpt-oss model server at {url} is unreachable. Start it "
-                      "(see README: transformers serve) or set TRANSFORMERS_URL.",
+                      "(see docs/backends.md) or set TRANSFORMERS_URL.",
                       code="upstream_unavailable")
 
 
