@@ -35,7 +35,7 @@ import openai
 import pytest
 from test_run_script import free_port
 
-from harmony_groq.pool.spec import model_servers, replica_urls
+from harmony_groq.replica_spec import model_servers, replica_urls
 from harmony_groq.settings import BACKENDS, OPTIONS
 
 from fakes import FakeGroq, FakeServer, FakeTransformers
