@@ -44,7 +44,7 @@ from proxy_process import PrintedLines, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = (ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")))
-SH_BLOCK = re.compile(r"^```(?:sh|bash|shell)[ \t]*\n(.*?)^```", re.M | re.S)
+SH_BLOCK = re.compile(r"^[ \t]*```(?:sh|bash|shell)[ \t]*\n(.*?)^[ \t]*```", re.M | re.S)
 ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 REVERSE_LISTENING = re.compile(r"reverse proxy to \S+ listening at [\d.]+:(\d+)")
 WEB_LISTENING = re.compile(r"Web server listening at http://127\.0\.0\.1:(\d+)/")
