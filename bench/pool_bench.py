@@ -66,9 +66,9 @@ def pool_section(pool: PoolResults) -> list[str]:
              f"the other requests in flight, then {DECODE_S:.0f} s of decoding. Simulated "
              "(bench/pool_replay.py): the same numbers on any machine.", ""]
     lines += table(["policy", "requests", "cached-token ratio", "TTFT p50 s", "TTFT p95 s",
-                     "busiest replica / mean load"],
-                    [[r.policy, r.requests, f"{r.cached_ratio:.3f}", f"{r.ttft_p50:.3f}",
-                      f"{r.ttft_p95:.3f}", f"{r.max_load:.2f}"] for r in pool.replay])
+                    "busiest replica / mean load"],
+                   [[r.policy, r.requests, f"{r.cached_ratio:.3f}", f"{r.ttft_p50:.3f}",
+                     f"{r.ttft_p95:.3f}", f"{r.max_load:.2f}"] for r in pool.replay])
     aware, oracle, robin = by["cache_aware"], by["oracle"], by["round_robin"]
     lines += [
         f"- cache_aware: {aware.cached_ratio / oracle.cached_ratio:.2f}× the oracle's cached "
@@ -96,10 +96,10 @@ def pool_section(pool: PoolResults) -> list[str]:
               "tokens; one replica killed (refused, its streams reset) and healed later, then "
               "each other one killed for a moment in turn.", ""]
     lines += table(["requests", "errors before the first token", "errors after it",
-                     "wrong text", "broken streams", "resumed, identical text",
-                     "failed over before the first token"],
-                    [[kill.requests, kill.errors_before_start, kill.errors_after_start,
-                      kill.wrong_text, kill.broken, kill.resumed_identical, kill.failed_over]])
+                    "wrong text", "broken streams", "resumed, identical text",
+                    "failed over before the first token"],
+                   [[kill.requests, kill.errors_before_start, kill.errors_after_start,
+                     kill.wrong_text, kill.broken, kill.resumed_identical, kill.failed_over]])
     lines += [
         f"- 0 errors for requests not yet streaming: "
         f"{verdict(kill.errors_before_start == 0)}; broken streams resumed with identical "

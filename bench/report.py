@@ -49,12 +49,12 @@ def _cpu_ratio(row: GroqRow, bare: GroqRow) -> str:
 
 def groq_section(rows: list[GroqRow]) -> list[str]:
     bare = {r.concurrency: r for r in rows if r.target == "bare mitmdump"}
-    table = []
+    cells = []
     for r in rows:
         base = bare[r.concurrency].result
         measured = r.target in r.usage.cpu_seconds  # not "direct": no server in between
         cpu_ms = 1000 * r.usage.cpu_seconds.get(r.target, 0) / r.result.sent
-        table.append([r.target, r.concurrency, f"{r.result.p50_ms:.2f}",
+        cells.append([r.target, r.concurrency, f"{r.result.p50_ms:.2f}",
                       f"{r.result.percentile_ms(0.99):.2f}", f"{r.result.rate:.0f}",
                       f"{r.result.p50_ms / base.p50_ms:.2f}×", f"{r.result.rate / base.rate:.2f}×",
                       f"{r.usage.cpu_percent(r.target):.0f}" if measured else "–",
@@ -63,9 +63,9 @@ def groq_section(rows: list[GroqRow]) -> list[str]:
                       f"{r.usage.others_percent:.0f}"])
     lines = ["## 1. Groq route, non-streaming small request", ""]
     lines += table(["target", "clients", "p50 ms", "p99 ms", "req/s", "p50 ÷ bare",
-                     "req/s ÷ bare", "CPU % target", "target CPU ms/request", "CPU % fakes",
-                     "CPU % load",
-                     "CPU % others"], table)
+                    "req/s ÷ bare", "CPU % target", "target CPU ms/request", "CPU % fakes",
+                    "CPU % load",
+                    "CPU % others"], cells)
     for concurrency in sorted(bare):
         addon = next(r for r in rows if r.target == "addon" and r.concurrency == concurrency)
         ratio = addon.result.p50_ms / bare[concurrency].result.p50_ms
@@ -85,14 +85,14 @@ def groq_section(rows: list[GroqRow]) -> list[str]:
 
 
 def oss_section(results: Results) -> list[str]:
-    table = []
+    cells = []
     verdicts = []
     for r in results.oss:
         s = r.stages
         added = r.proxy.p50_ms - r.direct.p50_ms
         cpu_ms = 1000 * r.usage.cpu_seconds[PROXY] / r.proxy.sent
         goal = 2.0 if r.workload == "short chat" else 50.0
-        table.append([r.workload, s.prompt_tokens,
+        cells.append([r.workload, s.prompt_tokens,
                       f"{s.parse:.2f} / {s.render:.2f} / {s.encode:.2f} / {s.translate:.2f}",
                       f"{s.total:.2f}", f"{s.first_total:.2f}", f"{r.proxy.p50_ms:.2f}",
                       f"{r.direct.p50_ms:.2f}",
@@ -105,19 +105,19 @@ def oss_section(results: Results) -> list[str]:
             f"{verdict(added < goal)}, {cpu_ms:.1f} ms of proxy CPU {verdict(cpu_ms < goal)}")
     lines = ["## 2. gpt-oss route, non-streaming: the proxy's own time", ""]
     lines += table(["workload", "prompt tokens",
-                     "in-process ms: parse / render / encode / translate", "in-process total",
-                     "in-process first run",
-                     "via proxy p50 ms", "backend direct p50 ms", "added p50 ms",
-                     "added, flow log off", "proxy CPU ms/request", "proxy peak RSS MiB",
-                     "CPU % others"], table)
+                    "in-process ms: parse / render / encode / translate", "in-process total",
+                    "in-process first run",
+                    "via proxy p50 ms", "backend direct p50 ms", "added p50 ms",
+                    "added, flow log off", "proxy CPU ms/request", "proxy peak RSS MiB",
+                    "CPU % others"], cells)
     return lines + verdicts + [""]
 
 
 def _stream_rows(rows: list[StreamRow]) -> list[list[object]]:
-    table = []
+    cells = []
     for r in rows:
         proxy_cpu = r.proxy_usage.cpu_seconds[PROXY]
-        table.append([r.streams, len(r.proxy.latencies), f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
+        cells.append([r.streams, len(r.proxy.latencies), f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
                       f"{r.direct.tokens / r.direct.elapsed:,.0f}",
                       f"{r.proxy_usage.cpu_percent(PROXY):.0f}",
                       f"{r.proxy.tokens / proxy_cpu:,.0f}" if proxy_cpu else "–",
@@ -126,7 +126,7 @@ def _stream_rows(rows: list[StreamRow]) -> list[list[object]]:
                       f"{r.proxy_usage.others_percent:.0f}",
                       f"{statistics.median(r.proxy.first_delta) * 1000:.1f}",
                       f"{r.proxy_usage.peak_rss_mib[PROXY]:.0f}"])
-    return table
+    return cells
 
 
 def stream_section(streams: StreamSet) -> list[str]:
@@ -137,14 +137,14 @@ def stream_section(streams: StreamSet) -> list[str]:
     lines = [f"### {streams.api}", "",
              "Time to first delta, one stream at a time (64-token replies):", ""]
     lines += table(["", "p50 ms", "p99 ms"],
-                    [["through the proxy", f"{p50[0]:.2f}", f"{p99[0]:.2f}"],
-                     ["backend direct", f"{p50[1]:.2f}", f"{p99[1]:.2f}"],
-                     ["added by the proxy", f"{p50[0] - p50[1]:.2f}", f"{p99[0] - p99[1]:.2f}"]])
+                   [["through the proxy", f"{p50[0]:.2f}", f"{p99[0]:.2f}"],
+                    ["backend direct", f"{p50[1]:.2f}", f"{p99[1]:.2f}"],
+                    ["added by the proxy", f"{p50[0] - p50[1]:.2f}", f"{p99[0] - p99[1]:.2f}"]])
     lines += ["Aggregate throughput (tokens = backend tokens translated):", ""]
     lines += table(["streams", "completed", "tokens/s via proxy", "tokens/s backend direct",
-                     "proxy CPU %", "tokens per proxy CPU-second", "CPU % fakes",
-                     "CPU % load", "CPU % others", "first delta p50 ms", "proxy peak RSS MiB"],
-                    _stream_rows(streams.rows))
+                    "proxy CPU %", "tokens per proxy CPU-second", "CPU % fakes",
+                    "CPU % load", "CPU % others", "first delta p50 ms", "proxy peak RSS MiB"],
+                   _stream_rows(streams.rows))
     best = max(r.proxy.tokens / r.proxy.elapsed for r in streams.rows)
     capacity = max(r.proxy.tokens / r.proxy_usage.cpu_seconds[PROXY] for r in streams.rows
                    if r.proxy_usage.cpu_seconds[PROXY])
@@ -169,7 +169,7 @@ def memory_section(results: Results) -> list[str]:
 def prefix_section(rows: list[PrefixRow]) -> list[str]:
     by = {r.client: r for r in rows}
     turns = len(rows[0].tokens.lost)
-    table = [[r.client, r.tokens.total, r.tokens.reused, f"{100 * r.tokens.ratio:.1f} %",
+    cells = [[r.client, r.tokens.total, r.tokens.reused, f"{100 * r.tokens.ratio:.1f} %",
               f"{100 * r.chars.ratio:.1f} %", f"{r.tokens.lost_per_turn:.0f} "
               f"({', '.join(map(str, r.tokens.lost))})", f"{100 * r.model_header.ratio:.1f} %",
               f"{r.model_header.lost_per_turn:.0f}"] for r in rows]
@@ -178,9 +178,9 @@ def prefix_section(rows: list[PrefixRow]) -> list[str]:
              "prefix with the turn before's prompt + completion (in-process, bench/prefix.py).",
              ""]
     lines += table(["client", "prompt tokens", "reused tokens", "share reused, tokens",
-                     "share reused, characters", "lost tokens per turn (each turn)",
-                     "share if history kept the model's call header", "lost per turn, then"],
-                    table)
+                    "share reused, characters", "lost tokens per turn (each turn)",
+                    "share if history kept the model's call header", "lost per turn, then"],
+                   cells)
     sends, drops, carried = by[SENDS], by[DROPS], by[CARRIED]
     header = sends.tokens.lost_per_turn - sends.model_header.lost_per_turn
     lines += [
