@@ -87,11 +87,24 @@ add_defaults() {
   done
 }
 
+reverse_target() {
+  # The first URL of TRANSFORMERS_URL. mitmdump's reverse mode takes one server; a list of
+  # replicas (and MODEL_SERVERS' groups) is the addon's pool, which routes every request itself.
+  local url urls
+  IFS=',' read -r -a urls <<<"$TRANSFORMERS_URL"
+  for url in "${urls[@]}"; do
+    url="${url//[[:space:]]/}"
+    [[ -n "$url" ]] && { echo "$url"; return; }
+  done
+  die "TRANSFORMERS_URL='$TRANSFORMERS_URL' names no URL"
+}
+
 proxy_args() {
   # proxy_args USER_ARGS…: sets $proxy (the addon and the reverse proxy on $HOST:$PORT), $given
   # and $defaults. --mode is a list, so a user's --mode adds a listener rather than replacing it.
   given="$(given_options "$@")"
-  proxy=(-s "$ROOT/addons/harmony.py" --mode "reverse:$TRANSFORMERS_URL@$HOST:$PORT")
+  local target; target="$(reverse_target)" || exit 1
+  proxy=(-s "$ROOT/addons/harmony.py" --mode "reverse:$target@$HOST:$PORT")
   add_defaults connection_strategy=lazy
 }
 
@@ -137,7 +150,7 @@ case "$cmd" in
     ;;
   *)
     ensure_venv
-    echo "run.sh: proxy on http://$HOST:$PORT/v1 (gpt-oss -> $TRANSFORMERS_URL, others -> Groq)" >&2
+    echo "run.sh: proxy on http://$HOST:$PORT/v1 (gpt-oss -> ${MODEL_SERVERS:+$MODEL_SERVERS, then }$TRANSFORMERS_URL, others -> Groq)" >&2
     proxy_args "$@"
     exec "$VENV/bin/mitmdump" "${proxy[@]}" "${defaults[@]}" "$@"
     ;;

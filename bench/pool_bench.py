@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from md_table import table, verdict
 from pool_kill import CLIENTS, KillResult, kill_one_of_four
 from pool_replay import (
     DECODE_S,
@@ -24,7 +25,6 @@ from pool_replay import (
     RoutingCost,
     replay_all,
 )
-from report import _table, _verdict
 
 
 @dataclass
@@ -65,24 +65,24 @@ def pool_section(pool: PoolResults) -> list[str]:
              f"blocks); TTFT = uncached tokens at {PREFILL_TOKENS_PER_S:,}/s, slowed by "
              f"the other requests in flight, then {DECODE_S:.0f} s of decoding. Simulated "
              "(bench/pool_replay.py): the same numbers on any machine.", ""]
-    lines += _table(["policy", "requests", "cached-token ratio", "TTFT p50 s", "TTFT p95 s",
-                     "busiest replica / mean load"],
-                    [[r.policy, r.requests, f"{r.cached_ratio:.3f}", f"{r.ttft_p50:.3f}",
-                      f"{r.ttft_p95:.3f}", f"{r.max_load:.2f}"] for r in pool.replay])
+    lines += table(["policy", "requests", "cached-token ratio", "TTFT p50 s", "TTFT p95 s",
+                    "busiest replica / mean load"],
+                   [[r.policy, r.requests, f"{r.cached_ratio:.3f}", f"{r.ttft_p50:.3f}",
+                     f"{r.ttft_p95:.3f}", f"{r.max_load:.2f}"] for r in pool.replay])
     aware, oracle, robin = by["cache_aware"], by["oracle"], by["round_robin"]
     lines += [
         f"- cache_aware: {aware.cached_ratio / oracle.cached_ratio:.2f}× the oracle's cached "
-        f"ratio (goal ≥ 0.9: {_verdict(aware.cached_ratio >= 0.9 * oracle.cached_ratio)}), "
+        f"ratio (goal ≥ 0.9: {verdict(aware.cached_ratio >= 0.9 * oracle.cached_ratio)}), "
         f"{aware.cached_ratio / robin.cached_ratio:.2f}× round robin's (goal ≥ 2: "
-        f"{_verdict(aware.cached_ratio >= 2 * robin.cached_ratio)}), busiest replica "
-        f"{aware.max_load:.2f}× the mean (goal ≤ 1.5: {_verdict(aware.max_load <= 1.5)})", ""]
+        f"{verdict(aware.cached_ratio >= 2 * robin.cached_ratio)}), busiest replica "
+        f"{aware.max_load:.2f}× the mean (goal ≤ 1.5: {verdict(aware.max_load <= 1.5)})", ""]
     cost = pool.cost
     total = cost.choose_us_p50 + cost.hash_us_per_1k * cost.prompt_tokens / 1000
     lines += [f"### The router's cost at {cost.replicas} replicas", "",
               f"- choosing (matching the prompt against every replica's estimate, scoring, "
               f"recording): p50 {cost.choose_us_p50:.0f} µs, p99 {cost.choose_us_p99:.0f} µs "
               f"for a {cost.prompt_tokens:,}-token prompt (goal < 200 µs: "
-              f"{_verdict(cost.choose_us_p50 < 200)})",
+              f"{verdict(cost.choose_us_p50 < 200)})",
               f"- hashing the prompt's blocks: {cost.hash_us_per_1k:.1f} µs per 1,000 tokens; "
               f"both for this prompt: {total:.0f} µs", ""]
     kill = pool.kill
@@ -95,17 +95,17 @@ def pool_section(pool: PoolResults) -> list[str]:
               "Through mitmdump (bench/pool_kill.py): fake vLLM replicas, each stream ~50 "
               "tokens; one replica killed (refused, its streams reset) and healed later, then "
               "each other one killed for a moment in turn.", ""]
-    lines += _table(["requests", "errors before the first token", "errors after it",
-                     "wrong text", "broken streams", "resumed, identical text",
-                     "failed over before the first token"],
-                    [[kill.requests, kill.errors_before_start, kill.errors_after_start,
-                      kill.wrong_text, kill.broken, kill.resumed_identical, kill.failed_over]])
+    lines += table(["requests", "errors before the first token", "errors after it",
+                    "wrong text", "broken streams", "resumed, identical text",
+                    "failed over before the first token"],
+                   [[kill.requests, kill.errors_before_start, kill.errors_after_start,
+                     kill.wrong_text, kill.broken, kill.resumed_identical, kill.failed_over]])
     lines += [
         f"- 0 errors for requests not yet streaming: "
-        f"{_verdict(kill.errors_before_start == 0)}; broken streams resumed with identical "
-        f"text {100 * broken_ok:.1f} % (goal ≥ 99 %: {_verdict(broken_ok >= 0.99)})",
+        f"{verdict(kill.errors_before_start == 0)}; broken streams resumed with identical "
+        f"text {100 * broken_ok:.1f} % (goal ≥ 99 %: {verdict(broken_ok >= 0.99)})",
         f"- last request sent to the dead replica: {last} the kill (goal within 2 s: "
-        f"{_verdict(kill.last_sent_to_dead_s is None or kill.last_sent_to_dead_s <= 2)}); "
+        f"{verdict(kill.last_sent_to_dead_s is None or kill.last_sent_to_dead_s <= 2)}); "
         f"back in /health {back} after healing, serving again after {again} (goal ≤ 5 s: "
-        f"{_verdict(kill.back_in_s is not None and kill.back_in_s <= 5)})", ""]
+        f"{verdict(kill.back_in_s is not None and kill.back_in_s <= 5)})", ""]
     return lines

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from harmony_groq.pool.pool import ReplicaPool
 from harmony_groq.pool.prefix import BLOCK_TOKENS, block_hashes
-from harmony_groq.pool.spec import ModelServers
+from harmony_groq.replica_spec import ModelServers
 
 from fakes_replicas import BlockCache
 

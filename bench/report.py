@@ -9,7 +9,9 @@ import statistics
 from importlib import metadata
 from pathlib import Path
 
+from md_table import table, verdict
 from phases import GroqRow, Results, StreamRow, StreamSet
+from pool_bench import pool_section
 from prefix import CARRIED, DROPS, SENDS, PrefixRow
 from store import StoreResult
 
@@ -37,18 +39,6 @@ def machine(pinned: bool, litellm_version: str | None) -> list[str]:
     ]
 
 
-def _row(cells: list[object]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
-
-
-def _verdict(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
-
-
 def _cpu_ratio(row: GroqRow, bare: GroqRow) -> str:
     """The addon's CPU time per request over bare mitmdump's (both pinned to the same core)."""
     def per_request(r: GroqRow) -> float:
@@ -59,12 +49,12 @@ def _cpu_ratio(row: GroqRow, bare: GroqRow) -> str:
 
 def groq_section(rows: list[GroqRow]) -> list[str]:
     bare = {r.concurrency: r for r in rows if r.target == "bare mitmdump"}
-    table = []
+    cells = []
     for r in rows:
         base = bare[r.concurrency].result
         measured = r.target in r.usage.cpu_seconds  # not "direct": no server in between
         cpu_ms = 1000 * r.usage.cpu_seconds.get(r.target, 0) / r.result.sent
-        table.append([r.target, r.concurrency, f"{r.result.p50_ms:.2f}",
+        cells.append([r.target, r.concurrency, f"{r.result.p50_ms:.2f}",
                       f"{r.result.percentile_ms(0.99):.2f}", f"{r.result.rate:.0f}",
                       f"{r.result.p50_ms / base.p50_ms:.2f}×", f"{r.result.rate / base.rate:.2f}×",
                       f"{r.usage.cpu_percent(r.target):.0f}" if measured else "–",
@@ -72,15 +62,15 @@ def groq_section(rows: list[GroqRow]) -> list[str]:
                       f"{r.usage.cpu_percent(FAKE):.0f}", f"{r.usage.cpu_percent(LOAD):.0f}",
                       f"{r.usage.others_percent:.0f}"])
     lines = ["## 1. Groq route, non-streaming small request", ""]
-    lines += _table(["target", "clients", "p50 ms", "p99 ms", "req/s", "p50 ÷ bare",
-                     "req/s ÷ bare", "CPU % target", "target CPU ms/request", "CPU % fakes",
-                     "CPU % load",
-                     "CPU % others"], table)
+    lines += table(["target", "clients", "p50 ms", "p99 ms", "req/s", "p50 ÷ bare",
+                    "req/s ÷ bare", "CPU % target", "target CPU ms/request", "CPU % fakes",
+                    "CPU % load",
+                    "CPU % others"], cells)
     for concurrency in sorted(bare):
         addon = next(r for r in rows if r.target == "addon" and r.concurrency == concurrency)
         ratio = addon.result.p50_ms / bare[concurrency].result.p50_ms
         line = (f"- {concurrency} client(s): addon p50 = {ratio:.2f}× bare mitmdump "
-                f"(goal ≤ 1.2×: {_verdict(ratio <= 1.2)}); CPU per request "
+                f"(goal ≤ 1.2×: {verdict(ratio <= 1.2)}); CPU per request "
                 f"{_cpu_ratio(addon, bare[concurrency])} bare's (what contention inflates least)")
         litellm = next((r for r in rows if r.target == "litellm"
                         and r.concurrency == concurrency), None)
@@ -89,20 +79,20 @@ def groq_section(rows: list[GroqRow]) -> list[str]:
                      and addon.result.rate > litellm.result.rate)
             line += (f"; vs LiteLLM p50 {addon.result.p50_ms:.2f} vs {litellm.result.p50_ms:.2f} "
                      f"ms, {addon.result.rate:.0f} vs {litellm.result.rate:.0f} req/s "
-                     f"(goal ahead: {_verdict(ahead)})")
+                     f"(goal ahead: {verdict(ahead)})")
         lines.append(line)
     return lines + [""]
 
 
 def oss_section(results: Results) -> list[str]:
-    table = []
+    cells = []
     verdicts = []
     for r in results.oss:
         s = r.stages
         added = r.proxy.p50_ms - r.direct.p50_ms
         cpu_ms = 1000 * r.usage.cpu_seconds[PROXY] / r.proxy.sent
         goal = 2.0 if r.workload == "short chat" else 50.0
-        table.append([r.workload, s.prompt_tokens,
+        cells.append([r.workload, s.prompt_tokens,
                       f"{s.parse:.2f} / {s.render:.2f} / {s.encode:.2f} / {s.translate:.2f}",
                       f"{s.total:.2f}", f"{s.first_total:.2f}", f"{r.proxy.p50_ms:.2f}",
                       f"{r.direct.p50_ms:.2f}",
@@ -111,23 +101,23 @@ def oss_section(results: Results) -> list[str]:
                       f"{r.usage.others_percent:.0f}"])
         verdicts.append(
             f"- {r.workload}, goal < {goal:.0f} ms: in-process {s.total:.1f} ms "
-            f"{_verdict(s.total < goal)}; through the proxy +{added:.1f} ms "
-            f"{_verdict(added < goal)}, {cpu_ms:.1f} ms of proxy CPU {_verdict(cpu_ms < goal)}")
+            f"{verdict(s.total < goal)}; through the proxy +{added:.1f} ms "
+            f"{verdict(added < goal)}, {cpu_ms:.1f} ms of proxy CPU {verdict(cpu_ms < goal)}")
     lines = ["## 2. gpt-oss route, non-streaming: the proxy's own time", ""]
-    lines += _table(["workload", "prompt tokens",
-                     "in-process ms: parse / render / encode / translate", "in-process total",
-                     "in-process first run",
-                     "via proxy p50 ms", "backend direct p50 ms", "added p50 ms",
-                     "added, flow log off", "proxy CPU ms/request", "proxy peak RSS MiB",
-                     "CPU % others"], table)
+    lines += table(["workload", "prompt tokens",
+                    "in-process ms: parse / render / encode / translate", "in-process total",
+                    "in-process first run",
+                    "via proxy p50 ms", "backend direct p50 ms", "added p50 ms",
+                    "added, flow log off", "proxy CPU ms/request", "proxy peak RSS MiB",
+                    "CPU % others"], cells)
     return lines + verdicts + [""]
 
 
 def _stream_rows(rows: list[StreamRow]) -> list[list[object]]:
-    table = []
+    cells = []
     for r in rows:
         proxy_cpu = r.proxy_usage.cpu_seconds[PROXY]
-        table.append([r.streams, len(r.proxy.latencies), f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
+        cells.append([r.streams, len(r.proxy.latencies), f"{r.proxy.tokens / r.proxy.elapsed:,.0f}",
                       f"{r.direct.tokens / r.direct.elapsed:,.0f}",
                       f"{r.proxy_usage.cpu_percent(PROXY):.0f}",
                       f"{r.proxy.tokens / proxy_cpu:,.0f}" if proxy_cpu else "–",
@@ -136,7 +126,7 @@ def _stream_rows(rows: list[StreamRow]) -> list[list[object]]:
                       f"{r.proxy_usage.others_percent:.0f}",
                       f"{statistics.median(r.proxy.first_delta) * 1000:.1f}",
                       f"{r.proxy_usage.peak_rss_mib[PROXY]:.0f}"])
-    return table
+    return cells
 
 
 def stream_section(streams: StreamSet) -> list[str]:
@@ -146,23 +136,23 @@ def stream_section(streams: StreamSet) -> list[str]:
            for x in (proxy, direct)]
     lines = [f"### {streams.api}", "",
              "Time to first delta, one stream at a time (64-token replies):", ""]
-    lines += _table(["", "p50 ms", "p99 ms"],
-                    [["through the proxy", f"{p50[0]:.2f}", f"{p99[0]:.2f}"],
-                     ["backend direct", f"{p50[1]:.2f}", f"{p99[1]:.2f}"],
-                     ["added by the proxy", f"{p50[0] - p50[1]:.2f}", f"{p99[0] - p99[1]:.2f}"]])
+    lines += table(["", "p50 ms", "p99 ms"],
+                   [["through the proxy", f"{p50[0]:.2f}", f"{p99[0]:.2f}"],
+                    ["backend direct", f"{p50[1]:.2f}", f"{p99[1]:.2f}"],
+                    ["added by the proxy", f"{p50[0] - p50[1]:.2f}", f"{p99[0] - p99[1]:.2f}"]])
     lines += ["Aggregate throughput (tokens = backend tokens translated):", ""]
-    lines += _table(["streams", "completed", "tokens/s via proxy", "tokens/s backend direct",
-                     "proxy CPU %", "tokens per proxy CPU-second", "CPU % fakes",
-                     "CPU % load", "CPU % others", "first delta p50 ms", "proxy peak RSS MiB"],
-                    _stream_rows(streams.rows))
+    lines += table(["streams", "completed", "tokens/s via proxy", "tokens/s backend direct",
+                    "proxy CPU %", "tokens per proxy CPU-second", "CPU % fakes",
+                    "CPU % load", "CPU % others", "first delta p50 ms", "proxy peak RSS MiB"],
+                   _stream_rows(streams.rows))
     best = max(r.proxy.tokens / r.proxy.elapsed for r in streams.rows)
     capacity = max(r.proxy.tokens / r.proxy_usage.cpu_seconds[PROXY] for r in streams.rows
                    if r.proxy_usage.cpu_seconds[PROXY])
     lines.append(f"- Goal added time to first delta < 5 ms: {p50[0] - p50[1]:.2f} ms p50 "
-                 f"({_verdict(p50[0] - p50[1] < 5)})")
+                 f"({verdict(p50[0] - p50[1] < 5)})")
     lines.append(f"- Goal ≥ 20,000 tokens/s on one core: best measured {best:,.0f} tokens/s "
-                 f"({_verdict(best >= 20000)}); per proxy CPU-second {capacity:,.0f} "
-                 f"({_verdict(capacity >= 20000)})")
+                 f"({verdict(best >= 20000)}); per proxy CPU-second {capacity:,.0f} "
+                 f"({verdict(capacity >= 20000)})")
     return lines + [""]
 
 
@@ -173,13 +163,13 @@ def memory_section(results: Results) -> list[str]:
     if results.oss:
         rows.append(["addon proxy, peak during the 100k-token requests",
                      f"{results.oss[-1].usage.peak_rss_mib[PROXY]:.0f}"])
-    return ["## 4. Memory (RSS)", "", *_table(["process", "MiB"], rows)]
+    return ["## 4. Memory (RSS)", "", *table(["process", "MiB"], rows)]
 
 
 def prefix_section(rows: list[PrefixRow]) -> list[str]:
     by = {r.client: r for r in rows}
     turns = len(rows[0].tokens.lost)
-    table = [[r.client, r.tokens.total, r.tokens.reused, f"{100 * r.tokens.ratio:.1f} %",
+    cells = [[r.client, r.tokens.total, r.tokens.reused, f"{100 * r.tokens.ratio:.1f} %",
               f"{100 * r.chars.ratio:.1f} %", f"{r.tokens.lost_per_turn:.0f} "
               f"({', '.join(map(str, r.tokens.lost))})", f"{100 * r.model_header.ratio:.1f} %",
               f"{r.model_header.lost_per_turn:.0f}"] for r in rows]
@@ -187,10 +177,10 @@ def prefix_section(rows: list[PrefixRow]) -> list[str]:
              f"What a prefix cache can reuse of each of turns 2–{turns + 1}'s prompt: its common "
              "prefix with the turn before's prompt + completion (in-process, bench/prefix.py).",
              ""]
-    lines += _table(["client", "prompt tokens", "reused tokens", "share reused, tokens",
-                     "share reused, characters", "lost tokens per turn (each turn)",
-                     "share if history kept the model's call header", "lost per turn, then"],
-                    table)
+    lines += table(["client", "prompt tokens", "reused tokens", "share reused, tokens",
+                    "share reused, characters", "lost tokens per turn (each turn)",
+                    "share if history kept the model's call header", "lost per turn, then"],
+                   cells)
     sends, drops, carried = by[SENDS], by[DROPS], by[CARRIED]
     header = sends.tokens.lost_per_turn - sends.model_header.lost_per_turn
     lines += [
@@ -218,15 +208,15 @@ def store_section(store: StoreResult) -> list[str]:
             f"A chained Responses request (one read, one write of the store) on a proxy with the "
             f"in-process store and on one with Redis {store.redis_version} on localhost, "
             "request by request in turn, one client, flow log off.", "",
-            *_table(["store", "p50 ms", "p99 ms", "requests"], rows),
+            *table(["store", "p50 ms", "p99 ms", "requests"], rows),
             f"Store overhead: {overhead:.3f} ms between the p50s, {store.paired_ms:.3f} ms the "
-            f"median of the back-to-back pairs (goal < 0.5 ms: {_verdict(overhead < 0.5)}); "
+            f"median of the back-to-back pairs (goal < 0.5 ms: {verdict(overhead < 0.5)}); "
             f"CPU % others meanwhile: {store.usage.others_percent:.0f}", "",
             "The store's own calls for one chained turn (one read, one write), timed in the "
             f"benchmark process: {store.calls_ms['redis']:.3f} ms with Redis, "
             f"{store.calls_ms['memory']:.3f} ms in memory (p50).", "",
             "Chained turns (each continues the last) sent to two proxies in turn:", "",
-            *_table(["store", "turns answered"], chains)]
+            *table(["store", "turns answered"], chains)]
 
 
 def render(results: Results, machine_lines: list[str], quick: bool) -> str:
@@ -253,6 +243,5 @@ def render(results: Results, machine_lines: list[str], quick: bool) -> str:
     if results.store is not None:
         lines += store_section(results.store)
     if results.pool is not None:
-        from pool_bench import pool_section  # the pool part imports this module's helpers
         lines += pool_section(results.pool)
     return "\n".join(lines)

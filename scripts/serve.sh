@@ -44,6 +44,9 @@ done
 [[ -n "$model" ]] || { say "no model given (argument or TRANSFORMERS_MODEL_PATH)"; usage; }
 
 # -- where the server listens: TRANSFORMERS_URL ------------------------------------------------
+[[ "$TRANSFORMERS_URL" != *,* ]] || die "TRANSFORMERS_URL=$TRANSFORMERS_URL lists several replicas;
+./run.sh serve starts one model server. Start each replica yourself, then run the proxy over them:
+TRANSFORMERS_URL=$TRANSFORMERS_URL ./run.sh (docs/scaling.md)"
 url_re='^http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:([0-9]+))?/?$'
 [[ "$TRANSFORMERS_URL" =~ $url_re ]] \
   || die "TRANSFORMERS_URL=$TRANSFORMERS_URL: to start the server here it must be http://HOST:PORT"

@@ -15,7 +15,7 @@ from harmony_groq.pool.pool import Pools, ReplicaPool, engine_load
 from harmony_groq.pool.prefix import BLOCK_TOKENS, PrefixIndex, block_hashes
 from harmony_groq.pool.replica import Replica, choose
 from harmony_groq.pool.resume import ContinuedBackend
-from harmony_groq.pool.spec import ModelServers, SpecError, group_for, model_servers
+from harmony_groq.replica_spec import ModelServers, SpecError, group_for, model_servers
 from harmony_groq.settings import OPTION_DEFAULTS, build_config
 
 KINDS = ("transformers", "vllm", "llamacpp")

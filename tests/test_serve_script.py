@@ -86,6 +86,8 @@ def test_a_cpu_only_torch_is_pointed_out_unless_cpu_is_asked_for(
 @pytest.mark.parametrize(("args", "env", "status", "message"), [
     ([], {}, 2, "no model given"),
     (["m"], {"TRANSFORMERS_URL": "https://gpu.example:8000"}, 1, "must be http://HOST:PORT"),
+    (["m"], {"TRANSFORMERS_URL": "http://127.0.0.1:8000,http://127.0.0.1:8001"}, 1,
+     "lists several replicas;\n./run.sh serve starts one model server"),
 ])
 def test_bad_invocations_say_why(tmp_path: Path, args: list[str], env: dict[str, str],
                                  status: int, message: str) -> None:

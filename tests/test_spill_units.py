@@ -12,14 +12,14 @@ from harmony_groq.completion import AssembledMessage
 from harmony_groq.dialects.base import Outcome
 from harmony_groq.dialects.chat import ChatReply
 from harmony_groq.parse import ContentDelta, ToolCall
-from harmony_groq.spill_limits import (
+from harmony_groq.spill.limits import (
     MIN_COMPLETION,
     GroqLimits,
     SpillBudget,
     go_duration,
 )
-from harmony_groq.spill_request import SpillReply, carry_reasoning, spill_body
-from harmony_groq.spill_sticky import conversation_keys, reply_keys
+from harmony_groq.spill.request import SpillReply, carry_reasoning, spill_body
+from harmony_groq.spill.sticky import conversation_keys, reply_keys
 
 
 @pytest.mark.parametrize(("value", "seconds"), [

@@ -30,11 +30,12 @@ from harmony_groq.settings import (
 from harmony_groq.state import Namespace, StoreUnavailable
 from harmony_groq.state import redis_store as redis_store_module
 from harmony_groq.state.addon import State
-from harmony_groq.state.codec import decode, entry_key, public_url, secret_url
+from harmony_groq.state.codec import decode, entry_key
 from harmony_groq.state.memory import MemoryStore, json_size
 from harmony_groq.state.metrics import StoreMetrics
 from harmony_groq.state.redis_store import RedisStore
 from harmony_groq.state.writes import collect_writes
+from harmony_groq.store_url import public_url, secret_url
 
 from redis_server import PASSWORD, QUOTED_PASSWORD, RedisServer
 

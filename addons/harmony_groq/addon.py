@@ -27,7 +27,7 @@ from .reply_side import ReplySide
 from .request_side import InFlight, RequestSide
 from .response_store import ResponseStore
 from .settings import Config, Settings
-from .spillover import Spillover
+from .spill import Spillover
 from .state.addon import State
 from .upstream import ModelServerClient
 

@@ -34,7 +34,7 @@ def flow_label(summary: dict[str, Any]) -> str:
         parts.append(summary["model"])
     parts.append(str(summary["status"]) if summary.get("status") is not None else "no response")
     usage = summary.get("usage") or {}
-    if summary.get("spill"):  # a gpt-oss request served by Groq's twin (spillover.py)
+    if summary.get("spill"):  # a gpt-oss request served by Groq's twin (spill/)
         parts.append(f"spilled to Groq ({summary['spill'].get('reason')})")
     tokens_in = usage.get("prompt_tokens", summary.get("prompt_tokens"))
     tokens_out = usage.get("completion_tokens")

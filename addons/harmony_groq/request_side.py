@@ -42,7 +42,7 @@ from .routing import (
     response_item_id,
 )
 from .settings import Config, Settings
-from .spillover import Spillover
+from .spill import Spillover
 from .state.addon import State
 from .translate import HarmonyExchange
 
@@ -208,7 +208,7 @@ class RequestSide:
         record["stream"] = body.get("stream") is True
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
-        # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spillover.py)
+        # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spill/)
         elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
                                             self._to_harmony):
             self._to_groq(flow, call)

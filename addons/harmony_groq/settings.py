@@ -22,8 +22,8 @@ from mitmproxy import ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode
 
 from .encoding import EncodingUnavailable, harmony_encoding
-from .pool.spec import ROUTING_POLICIES, ModelServers, SpecError, model_servers, replica_urls
-from .state.codec import is_store_url, passwords_of, public_url, secret_url
+from .replica_spec import ROUTING_POLICIES, ModelServers, SpecError, model_servers, replica_urls
+from .store_url import is_store_url, passwords_of, public_url, secret_url
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Spill-over's question to the local side (``spill_capacity.LocalCapacity``), answered by the
+"""Spill-over's question to the local side (``spill.capacity.LocalCapacity``), answered by the
 replica pool: up means some replica of the model answers its health check now, full means every
 one that is up has ``SPILLOVER_MAX_INFLIGHT`` requests on it or more. In-flight counts and
 failures are the pool's own (``dispatch.Attempt``), so ``begin``, ``end`` and ``failed`` have

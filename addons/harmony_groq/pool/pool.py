@@ -19,9 +19,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..backends import make_backend
+from ..replica_spec import ModelServers, group_for
 from .prefix import BLOCK_TOKENS, PrefixIndex
 from .replica import Choice, Replica, choose, record_routing
-from .spec import ModelServers, group_for
 
 logger = logging.getLogger(__name__)
 PROBE_SECONDS = 0.5

@@ -37,8 +37,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..redact import redact_text
+from ..store_url import passwords_of, public_url
 from .base import StoreUnavailable
-from .codec import decode, encode, entry_key, meta_key, passwords_of, public_url
+from .codec import decode, encode, entry_key, meta_key
 from .metrics import StoreMetrics
 
 logger = logging.getLogger(__name__)

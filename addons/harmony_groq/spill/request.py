@@ -15,13 +15,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from .chat_request import ChatRequest
-from .completion import AssembledMessage
-from .dialects.base import Outcome, ReplyWriter
-from .errors import ProxyError
-from .groq import MAX_STOP, groq_chat_request
-from .parse import Event, ToolCall, new_call_id
-from .render import reasoning_of
+from ..chat_request import ChatRequest
+from ..completion import AssembledMessage
+from ..dialects.base import Outcome, ReplyWriter
+from ..errors import ProxyError
+from ..groq import MAX_STOP, groq_chat_request
+from ..parse import Event, ToolCall, new_call_id
+from ..render import reasoning_of
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "reasoning_details")
 

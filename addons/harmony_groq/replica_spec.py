@@ -2,8 +2,8 @@
 comma-separated list of replicas, all of ``BACKEND``'s kind) and ``MODEL_SERVERS``
 (``MODEL=KIND:URL|KIND:URL;MODEL=…``, replicas per served model id), parsed and validated.
 
-Pure: ``settings.build_config`` calls ``model_servers`` and turns a ``SpecError`` into its one
-start-up line.
+Pure, and below both ``settings`` (``build_config`` calls ``model_servers`` and turns a
+``SpecError`` into its one start-up line) and ``pool/`` (which routes over the groups).
 """
 
 from __future__ import annotations

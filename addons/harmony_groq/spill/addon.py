@@ -7,9 +7,9 @@ server; ``route`` answers with a ``GroqCall`` when the request goes to Groq inst
 local attempt, or after one failed before its first byte), which the gateway sends like any
 Groq call. As an addon after the gateway, ``Spillover`` reads Groq's rate-limit headers from
 every Groq answer, settles the budget, ends the in-flight count and says who served each
-gpt-oss request (``x-harmony-groq-served-by``). Local capacity (spill_capacity.py), limits and
-budget (spill_limits.py), stickiness (spill_sticky.py) and the request (spill_request.py) are
-each behind their own small interface.
+gpt-oss request (``x-harmony-groq-served-by``). Local capacity (capacity.py), limits and
+budget (limits.py), stickiness (sticky.py) and the request (request.py) are each behind their
+own small interface.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ from typing import Any, cast
 
 from mitmproxy import http
 
-from .backends import make_backend
-from .completion import AssembledMessage
-from .dialects.base import Conversation, GroqCall
-from .errors import ProxyError
-from .reasoning_memory import ReasoningMemory
-from .records import record_of
-from .render import render_prompt
-from .settings import Config, Settings
-from .spill_capacity import LocalCapacity
-from .spill_limits import MIN_COMPLETION, GroqLimits, SpillBudget, prompt_estimate
-from .spill_request import SpillReply, spill_body
-from .spill_sticky import GROQ, conversation_keys, reply_keys
-from .state.base import Namespace
+from ..backends import make_backend
+from ..completion import AssembledMessage
+from ..dialects.base import Conversation, GroqCall
+from ..errors import ProxyError
+from ..reasoning_memory import ReasoningMemory
+from ..records import record_of
+from ..render import render_prompt
+from ..settings import Config, Settings
+from ..state.base import Namespace
+from .capacity import LocalCapacity
+from .limits import MIN_COMPLETION, GroqLimits, SpillBudget, prompt_estimate
+from .request import SpillReply, spill_body
+from .sticky import GROQ, conversation_keys, reply_keys
 
 logger = logging.getLogger(__name__)
 SERVED_BY = "x-harmony-groq-served-by"
