@@ -136,7 +136,7 @@ class IdleClosingRelay:
     """A keep-alive server's idle timeout in front of ``target`` (a working fake): a connection
     idle for ``idle`` seconds is closed, as uvicorn closes it after 5 s. A request that arrives
     in the ``window`` after that moment is the race a proxy meets: the server's close crossed
-    it on the wire, so it is dropped unanswered with the connection (counted in ``dropped``).
+    it on the wire, so it is dropped unanswered with the connection (listed in ``dropped``).
     Every connection goes on to ``target`` byte for byte otherwise."""
 
     def __init__(self, target_port: int, idle: float = 0.5, window: float = 5.0) -> None:
@@ -149,9 +149,13 @@ class IdleClosingRelay:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.connections = 0
-        self.dropped = 0
+        self.dropped: list[bytes] = []  # the request lines of the requests dropped
         self.stopped = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def dropped_posts(self) -> int:
+        """Model requests dropped (the proxy's health probes may meet the race too)."""
+        return sum(line.startswith(b"POST ") for line in self.dropped)
 
     def _serve(self) -> None:
         while not self.stopped.is_set():
@@ -177,7 +181,8 @@ class IdleClosingRelay:
                     if not data:
                         return
                     if sock is client and served and time.monotonic() - last >= self.idle:
-                        self.dropped += 1  # the server had closed as this request came
+                        # the server had closed as this request came
+                        self.dropped.append(data.split(b"\r\n", 1)[0])
                         return
                     (upstream if sock is client else client).sendall(data)
                     served = served or sock is upstream

@@ -256,7 +256,7 @@ class Failover:
             attempt.end(failure_outcome(second), second.detail)
             note_retry(flow, failure, "failed", f"{second.cause}: {second.detail}")
             return False
-        async with answer:
+        try:
             translator = self.translator(flow)
             if answer.status_code != 200 or translator is None or client_gone(flow):
                 attempt.end("http_5xx" if answer.status_code >= 500 else "cancelled",
@@ -269,6 +269,8 @@ class Failover:
             if await self._pump(flow, stream, attempt, answer):
                 attempt.end("cancelled")
                 return False
+        finally:
+            await answer.aclose()
         ended = await self._continue(flow, stream)
         self._end_recovered(flow, stream, failure.detail)
         return ended
