@@ -92,6 +92,10 @@ class FailingServer:
     def url(self) -> str:
         return f"{'https' if self.mode == 'tls' else 'http'}://127.0.0.1:{self.port}"
 
+    def posts(self) -> int:
+        """Model requests read (the proxy's health probes are GETs)."""
+        return sum(head.startswith(b"POST ") for head in self.requests)
+
     def _serve(self) -> None:
         while not self.stopped.is_set():
             try:

@@ -114,7 +114,7 @@ def test_failure_before_the_head_is_the_apis_json_error(
     mode, server, proxy = failing
     status, code, causes = EXPECTED[mode]
     text = f"failing-{uuid.uuid4().hex[:10]}"
-    requests_before = len(server.requests) if server is not None else 0
+    posts_before = server.posts() if server is not None else 0
     before = scrape(proxy)
     sdk_error = anthropic.APIStatusError if api == "messages" else openai.APIStatusError
     with pytest.raises(sdk_error) as info:
@@ -141,7 +141,7 @@ def test_failure_before_the_head_is_the_apis_json_error(
     if mode in ("close", "reset") and route == "gpt-oss":
         # closed before answering: once more on a fresh connection, which fails the same way
         assert record["upstream_retry"]["outcome"] == "failed", record
-        assert server is not None and len(server.requests) - requests_before == 2
+        assert server is not None and server.posts() - posts_before == 2
         assert metric_grew(proxy, before, "harmony_groq_upstream_retries_total",
                            route=route, outcome="failed") == 1
     else:
