@@ -69,24 +69,47 @@ def self_signed_context(directory: Path) -> ssl.SSLContext:
     return context
 
 
-class FailingServer:
-    """A loopback server failing every request one way (``MODES``); ``connections`` counts
-    the connections it accepted, ``requests`` the request heads it read."""
+class _LoopbackServer:
+    """A listening loopback socket; each accepted connection goes to ``handle`` in a thread of
+    its own (``connections`` counts them)."""
 
-    def __init__(self, mode: str, tmp: Path | None = None) -> None:
-        assert mode in MODES, mode
-        self.mode = mode
-        self.context = self_signed_context(tmp or Path(".")) if mode == "tls" else None
+    def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
-        self.requests: list[bytes] = []
         self.stopped = threading.Event()
-        self.held: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+class FailingServer(_LoopbackServer):
+    """A loopback server failing every request one way (``MODES``); ``requests`` holds the
+    request heads it read."""
+
+    def __init__(self, mode: str, tmp: Path | None = None) -> None:
+        assert mode in MODES, mode
+        self.mode = mode
+        self.context = self_signed_context(tmp or Path(".")) if mode == "tls" else None
+        self.requests: list[bytes] = []
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -96,16 +119,7 @@ class FailingServer:
         """Model requests read (the proxy's health probes are GETs)."""
         return sum(head.startswith(b"POST ") for head in self.requests)
 
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._fail, args=(conn,), daemon=True).start()
-
-    def _fail(self, conn: socket.socket) -> None:
+    def handle(self, conn: socket.socket) -> None:
         if self.mode == "tls":
             assert self.context is not None
             with contextlib.suppress(OSError, ssl.SSLError):
@@ -127,16 +141,11 @@ class FailingServer:
                 conn.sendall(GARBAGE)
             conn.close()
         else:  # silent: hold the connection, answer nothing
-            self.held.append(conn)
             self.stopped.wait(SILENT_LIMIT)
             conn.close()
 
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()
 
-
-class IdleClosingRelay:
+class IdleClosingRelay(_LoopbackServer):
     """A keep-alive server's idle timeout in front of ``target`` (a working fake): a connection
     idle for ``idle`` seconds is closed, as uvicorn closes it after 5 s. A request that arrives
     in the ``window`` after that moment is the race a proxy meets: the server's close crossed
@@ -146,31 +155,15 @@ class IdleClosingRelay:
     def __init__(self, target_port: int, idle: float = 0.5, window: float = 5.0) -> None:
         self.target_port = target_port
         self.idle, self.window = idle, window
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.connections = 0
         self.dropped: list[bytes] = []  # the request lines of the requests dropped
-        self.stopped = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def dropped_posts(self) -> int:
         """Model requests dropped (the proxy's health probes may meet the race too)."""
         return sum(line.startswith(b"POST ") for line in self.dropped)
 
-    def _serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
-
-    def _relay(self, client: socket.socket) -> None:
+    def handle(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
         last = time.monotonic()
         served = False
@@ -196,7 +189,3 @@ class IdleClosingRelay:
         finally:
             client.close()
             upstream.close()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.sock.close()

@@ -11,7 +11,6 @@ counts it. A model server that closed a kept-alive connection just as the proxy 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import httpx
 import openai
 import pytest
 from fakes_failing import UNRESOLVABLE_URL, FailingServer, IdleClosingRelay
-from test_first_cause_e2e import changed, scrape
+from test_first_cause_e2e import changed, record_for, scrape
 
 from conftest import PINNED_DATE
 from fakes import GROQ_KEY, FakeTransformers
@@ -84,16 +83,6 @@ def call(proxy: ProxyProcess, api: str, model: str, stream: bool, text: str) -> 
         else:
             result = oai.responses.create(model=model, stream=stream, input=text)
     return list(result) if stream else result
-
-
-def record_for(proxy: ProxyProcess, text: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        for record in proxy.log_records():
-            if text in json.dumps((record.get("client_request") or {}).get("body")):
-                return record
-        time.sleep(0.05)
-    raise AssertionError(f"no log record for {text}")
 
 
 def metric_grew(proxy: ProxyProcess, before: dict, name: str, **labels: str) -> float:

@@ -349,10 +349,7 @@ class Failover:
                     return False
                 return await self._pump(flow, stream, attempt, answer)
         except httpx.HTTPError as exc:
-            failure = failure_of_exception(exc)
-            attempt.end(failure_outcome(failure), f"{failure.cause} ({type(exc).__name__})")
-        if not stream.translator.done:
-            stream.broken = stream.translator.suspended = True
+            _broke(stream, attempt, exc)
         return False
 
     @staticmethod
@@ -371,9 +368,15 @@ class Failover:
             if out and not write_chunk(flow, b"".join(out)):
                 return True
         except httpx.HTTPError as exc:
-            failure = failure_of_exception(exc)
-            attempt.end(failure_outcome(failure), f"{failure.cause} ({type(exc).__name__})")
-            if not stream.translator.done:
-                stream.broken = stream.translator.suspended = True
+            _broke(stream, attempt, exc)
         return False
+
+
+def _broke(stream: ReplicaStream, attempt: Attempt, exc: httpx.HTTPError) -> None:
+    """A replica's stream failed (or never opened): the attempt ends by its cause and the
+    translation waits for the next replica."""
+    failure = failure_of_exception(exc)
+    attempt.end(failure_outcome(failure), f"{failure.cause} ({type(exc).__name__})")
+    if not stream.translator.done:
+        stream.broken = stream.translator.suspended = True
 
