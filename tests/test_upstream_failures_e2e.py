@@ -207,6 +207,8 @@ def test_keep_alive_race_costs_a_retry_not_an_error(
     assert changed(before, after, "harmony_groq_errors_total") == 0
     retried = [r for r in proxy.log_records() if r.get("upstream_retry")]
     assert len(retried) == raced, retried
+    # The health probes met the race too, and it never took the model server out.
+    assert not any(" is out: " in line for line in proxy.output), proxy.output
     for record in retried:
         assert (record["upstream_retry"]["cause"], record["upstream_retry"]["outcome"],
                 record["status"], record["upstream_failure"]["cause"]) == (
