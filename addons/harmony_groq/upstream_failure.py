@@ -205,7 +205,7 @@ class UpstreamFailures:
     def __init__(self, settings: Settings, dialects: DialectTable) -> None:
         self.settings = settings
         self.dialects = dialects
-        self.deadlines: dict[str, asyncio.Task] = {}
+        self.deadlines: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def config(self) -> Config:
@@ -213,22 +213,25 @@ class UpstreamFailures:
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is None and record_of(flow).get("route") == "groq":
+            timeout = self.config.upstream_timeout
             with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
-                self.deadlines[flow.id] = asyncio.get_running_loop().create_task(
-                    self._head_deadline(flow, self.config.upstream_timeout))
+                self.deadlines[flow.id] = asyncio.get_running_loop().call_later(
+                    timeout, self._head_deadline, flow, timeout)
 
-    async def _head_deadline(self, flow: http.HTTPFlow, timeout: float) -> None:
-        await asyncio.sleep(timeout)
+    @staticmethod
+    def _head_deadline(flow: http.HTTPFlow, timeout: float) -> None:
+        """No response head from Groq in time: its connection is closed, and mitmproxy's
+        error hook follows (a timer, not a task: one per Groq request)."""
         if flow.response is None and flow.live:
             note(flow, Failure("timeout", f"no response head within {timeout:g} s"))
             writer = client_writer(flow, server=True)
             if writer is not None:
-                writer.close()  # mitmproxy's error hook follows
+                writer.close()
 
     def _cancel(self, flow: http.HTTPFlow) -> None:
-        task = self.deadlines.pop(flow.id, None)
-        if task is not None:
-            task.cancel()
+        timer = self.deadlines.pop(flow.id, None)
+        if timer is not None:
+            timer.cancel()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         self._cancel(flow)
