@@ -69,6 +69,9 @@ class Failure:
     cause: str
     detail: str
 
+    def __post_init__(self) -> None:
+        assert self.cause in CAUSES, self.cause  # the metrics' label values
+
     @property
     def retryable(self) -> bool:
         return self.cause in RETRYABLE
