@@ -19,6 +19,7 @@ from harmony_groq.pool.collector import PoolCollector  # noqa: E402
 from harmony_groq.records import FlowLog  # noqa: E402
 from harmony_groq.settings import Settings  # noqa: E402
 from harmony_groq.state.addon import State  # noqa: E402
+from harmony_groq.upstream_failure import UpstreamFailures  # noqa: E402
 from harmony_groq.views import HarmonyContentview  # noqa: E402
 
 contentviews.add(HarmonyContentview)
@@ -29,10 +30,13 @@ _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memo
 _gateway = Gateway(_settings, _state)
 _metrics.spill_status = _gateway.spill.status
 _metrics.registry.register(PoolCollector(_gateway.pools))
-# MetricsEndpoint answers /metrics before the gateway's request side routes; Spillover's hooks
-# see the replies the gateway's reply side wrote; FlowLabels labels what was answered; the flow
-# log and the metrics read the finished flow once its reply was sent.
+# MetricsEndpoint answers /metrics before the gateway's request side routes; UpstreamFailures
+# answers what the reply side could not save from an upstream that failed before its response
+# head; Spillover's hooks see the replies the gateway's reply side wrote; FlowLabels labels
+# what was answered; the flow log and the metrics read the finished flow once its reply was
+# sent.
 addons = [HarmonyGroq(
     [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-     _gateway.requests, _gateway.replies, _gateway.spill, FlowLabels()],
+     _gateway.requests, _gateway.replies,
+     UpstreamFailures(_settings, _gateway.requests.dialects), _gateway.spill, FlowLabels()],
     bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]

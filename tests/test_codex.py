@@ -54,8 +54,9 @@ def codex(agent_cli) -> Path:
 
 
 def run_codex(codex: Path, proxy: ProxyProcess, tmp_path: Path, prompt: str,
-              model: str = "gpt-oss-20b") -> tuple[str, str]:
-    """``codex exec`` in a fresh CODEX_HOME; its stdout is the final answer only."""
+              model: str = "gpt-oss-20b", succeeds: bool = True) -> tuple[str, str]:
+    """``codex exec`` in a fresh CODEX_HOME; its stdout is the final answer only
+    (``succeeds``: whether it must exit 0, or fail)."""
     home, work = tmp_path / "home", tmp_path / "work"
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
@@ -66,8 +67,25 @@ def run_codex(codex: Path, proxy: ProxyProcess, tmp_path: Path, prompt: str,
                                 "-s", "workspace-write", prompt],
                         home=home, cwd=work, timeout=90,
                         env={"CODEX_HOME": str(codex_home), "PROXY_KEY": "sk-codex-client"})
-    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    assert (done.returncode == 0) is succeeds, \
+        f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
     return done.stdout, done.stderr
+
+
+def test_model_server_closing_before_answering_is_a_json_error(
+        codex: Path, proxy: ProxyProcess, fake_transformers: FakeTransformers,
+        tmp_path: Path) -> None:
+    """Issue #28's note: a rule of the fake model server raised, the server closed the
+    connection, and Codex printed ``unexpected status 502 Bad Gateway: <html>…``. Now Codex
+    reads the Responses API's JSON error (after the proxy's one retry on a fresh connection)."""
+    def rule(prompt: str) -> str:
+        raise RuntimeError("the rule failed")
+
+    fake_transformers.respond(rule)
+    stdout, stderr = run_codex(codex, proxy, tmp_path, "Say something.", succeeds=False)
+    printed = stdout + stderr
+    assert "<html" not in printed and "Bad Gateway</" not in printed
+    assert "closed the connection before answering" in printed, printed[-4000:]
 
 
 def test_plain_answer(codex: Path, proxy: ProxyProcess, fake_transformers: FakeTransformers,

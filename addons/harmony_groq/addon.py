@@ -43,7 +43,7 @@ class Gateway:
         self.state = state or State(settings)  # harmony.py passes the one it loads as an addon
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
-        self.pools = Pools(self.upstream.client)
+        self.pools = Pools(self.upstream.client, self.upstream.fresh)
         dispatcher = Dispatcher(self.pools, self.upstream)
         dialects = DialectTable(ResponseStore(self.state.responses))
         memory = ReasoningMemory(self.state.reasoning)

@@ -166,6 +166,15 @@ class Metrics:
         self.errors = Series(Counter(
             "harmony_groq_errors", "Failed requests by error code (the OpenAI error.code).",
             ["code"], registry=registry))
+        self.upstream_failures = Series(Counter(
+            "harmony_groq_upstream_failures", "Requests whose upstream failed before its "
+            "response head, by route and first cause (refused, dns, tls, closed, reset, "
+            "bad_headers, timeout, other), retried or failed over or not.", ["route", "cause"],
+            registry=registry))
+        self.upstream_retries = Series(Counter(
+            "harmony_groq_upstream_retries", "Retries on a fresh connection after the upstream "
+            "closed or reset one before answering, by route and outcome (ok, failed).",
+            ["route", "outcome"], registry=registry))
         self.duration = Series(Histogram(
             "harmony_groq_request_duration_seconds", "From the request to the end of the reply.",
             ["route", "model"], buckets=LATENCY_BUCKETS, registry=registry))
@@ -257,6 +266,10 @@ class Metrics:
         code = error_code(flow, summary)
         if code is not None:
             self.errors(self.codes.label(code)).inc()
+        if failed := record.get("upstream_failure"):  # upstream_failure.py's record
+            self.upstream_failures(route, failed["cause"]).inc()
+        if retry := record.get("upstream_retry"):
+            self.upstream_retries(route, retry["outcome"]).inc()
         if summary is not None and code is not None:
             self.aborted(route).inc()
         for repair in (summary or record).get("repairs") or ():

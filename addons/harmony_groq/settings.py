@@ -81,7 +81,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("max_body_size", "MAX_BODY_SIZE", int, 32 * 1024 * 1024,
                "Largest accepted request body in bytes (larger: 413)."),
     OptionSpec("upstream_timeout", "UPSTREAM_TIMEOUT", int, 600,
-               "Seconds to wait for the model server's answer (504 past it)."),
+               "Seconds to wait for the model server's answer (a stream's first token) and "
+               "Groq's response head (504 past it)."),
     OptionSpec("keepalive_seconds", "KEEPALIVE_SECONDS", int, 10,
                "Seconds without an SSE event (a long prefill, hidden reasoning) before a "
                "keep-alive (Anthropic's ping) is sent."),

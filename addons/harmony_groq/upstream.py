@@ -1,5 +1,6 @@
 """HTTP to the model server made by the addon itself: the reachability probe before a stream,
-and non-streamed calls (so a timeout becomes a JSON 504, not mitmproxy's HTML page)."""
+and non-streamed calls (so a timeout becomes a JSON 504, not mitmproxy's HTML page); every
+failure is an ``UpstreamFailure`` with its cause (upstream_failure.py)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ from urllib.parse import urlsplit
 import httpx
 from mitmproxy import http
 
-from .errors import ProxyError
+from .upstream_failure import UpstreamFailure, client_error, failure_of_exception
 
 _HOP_HEADERS = ("content-length", "transfer-encoding", "content-encoding", "connection")
 
 
-def unreachable(url: str) -> ProxyError:
-    return ProxyError(503, f"The gpt-oss model server at {url} is unreachable. Start it "
-                      "(see docs/backends.md) or set TRANSFORMERS_URL.",
-                      code="upstream_unavailable")
+PROBE_TIMEOUT = 5.0
+
+
+def failed(url: str, exc: BaseException, timeout: float) -> UpstreamFailure:
+    """The client's error for a call to the model server at ``url`` that raised ``exc``."""
+    failure = failure_of_exception(exc)
+    return UpstreamFailure(failure, client_error(
+        failure, f"The gpt-oss model server at {url}", timeout))
 
 
 class ModelServerClient:
-    """One pooled httpx client, made on first use and closed when the addon unloads."""
+    """One pooled httpx client, and one that keeps no connection (``fresh``: a retry after a
+    kept-alive connection was closed must not take another idle one), each made on first use
+    and closed when the addon unloads."""
 
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
+        self._fresh: httpx.AsyncClient | None = None
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -34,11 +42,18 @@ class ModelServerClient:
                                              limits=httpx.Limits(max_connections=256))
         return self._client
 
+    def fresh(self) -> httpx.AsyncClient:
+        if self._fresh is None:
+            self._fresh = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(
+                max_connections=256, max_keepalive_connections=0))
+        return self._fresh
+
     def close(self) -> None:
-        if self._client is not None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().create_task(self._client.aclose())
-            self._client = None
+        for client in (self._client, self._fresh):
+            if client is not None:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.get_running_loop().create_task(client.aclose())
+        self._client = self._fresh = None
 
     @staticmethod
     async def probe(url: str) -> None:
@@ -47,22 +62,19 @@ class ModelServerClient:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, port), timeout=5)
-        except (OSError, TimeoutError):
-            raise unreachable(url) from None
+                asyncio.open_connection(parts.hostname, port), timeout=PROBE_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise failed(url, exc, PROBE_TIMEOUT) from None
         writer.close()
 
-    async def complete(self, url: str, body: dict[str, Any], timeout: float) -> http.Response:
-        """A non-streamed backend call, as a response for the flow."""
+    async def complete(self, url: str, body: dict[str, Any], timeout: float,
+                       fresh: bool = False) -> http.Response:
+        """A non-streamed backend call, as a response for the flow (``fresh``: on a new
+        connection)."""
         try:
-            response = await self.client().post(url, json=body, timeout=timeout)
-        except httpx.ConnectError:
-            raise unreachable(url) from None
-        except httpx.TimeoutException:
-            raise ProxyError(504, f"The model server did not answer within {timeout} s "
-                             "(UPSTREAM_TIMEOUT).", code="upstream_timeout") from None
+            response = await (self.fresh() if fresh else self.client()).post(
+                url, json=body, timeout=timeout)
         except httpx.HTTPError as exc:
-            raise ProxyError(502, f"The model server's answer was unreadable "
-                             f"({type(exc).__name__}).", code="upstream_error") from None
+            raise failed(url, exc, timeout) from None
         headers = {k: v for k, v in response.headers.items() if k.lower() not in _HOP_HEADERS}
         return http.Response.make(response.status_code, response.content, headers)

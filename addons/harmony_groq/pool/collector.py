@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from .pool import Pools
 from .replica import FAILURES
 
-OUTCOMES = ("ok", "rejected", "cancelled", *FAILURES)
+OUTCOMES = ("ok", "rejected", "cancelled", "retried", *FAILURES)
 LABELS = ["model", "replica"]
 
 

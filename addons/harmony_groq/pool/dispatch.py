@@ -5,6 +5,8 @@ A stream is handed to mitmproxy (so mitmweb shows the real exchange) once a repl
 the connection; one that refuses it is ejected and the next is tried. A whole reply is fetched
 here, so a refusal, a reset, a 5xx or a timeout moves on to the next replica. After
 ``REPLICA_ATTEMPTS`` replicas, or when every one was tried, the client's error names them all.
+Where the pool cannot fail over, a replica that closed or reset the connection before
+answering is asked once more on a fresh connection (upstream_failure.py).
 """
 
 from __future__ import annotations
@@ -24,13 +26,19 @@ from ..records import record_of
 from ..render import HarmonyPrompt
 from ..streaming import client_writer
 from ..upstream import ModelServerClient
+from ..upstream_failure import Failure, UpstreamFailure, note, note_retry, retry_allowed
 from .pool import Pools, ReplicaPool
 from .prefix import block_hashes
 from .replica import FAILURES, Replica
 
 _CACHED = ((b'"cached_tokens"', re.compile(rb'"cached_tokens"\s*:\s*(\d+)')),
            (b'"cache_n"', re.compile(rb'"cache_n"\s*:\s*(\d+)')))
-_OUTCOME_OF_CODE = {"upstream_unavailable": "refused", "upstream_timeout": "timeout"}
+_OUTCOME_OF_CAUSE = {"refused": "refused", "dns": "refused", "timeout": "timeout"}
+
+
+def failure_outcome(failure: Failure) -> str:
+    """A replica's outcome (``FAILURES``) for an upstream failure."""
+    return _OUTCOME_OF_CAUSE.get(failure.cause, "reset")
 
 
 def cached_tokens(data: bytes) -> int | None:
@@ -51,6 +59,7 @@ class Attempt:
     replica: Replica
     record: dict[str, Any]
     resume: bool = False
+    fresh: bool = False  # on a new connection: the retry after a closed one
     open: bool = True
 
     def end(self, outcome: str, problem: str | None = None) -> None:
@@ -113,6 +122,18 @@ class Pooled:
         self.attempt = Attempt(replica, entry, resume)
         return self.attempt
 
+    def again(self) -> Attempt:
+        """The replica just tried, once more on a fresh connection (it closed or reset the
+        last one before answering): no failover, so the budget does not count it."""
+        assert self.attempt is not None
+        replica = self.attempt.replica
+        replica.in_flight += 1
+        entry = {"replica": replica.url, "matched_tokens": self.attempt.record["matched_tokens"],
+                 "fresh_connection": True}
+        self.log.append(entry)
+        self.attempt = Attempt(replica, entry, fresh=True)
+        return self.attempt
+
     def can_retry(self) -> bool:
         """Whether another replica may still be tried."""
         return self.budget > 0 and any(r.url not in self.tried for r in self.pool.replicas)
@@ -157,7 +178,9 @@ class Dispatcher:
                         attempts, record.setdefault("replicas", []))
         last: ProxyError | None = None
         failed: tuple[http.Response, Backend] | None = None
-        while (attempt := pooled.begin(prompt.token_ids)) is not None:
+        retrying: Failure | None = None
+        attempt = pooled.begin(prompt.token_ids)
+        while attempt is not None:
             backend = await self.backend(attempt.replica)
             body = backend.request_body(prompt, request, request.stream, model_field)
             url = attempt.replica.url + backend.completions_path
@@ -167,18 +190,31 @@ class Dispatcher:
                 if request.stream:
                     await self.upstream.probe(url)
                     self.flows[flow.id] = pooled
-                    if pooled.can_retry():
-                        pooled.deadline = asyncio.get_running_loop().create_task(
-                            self._first_token_deadline(flow, pooled, attempt, timeout))
+                    pooled.deadline = asyncio.get_running_loop().create_task(
+                        self._first_token_deadline(flow, pooled, attempt, timeout))
                     return backend
-                response = await self.upstream.complete(url, body, timeout)
-            except ProxyError as exc:
+                response = await self.upstream.complete(url, body, timeout, attempt.fresh)
+            except UpstreamFailure as exc:
                 last = exc
-                attempt.end(_OUTCOME_OF_CODE.get(exc.code or "", "reset"), exc.message)
+                note(flow, exc.failure)
+                if retrying is not None:
+                    note_retry(flow, retrying, "failed", exc.message)
+                    retrying = None
+                elif not pooled.can_retry() and retry_allowed(flow, exc.failure):
+                    attempt.end("retried", exc.message)
+                    retrying, attempt = exc.failure, pooled.again()
+                    continue
+                attempt.end(failure_outcome(exc.failure), exc.message)
+                attempt = pooled.begin(prompt.token_ids)
                 continue
+            if retrying is not None:
+                note_retry(flow, retrying, "ok" if response.status_code < 500 else "failed",
+                           f"answered {response.status_code}")
+                retrying = None
             if response.status_code >= 500:
                 last, failed = None, (response, backend)
                 attempt.end("http_5xx", f"answered {response.status_code}")
+                attempt = pooled.begin(prompt.token_ids)
                 continue
             attempt.cached(response.content or b"")
             attempt.end("ok" if response.status_code == 200 else "rejected")
@@ -194,11 +230,13 @@ class Dispatcher:
                                     timeout: float) -> None:
         """A forwarded stream with no token after ``timeout`` (UPSTREAM_TIMEOUT): the replica
         timed out. Its connection is closed, so mitmproxy's error hook hands the stream to the
-        next replica (``resume.Failover``)."""
+        next replica (``resume.Failover``), or answers the client's error."""
         await asyncio.sleep(timeout)
         if pooled.first_token or not attempt.open:
             return
         attempt.end("timeout", f"no token within {timeout:g} s")
+        if flow.response is None:
+            note(flow, Failure("timeout", f"no response within {timeout:g} s"))
         writer = client_writer(flow, server=True)
         if writer is not None:
             writer.close()

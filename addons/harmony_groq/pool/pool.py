@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..backends import make_backend
 from ..replica_spec import ModelServers, group_for
+from ..upstream_failure import failure_of_exception
 from .prefix import BLOCK_TOKENS, PrefixIndex
 from .replica import Choice, Replica, choose, record_routing
 
@@ -85,8 +86,10 @@ class ReplicaPool:
 class Pools:
     """Every served model's replica pool, and their health probes."""
 
-    def __init__(self, client: Callable[[], httpx.AsyncClient]) -> None:
+    def __init__(self, client: Callable[[], httpx.AsyncClient],
+                 fresh: Callable[[], httpx.AsyncClient] | None = None) -> None:
         self.client = client
+        self.fresh_client = fresh or client  # no kept-alive connections (ModelServerClient)
         self.pools: list[ReplicaPool] = []
         self.groups: tuple[ModelServers, ...] = ()
         self.checked: dict[str, float] = {}  # replica url → when the loop last probed it
@@ -155,7 +158,7 @@ class Pools:
     async def probe(self, replica: Replica) -> bool:
         """``GET /health``: 200 brings an ejected replica back, anything else ejects it."""
         try:
-            response = await self.client().get(f"{replica.url}/health", timeout=PROBE_TIMEOUT)
+            response = await self._get_health(replica)
             problem = None if response.status_code == 200 else \
                 f"/health answered {response.status_code}"
         except httpx.HTTPError as exc:
@@ -174,6 +177,17 @@ class Pools:
         if replica.kind in ENGINE_LOAD:
             await self.read_engine_load(replica)
         return True
+
+    async def _get_health(self, replica: Replica) -> httpx.Response:
+        """``GET /health``; once more on a fresh connection where the replica closed or reset
+        a kept-alive one before answering (its idle timeout, not an outage)."""
+        url = f"{replica.url}/health"
+        try:
+            return await self.client().get(url, timeout=PROBE_TIMEOUT)
+        except httpx.HTTPError as exc:
+            if not failure_of_exception(exc).retryable:
+                raise
+        return await self.fresh_client().get(url, timeout=PROBE_TIMEOUT)
 
     async def read_engine_load(self, replica: Replica) -> None:
         try:

@@ -12,6 +12,9 @@ token is lost (only whole events count) or repeated (the new replica starts afte
 
 Only for HTTP/1 clients in plain text (``can_write_chunks``); elsewhere, and once the replicas
 or ``REPLICA_ATTEMPTS`` are spent, the stream ends as every dialect ends a failed stream.
+Where no other replica can take a stream its replica closed or reset before answering, the
+same replica is asked once more on a fresh connection, and the client's head goes out only
+once it answered (``_retry_fresh``); else the client gets its API's error (upstream_failure.py).
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ from ..flows import prepare_sse
 from ..records import record_of
 from ..sse import SSEFramer
 from ..streaming import HarmonyStreamTranslator, can_write_chunks, client_writer, write_chunk
-from .dispatch import Attempt, Dispatcher, Pooled
+from ..upstream_failure import (
+    failure_of_exception,
+    failure_of_flow,
+    note,
+    note_retry,
+    recorded_failure,
+    retry_allowed,
+)
+from .dispatch import Attempt, Dispatcher, Pooled, failure_outcome
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
@@ -205,25 +216,81 @@ class Failover:
         mitmproxy, and ``connection: close`` tells the client to close it."""
         pooled = self.dispatcher.flows.get(flow.id)
         if pooled is None or pooled.attempt is None or not can_write_chunks(flow) \
-                or client_gone(flow) or not pooled.can_retry():
+                or client_gone(flow):
             return False
+        if not pooled.can_retry():
+            return await self._retry_fresh(flow, pooled)
         translator = self.translator(flow)
-        writer = client_writer(flow)
-        if translator is None or writer is None:
+        if translator is None or client_writer(flow) is None:
             return False
         reason = flow.error.msg if flow.error is not None else "connection lost"
+        note(flow, recorded_failure(flow) or failure_of_flow(flow))
         pooled.attempt.end("reset", f"broke before answering: {reason}")
-        flow.response = http.Response.make(200, b"", {"connection": "close"})
-        prepare_sse(flow)
-        writer.write(assemble_response_head(flow.response))
-        flow.client_conn.state &= ~ConnectionState.CAN_WRITE
+        self._send_head(flow)
         stream = ReplicaStream(flow, pooled, translator, True)
         ended = await self._continue(flow, stream)
+        self._end_recovered(flow, stream, reason)
+        return ended
+
+    async def _retry_fresh(self, flow: http.HTTPFlow, pooled: Pooled) -> bool:
+        """No other replica: the same one once more on a fresh connection, when it closed or
+        reset the last one before answering (a kept-alive connection it had just closed). The
+        client's head goes out once the replica answered 200; False (nothing sent) otherwise,
+        and the client gets its API's error for the first failure."""
+        failure = recorded_failure(flow) or failure_of_flow(flow)
+        note(flow, failure)
+        if pooled.attempt is None or not retry_allowed(flow, failure):
+            return False
+        pooled.attempt.end("retried", f"broke before answering: {failure.detail}")
+        attempt = pooled.again()
+        backend = await self.dispatcher.backend(attempt.replica)
+        body = backend.request_body(pooled.prompt, pooled.request, True, pooled.model_field)
+        client = self.dispatcher.upstream.fresh()
+        timeout = httpx.Timeout(self.timeout(), connect=CONNECT_TIMEOUT)
+        request = client.build_request("POST", attempt.replica.url + backend.completions_path,
+                                       json=body, timeout=timeout)
+        try:
+            answer = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            second = failure_of_exception(exc)
+            attempt.end(failure_outcome(second), second.detail)
+            note_retry(flow, failure, "failed", f"{second.cause}: {second.detail}")
+            return False
+        try:
+            translator = self.translator(flow)
+            if answer.status_code != 200 or translator is None or client_gone(flow):
+                attempt.end("http_5xx" if answer.status_code >= 500 else "cancelled",
+                            f"answered {answer.status_code}")
+                note_retry(flow, failure, "failed", f"answered {answer.status_code}")
+                return False
+            note_retry(flow, failure, "ok")
+            self._send_head(flow)
+            stream = ReplicaStream(flow, pooled, translator, False)
+            if await self._pump(flow, stream, attempt, answer):
+                attempt.end("cancelled")
+                return False
+        finally:
+            await answer.aclose()
+        ended = await self._continue(flow, stream)
+        self._end_recovered(flow, stream, failure.detail)
+        return ended
+
+    @staticmethod
+    def _send_head(flow: http.HTTPFlow) -> None:
+        """The client's 200 stream head, written here in place of mitmproxy's error page."""
+        flow.response = http.Response.make(200, b"", {"connection": "close"})
+        prepare_sse(flow)
+        writer = client_writer(flow)
+        assert writer is not None
+        writer.write(assemble_response_head(flow.response))
+        flow.client_conn.state &= ~ConnectionState.CAN_WRITE
+
+    @staticmethod
+    def _end_recovered(flow: http.HTTPFlow, stream: ReplicaStream, reason: str) -> None:
         write_chunk(flow, b"", last=True)
         if stream.translator.result.error is None:
             record_of(flow)["recovered_error"] = reason
             flow.error = None
-        return ended
 
     async def _continue(self, flow: http.HTTPFlow, stream: ReplicaStream) -> bool:
         """Next replicas until the reply is done or none is left; then the dialect's failed
@@ -280,21 +347,36 @@ class Failover:
                                 f"answered {answer.status_code}")
                     stream.broken = stream.translator.suspended = True
                     return False
-                async for data in answer.aiter_raw():
-                    out = stream(data)
-                    if out and not write_chunk(flow, b"".join(out)):
-                        return True
-                    if stream.translator.done or stream.broken:
-                        return False
-                out = stream(b"")  # ended before the reply did: a failure, held by ``failed``
+                return await self._pump(flow, stream, attempt, answer)
+        except httpx.HTTPError as exc:
+            _broke(stream, attempt, exc)
+        return False
+
+    @staticmethod
+    async def _pump(flow: http.HTTPFlow, stream: ReplicaStream, attempt: Attempt,
+                    answer: httpx.Response) -> bool:
+        """A replica's 200 stream through the translator to the client; True when the client
+        went away. A broken read ends the attempt and holds the stream for the next one."""
+        try:
+            async for data in answer.aiter_raw():
+                out = stream(data)
                 if out and not write_chunk(flow, b"".join(out)):
                     return True
-        except httpx.ConnectError as exc:
-            attempt.end("refused", f"unreachable ({type(exc).__name__})")
-        except httpx.TimeoutException:
-            attempt.end("timeout", "did not answer in time")
+                if stream.translator.done or stream.broken:
+                    return False
+            out = stream(b"")  # ended before the reply did: a failure, held by ``failed``
+            if out and not write_chunk(flow, b"".join(out)):
+                return True
         except httpx.HTTPError as exc:
-            attempt.end("reset", f"broke ({type(exc).__name__})")
-        if not stream.translator.done:
-            stream.broken = stream.translator.suspended = True
+            _broke(stream, attempt, exc)
         return False
+
+
+def _broke(stream: ReplicaStream, attempt: Attempt, exc: httpx.HTTPError) -> None:
+    """A replica's stream failed (or never opened): the attempt ends by its cause and the
+    translation waits for the next replica."""
+    failure = failure_of_exception(exc)
+    attempt.end(failure_outcome(failure), f"{failure.cause} ({type(exc).__name__})")
+    if not stream.translator.done:
+        stream.broken = stream.translator.suspended = True
+
