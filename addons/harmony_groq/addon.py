@@ -21,6 +21,7 @@ from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
 from .pool.capacity import PoolCapacity
 from .pool.dispatch import Dispatcher
+from .pool.fair import FairShare
 from .pool.pool import Pools
 from .reasoning_memory import ReasoningMemory
 from .reply_side import ReplySide
@@ -44,7 +45,8 @@ class Gateway:
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
         self.pools = Pools(self.upstream.client)
-        dispatcher = Dispatcher(self.pools, self.upstream)
+        dispatcher = Dispatcher(self.pools, self.upstream, FairShare(
+            lambda: self.config.spillover_max_inflight, lambda: self.config.fair_share_queue))
         dialects = DialectTable(ResponseStore(self.state.responses))
         memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)

@@ -1,0 +1,128 @@
+"""A fair share of a pool's replicas between keys (people, keys/), per proxy.
+
+A pool's capacity is ``SPILLOVER_MAX_INFLIGHT`` requests per replica that is up: the same
+line past which spill-over calls a replica full. The pool is full when the requests on its
+replicas (``Replica.load``: this proxy's in flight, or the engine's own count of every
+client's requests where it reports one) reach that capacity. A key's share is the capacity
+divided by the keys with requests in flight or waiting at this proxy; a key alone may use
+everything, beyond the capacity too, as before keys existed.
+
+When the pool is full, a request of a key that holds its share or more waits here, in a
+queue of at most ``FAIR_SHARE_QUEUE`` requests per pool, while a key below its share goes at
+once; a freed slot goes to the waiting request whose key holds fewest (then the oldest).
+The engine queues nothing from the heavy key beyond the capacity, so a light key's request
+starts at once (the engine's own limit, vLLM's ``max_num_seqs``, being above the capacity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ProxyError
+from .pool import ReplicaPool
+
+RECHECK_SECONDS = 0.1  # how often a waiting request looks at the engines' counts again
+
+
+@dataclass
+class _Waiter:
+    key: str
+    seq: int
+    admitted: asyncio.Future
+
+
+@dataclass
+class _Share:
+    held: Counter[str] = field(default_factory=Counter)
+    waiting: list[_Waiter] = field(default_factory=list)
+
+
+class FairShare:
+    """``enter`` before a request takes a replica, ``leave`` when it is over."""
+
+    def __init__(self, slots: Callable[[], int], queue: Callable[[], int]) -> None:
+        self.slots = slots  # per replica: SPILLOVER_MAX_INFLIGHT
+        self.queue = queue  # FAIR_SHARE_QUEUE; 0: fair share off
+        self.shares: dict[int, _Share] = {}
+        self.entered: dict[str, tuple[ReplicaPool, str]] = {}
+        self._seq = itertools.count()
+
+    def _capacity(self, pool: ReplicaPool) -> int:
+        return self.slots() * max(len(pool.up()), 1)
+
+    def _must_wait(self, pool: ReplicaPool, share: _Share, key: str, queued: bool) -> bool:
+        active = set(share.held) | {w.key for w in share.waiting} | {key}
+        if len(active) < 2:
+            return False  # alone: everything
+        capacity = self._capacity(pool)
+        if share.held[key] < capacity / len(active):
+            return False  # below its share: goes first
+        load = max(sum(r.load for r in pool.up()), sum(share.held.values()))
+        return load >= capacity or (not queued and bool(share.waiting))
+
+    async def enter(self, flow_id: str, pool: ReplicaPool, key: str, timeout: float) -> float:
+        """Take a slot of ``pool`` for ``key``'s request (waiting if it must); the seconds
+        it waited. Raises a 503 when the queue is full or the wait passes ``timeout``."""
+        if not self.queue():
+            return 0.0
+        share = self.shares.setdefault(id(pool), _Share())
+        waited = 0.0
+        if self._must_wait(pool, share, key, queued=False):
+            if len(share.waiting) >= self.queue():
+                raise ProxyError(503, "Every local model server is busy and this key holds "
+                                 "more than its share of them; retry shortly.",
+                                 code="fair_share_queue_full")
+            waited = await self._wait(pool, share, key, timeout)
+        else:
+            share.held[key] += 1
+        self.entered[flow_id] = (pool, key)
+        return waited
+
+    async def _wait(self, pool: ReplicaPool, share: _Share, key: str, timeout: float) -> float:
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(key, next(self._seq), loop.create_future())
+        share.waiting.append(waiter)
+        started = loop.time()
+        try:
+            while not waiter.admitted.done():
+                if loop.time() - started > timeout:
+                    raise ProxyError(503, f"Waited {timeout:g} s for a fair share of the "
+                                     "local model servers; retry shortly.",
+                                     code="fair_share_timeout")
+                await asyncio.wait([waiter.admitted], timeout=RECHECK_SECONDS)
+                self._wake(pool, share)
+        except BaseException:
+            if waiter in share.waiting:
+                share.waiting.remove(waiter)
+            elif waiter.admitted.done():  # admitted as it gave up (a client gone): not held
+                self._release(pool, share, key)
+            raise
+        return loop.time() - started
+
+    def _wake(self, pool: ReplicaPool, share: _Share) -> None:
+        """Admit waiting requests, the key holding fewest first, while they need not wait."""
+        for waiter in sorted(share.waiting, key=lambda w: (share.held[w.key], w.seq)):
+            if waiter.admitted.done():
+                continue
+            if self._must_wait(pool, share, waiter.key, queued=True):
+                break
+            share.waiting.remove(waiter)
+            share.held[waiter.key] += 1
+            waiter.admitted.set_result(None)
+
+    def leave(self, flow_id: str) -> None:
+        entered = self.entered.pop(flow_id, None)
+        if entered is None:
+            return
+        pool, key = entered
+        self._release(pool, self.shares[id(pool)], key)
+
+    def _release(self, pool: ReplicaPool, share: _Share, key: str) -> None:
+        share.held[key] -= 1
+        if share.held[key] <= 0:
+            del share.held[key]
+        self._wake(pool, share)
