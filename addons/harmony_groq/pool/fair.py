@@ -4,8 +4,9 @@ A pool's capacity is ``SPILLOVER_MAX_INFLIGHT`` requests per replica that is up:
 line past which spill-over calls a replica full. The pool is full when the requests on its
 replicas (``Replica.load``: this proxy's in flight, or the engine's own count of every
 client's requests where it reports one) reach that capacity. A key's share is the capacity
-divided by the keys with requests in flight or waiting at this proxy; a key alone may use
-everything, beyond the capacity too, as before keys existed.
+divided by the keys active at this proxy (requests in flight or waiting, or one that ended
+in the last ``ACTIVE_SECONDS``); a key alone may use everything, beyond the capacity too, as
+before keys existed.
 
 When the pool is full, a request of a key that holds its share or more waits here, in a
 queue of at most ``FAIR_SHARE_QUEUE`` requests per pool, while a key below its share goes at
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,10 @@ from ..errors import ProxyError
 from .pool import ReplicaPool
 
 RECHECK_SECONDS = 0.1  # how often a waiting request looks at the engines' counts again
+# A key counts as active this long after its last request ended: a person sending one request
+# after another is not absent between them (else the heavy key, "alone" for a moment, would
+# fill the engine's queue again each time).
+ACTIVE_SECONDS = 5.0
 
 
 @dataclass
@@ -39,6 +45,14 @@ class _Waiter:
 class _Share:
     held: Counter[str] = field(default_factory=Counter)
     waiting: list[_Waiter] = field(default_factory=list)
+    ended: dict[str, float] = field(default_factory=dict)  # key -> when its last request ended
+
+    def active(self, key: str) -> int:
+        """The keys with requests here, waiting, or ended within ``ACTIVE_SECONDS``."""
+        since = time.monotonic() - ACTIVE_SECONDS
+        for gone in [k for k, at in self.ended.items() if at < since]:
+            del self.ended[gone]
+        return len(set(self.held) | {w.key for w in self.waiting} | set(self.ended) | {key})
 
 
 class FairShare:
@@ -55,11 +69,11 @@ class FairShare:
         return self.slots() * max(len(pool.up()), 1)
 
     def _must_wait(self, pool: ReplicaPool, share: _Share, key: str, queued: bool) -> bool:
-        active = set(share.held) | {w.key for w in share.waiting} | {key}
-        if len(active) < 2:
+        active = share.active(key)
+        if active < 2:
             return False  # alone: everything
         capacity = self._capacity(pool)
-        if share.held[key] < capacity / len(active):
+        if share.held[key] < capacity / active:
             return False  # below its share: goes first
         load = max(sum(r.load for r in pool.up()), sum(share.held.values()))
         return load >= capacity or (not queued and bool(share.waiting))
@@ -125,4 +139,5 @@ class FairShare:
         share.held[key] -= 1
         if share.held[key] <= 0:
             del share.held[key]
+        share.ended[key] = time.monotonic()
         self._wake(pool, share)
