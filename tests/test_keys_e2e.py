@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anthropic
@@ -24,7 +25,7 @@ import openai
 import pytest
 import redis
 
-from fakes import GROQ_KEY, FakeGroq, FakeTransformers
+from fakes import DEFAULT_ANSWER, GROQ_KEY, FakeGroq, FakeTransformers, Scripted
 from proxy_process import ProxyProcess
 from redis_server import RedisServer
 
@@ -192,17 +193,51 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     codes = [status(proxies[n % 2], carol) for n in range(10)]
     assert codes.count(200) == 3 and codes.count(429) == 7, codes
 
-    # tpm: settled to what the replies used, across both proxies
-    dave = new_key(tmp_path, env, "dave", "--tpm", "60")
-    until(lambda: status(proxies[0], dave) == 200, 2)  # ~40 tokens prompt+completion
-    time.sleep(0.3)  # settled after the reply
+    # tpm: the estimate (the body's bytes / 4, ~25) settled to what the reply used (~83 with
+    # the harmony system prompt): then even a small request is over the 80, on either proxy
+    store = redis.Redis.from_url(redis_server.url)
+    dave = new_key(tmp_path, env, "dave", "--tpm", "80")
+    until(lambda: status(proxies[0], dave) == 200, 2)
+    used = next(r["usage"]["total_tokens"] for r in reversed(proxies[0].log_records(
+        wait_for=proxies[0].log_mark())) if r.get("key") == "dave")
+    buckets = f"hgg:v1:limit:{hashlib.sha256(dave.encode()).hexdigest()}:tpm"
+    until(lambda: sum(int(v) for v in store.hvals(buckets)) == used, 1)
+    assert used > 80
     limited = httpx.post(f"{proxies[1].base_url}/chat/completions", timeout=20,
                          headers={"authorization": f"Bearer {dave}"},
-                         json={"model": "gpt-oss-20b",
-                               "messages": [{"role": "user", "content": "x" * 200}]})
+                         json={"model": "gpt-oss-20b", "messages": [{"role": "user",
+                                                                     "content": "x"}]})
     assert limited.status_code == 429, limited.text
-    assert limited.headers["x-ratelimit-limit-tokens"] == "60"
+    assert limited.headers["x-ratelimit-limit-tokens"] == "80"
+    assert limited.headers["x-ratelimit-remaining-tokens"] == "0"
     assert "tokens per minute" in limited.json()["error"]["message"]
+
+    # in flight: one at a time across both proxies; the slot frees when the stream ends
+    fay = new_key(tmp_path, env, "fay", "--max-inflight", "1")
+    until(lambda: status(proxies[0], fay) == 200, 2)
+    fake_transformers.script(Scripted(DEFAULT_ANSWER, delay_headers=1.5))
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(status, proxies[0], fay)
+        leases = f"hgg:v1:limit:{hashlib.sha256(fay.encode()).hexdigest()}:inflight"
+        until(lambda: store.zcard(leases) == 1, 1)  # proxy 0 holds fay's one slot
+        assert status(proxies[1], fay) == 429
+        assert slow.result() == 200
+    until(lambda: status(proxies[1], fay) == 200, 1)
+
+    # a proxy killed mid-request: what it counted stays counted
+    gus = new_key(tmp_path, env, "gus", "--rpm", "2")
+    until(lambda: status(proxies[1], "sk-hgg-nobody") == 401 and status(proxies[1], gus) == 200,
+          2)
+    third = start_pair(start_proxy, redis_server)[0]
+    fake_transformers.script(Scripted(DEFAULT_ANSWER, delay_headers=5))
+    with ThreadPoolExecutor(1) as pool:
+        doomed = pool.submit(status, third, gus)
+        until(lambda: store.zcard(f"hgg:v1:limit:{hashlib.sha256(gus.encode()).hexdigest()}"
+                                  ":rpm") == 2, 2)
+        third.process.kill()
+        with pytest.raises(httpx.HTTPError):
+            doomed.result()  # the client lost its proxy
+    assert status(proxies[1], gus) == 429
 
     # Groq tokens per day: the first Groq reply (17 tokens) spends the 10; gpt-oss goes on
     erin = new_key(tmp_path, env, "erin", "--groq-tokens-per-day", "10")
@@ -219,10 +254,9 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     assert time.monotonic() - start < 1.5
 
     # Redis holds hashes and names, never a key
-    store = redis.Redis.from_url(redis_server.url)
     dump = b"".join(name + b"".join(
         [store.dump(name) or b""]) for name in store.scan_iter(count=1000))
-    for secret in (carol, dave, erin):
+    for secret in (carol, dave, erin, fay, gus):
         assert secret.encode() not in dump
     assert hashlib.sha256(dave.encode()).hexdigest().encode() in dump
     for proxy in proxies:

@@ -135,6 +135,8 @@ class KeyGate:
     def done(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if isinstance(self.limits, RedisLimits):
+            self.limits.close()
 
     def _refresh(self) -> None:
         """Reload the book when its version moved (a blocking read: a thread calls it)."""

@@ -4,8 +4,9 @@ real usage when its reply is over.
 
 Windows: requests in a sliding 60 s log (exactly ``rpm`` in any 60 s); tokens in one-second
 buckets over the last 60 s, the request's estimate taken at admission and corrected to what
-the reply used (``settle``); in-flight requests as leases (a proxy that dies mid-request
-frees its leases when they expire); Groq tokens per UTC day, counted from the replies.
+the reply used (``settle``); in-flight requests as leases that the proxy holding them
+renews (a proxy that dies mid-request frees its leases within ``LEASE_SECONDS``); Groq tokens
+per UTC day, counted from the replies.
 
 ``MemoryLimits`` counts for one proxy; ``RedisLimits`` counts for every proxy sharing the
 store, each admission and each settlement one Lua script (atomic, on Redis's clock).
@@ -13,6 +14,8 @@ store, each admission and each settlement one Lua script (atomic, on Redis's clo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -23,7 +26,8 @@ from .book import Key
 
 WINDOW = 60.0
 DAY = 86400
-LEASE_SECONDS = 900  # a request in flight longer than this no longer counts
+LEASE_SECONDS = 60  # an in-flight lease not renewed for this long (its proxy died) ends
+RENEW_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def _day_left(now: float) -> float:
 class _Counters:
     requests: deque[float] = field(default_factory=deque)
     tokens: dict[int, int] = field(default_factory=dict)
-    in_flight: dict[str, float] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
     groq: dict[int, int] = field(default_factory=dict)  # UTC day -> tokens
 
 
@@ -67,11 +71,8 @@ class MemoryLimits:
     async def admit(self, key: Key, flow_id: str, estimate: int, to_groq: bool) -> Verdict:
         now = time.time()
         c = self.counters.setdefault(key.hash, _Counters())
-        if key.max_inflight:
-            for fid in [f for f, until in c.in_flight.items() if until <= now]:
-                del c.in_flight[fid]
-            if len(c.in_flight) >= key.max_inflight:
-                return Verdict("inflight", 1.0)
+        if key.max_inflight and len(c.in_flight) >= key.max_inflight:
+            return Verdict("inflight", 1.0)
         if key.groq_tokens_per_day and to_groq and (
                 c.groq.get(int(now // DAY), 0) >= key.groq_tokens_per_day):
             return Verdict("groq", _day_left(now))
@@ -94,7 +95,7 @@ class MemoryLimits:
         if key.tpm:
             c.tokens[second] = c.tokens.get(second, 0) + estimate
         if key.max_inflight:
-            c.in_flight[flow_id] = now + LEASE_SECONDS
+            c.in_flight.add(flow_id)
         return Verdict(None, 0.0, _left(key.rpm, len(c.requests)),
                        _left(key.tpm, used + estimate), requests_reset, tokens_reset, second)
 
@@ -103,7 +104,7 @@ class MemoryLimits:
         c = self.counters.setdefault(key.hash, _Counters())
         if key.tpm and bucket in c.tokens:
             c.tokens[bucket] += tokens - estimate
-        c.in_flight.pop(flow_id, None)
+        c.in_flight.discard(flow_id)
         if groq_tokens:
             day = int(time.time() // DAY)
             c.groq[day] = c.groq.get(day, 0) + groq_tokens
@@ -190,6 +191,15 @@ if tonumber(ARGV[4]) > 0 then
 end
 return 1
 """
+# KEYS: in flight (zset); ARGV: lease ms, then the flow ids this proxy holds.
+RENEW = """
+local t = redis.call('TIME')
+local lease = tonumber(ARGV[1])
+local untl = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', untl, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], lease)
+return 1
+"""
 
 
 def _redis_keys(key: Key, day: int | None = None) -> list[str]:
@@ -207,6 +217,9 @@ class RedisLimits:
         self.client = client
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
+        self._renew = client.register_script(RENEW)
+        self.leases: dict[str, Key] = {}  # flow id -> its key, for the in-flight limit
+        self._renewer: asyncio.Task | None = None
 
     async def admit(self, key: Key, flow_id: str, estimate: int, to_groq: bool) -> Verdict:
         groq = key.groq_tokens_per_day if to_groq else 0
@@ -216,13 +229,33 @@ class RedisLimits:
             _redis_keys(key, int(time.time() // DAY)),
             [flow_id, key.rpm, key.tpm, key.max_inflight, estimate, LEASE_SECONDS * 1000, groq])
         refused = result[0].decode() if isinstance(result[0], bytes) else result[0]
+        if refused == "ok" and key.max_inflight:
+            self.leases[flow_id] = key
+            if self._renewer is None or self._renewer.done():
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
         ms = [int(n) for n in result[1:]]
         return Verdict(None if refused == "ok" else refused, ms[0] / 1000, ms[1], ms[2],
                        ms[3] / 1000, ms[4] / 1000, ms[5])
 
     async def settle(self, key: Key, flow_id: str, bucket: int, estimate: int, tokens: int,
                      groq_tokens: int) -> None:
+        self.leases.pop(flow_id, None)
         await self._settle(_redis_keys(key), [flow_id, bucket, tokens - estimate, groq_tokens])
+
+    async def _renew_leases(self) -> None:
+        """Every ``RENEW_SECONDS``, this proxy's leases on in-flight slots are extended."""
+        while self.leases:
+            await asyncio.sleep(RENEW_SECONDS)
+            by_key: dict[str, tuple[Key, list[str]]] = {}
+            for flow_id, key in list(self.leases.items()):
+                by_key.setdefault(key.hash, (key, []))[1].append(flow_id)
+            for key, flows in by_key.values():
+                with contextlib.suppress(Exception):  # the next round tries again
+                    await self._renew([_redis_keys(key)[2]], [LEASE_SECONDS * 1000, *flows])
+
+    def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
 
 
 def retry_seconds(verdict: Verdict) -> int:
