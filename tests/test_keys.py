@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +110,26 @@ def test_fair_share_queue_is_bounded() -> None:
         assert time.monotonic() > 0
 
     asyncio.run(scenario())
+
+
+def test_the_cli_answers_bad_input_in_one_line(tmp_path) -> None:  # noqa: ANN001
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("STATE_STORE", "KEYS_FILE")}
+
+    def keys(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(root / "run.sh"), "keys", *args], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=60, env={**env, **extra})
+
+    bad = keys("add", "two words")
+    assert bad.returncode == 2 and "a name is 1-64 letters" in bad.stderr and not bad.stdout
+    down = keys("list", STATE_STORE="redis://default:pw@127.0.0.1:1/0")
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert down.stderr.startswith("keys: cannot use the key book in STATE_STORE's Redis")
+    assert "pw@" not in down.stderr
+    (tmp_path / "broken.json").write_text("{")
+    broken = keys("revoke", "x", KEYS_FILE="broken.json")
+    assert broken.returncode == 1 and "broken.json" in broken.stderr
+    assert keys("revoke", "nobody").returncode == 1
+    first = keys("add", "ann", "--rpm", "5")
+    assert first.returncode == 0 and first.stdout.strip().startswith("sk-hgg-")
+    assert keys("add", "ann").returncode == 1  # a name once

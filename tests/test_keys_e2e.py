@@ -231,9 +231,11 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     third = start_pair(start_proxy, redis_server)[0]
     fake_transformers.script(Scripted(DEFAULT_ANSWER, delay_headers=5))
     with ThreadPoolExecutor(1) as pool:
+        sent = len(fake_transformers.prompts)
         doomed = pool.submit(status, third, gus)
-        until(lambda: store.zcard(f"hgg:v1:limit:{hashlib.sha256(gus.encode()).hexdigest()}"
-                                  ":rpm") == 2, 2)
+        # counted, and at the model server (which holds it 5 s): then the proxy dies
+        until(lambda: len(fake_transformers.prompts) > sent, 3)
+        assert store.zcard(f"hgg:v1:limit:{hashlib.sha256(gus.encode()).hexdigest()}:rpm") == 2
         third.process.kill()
         with pytest.raises(httpx.HTTPError):
             doomed.result()  # the client lost its proxy

@@ -10,10 +10,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sys
 import time
 
-from .book import Book, Key, book_for, by_name, expiry, hash_of, new_secret, rotated
+from redis.exceptions import RedisError
+
+from ..redact import redact_text
+from .book import Book, FileBook, Key, book_for, by_name, expiry, hash_of, new_secret, rotated
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+
+
+def _name(text: str) -> str:
+    if not NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a name is 1-64 letters, digits and . _ @ + - (it labels the metrics)")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -66,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./run.sh keys", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("add", help="a new key for NAME, printed once")
-    new.add_argument("name")
+    new.add_argument("name", type=_name)
     new.add_argument("--models", help="comma-separated globs of the models it may use")
     for option in ("rpm", "tpm", "groq-tokens-per-day", "max-inflight"):
         new.add_argument(f"--{option}", type=_positive, default=0, metavar="N")
@@ -77,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         commands.add_parser(verb, help=what).add_argument("name")
     args = parser.parse_args(argv)
     book = _book()
+    try:
+        return _run(args, book)
+    except (OSError, ValueError, RedisError) as exc:  # one clear line, no traceback
+        where = book.path if isinstance(book, FileBook) else "STATE_STORE's Redis"
+        print(f"keys: cannot use the key book in {where}: {type(exc).__name__}: "
+              f"{redact_text(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, book: Book) -> int:
     if args.command == "add":
         return add(args, book)
     if args.command == "list":
