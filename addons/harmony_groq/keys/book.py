@@ -18,7 +18,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,7 +107,6 @@ class FileBook:
     it) under an exclusive lock, mode 0600."""
 
     path: Path
-    cached: tuple[str, dict[str, Key]] = field(default=("", {}))
 
     def version(self) -> str:
         try:

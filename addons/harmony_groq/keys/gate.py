@@ -253,9 +253,10 @@ class KeyUsage:
 
     def _settle(self, flow: http.HTTPFlow) -> None:
         record = record_of(flow)
-        usage = flow_usage(flow) if "key" in record else None
-        if "key" in record:
-            self.metrics.observe(record, usage, self.gate.keys)
+        if "key" not in record:  # no keys yet, or a request the gate does not check
+            return
+        usage = flow_usage(flow)
+        self.metrics.observe(record, usage, self.gate.keys)
         admitted = self.gate.admitted.pop(flow.id, None)
         if admitted is None:
             return
