@@ -14,8 +14,9 @@ import pytest
 from harmony_groq.keys.book import FileBook, Key, expiry, hash_of, new_secret
 from harmony_groq.keys.limits import MemoryLimits
 from harmony_groq.keys.usage import report, tokens_of
+from harmony_groq.pool.capacity import PoolCapacity
 from harmony_groq.pool.fair import FairShare
-from harmony_groq.pool.pool import ReplicaPool
+from harmony_groq.pool.pool import Pools, ReplicaPool
 from harmony_groq.pool.spec import ModelServers
 
 
@@ -133,3 +134,25 @@ def test_the_cli_answers_bad_input_in_one_line(tmp_path) -> None:  # noqa: ANN00
     first = keys("add", "ann", "--rpm", "5")
     assert first.returncode == 0 and first.stdout.strip().startswith("sk-hgg-")
     assert keys("add", "ann").returncode == 1  # a name once
+
+
+def test_spill_over_sends_the_heavy_key_and_keeps_the_light_one() -> None:
+    pools = Pools(lambda: None)  # type: ignore[arg-type, return-value]
+    pools.configure((ModelServers(None, "vllm", ("http://a",)),), "least_loaded")
+    pool = pools.for_model("gpt-oss-20b")
+    fair = FairShare(lambda: 2, lambda: 8)
+    capacity = PoolCapacity(pools, lambda: 2, fair)
+
+    async def scenario() -> None:
+        for n in range(2):
+            await fair.enter(f"h{n}", pool, "heavy", 5)
+        pool.replicas[0].in_flight = 2  # as the dispatcher counts them
+        assert capacity.all_full("gpt-oss-20b", "heavy")  # alone and full: spills, as before
+        assert not capacity.all_full("gpt-oss-20b", "light")  # below its share: local, first
+        await fair.enter("l0", pool, "light", 5)
+        assert capacity.all_full("gpt-oss-20b", "light")  # holds its share (1 of 2): spills
+        fair.leave("l0")  # light stays active for ACTIVE_SECONDS
+        assert not capacity.all_full("gpt-oss-20b", "light")
+        assert capacity.all_full("gpt-oss-20b", "heavy")  # over its share: spills
+
+    asyncio.run(scenario())

@@ -45,14 +45,15 @@ class Gateway:
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
         self.pools = Pools(self.upstream.client)
-        dispatcher = Dispatcher(self.pools, self.upstream, FairShare(
-            lambda: self.config.spillover_max_inflight, lambda: self.config.fair_share_queue))
+        fair = FairShare(lambda: self.config.spillover_max_inflight,
+                         lambda: self.config.fair_share_queue)
+        dispatcher = Dispatcher(self.pools, self.upstream, fair)
         dialects = DialectTable(ResponseStore(self.state.responses))
         memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: memory,  # an addon after this one
                                sticky=self.state.spill, capacity=PoolCapacity(
-                                   self.pools, lambda: self.config.spillover_max_inflight))
+                                   self.pools, lambda: self.config.spillover_max_inflight, fair))
         in_flight = InFlight()
         self.requests = RequestSide(settings, self.state, dialects, self.local, self.pools,
                                     dispatcher, memory, self.injector, self.spill, in_flight)

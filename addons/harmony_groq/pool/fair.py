@@ -68,15 +68,21 @@ class FairShare:
     def _capacity(self, pool: ReplicaPool) -> int:
         return self.slots() * max(len(pool.up()), 1)
 
-    def _must_wait(self, pool: ReplicaPool, share: _Share, key: str, queued: bool) -> bool:
+    def _below(self, pool: ReplicaPool, share: _Share, key: str) -> bool:
         active = share.active(key)
-        if active < 2:
-            return False  # alone: everything
-        capacity = self._capacity(pool)
-        if share.held[key] < capacity / active:
-            return False  # below its share: goes first
+        return active >= 2 and share.held[key] < self._capacity(pool) / active
+
+    def _must_wait(self, pool: ReplicaPool, share: _Share, key: str, queued: bool) -> bool:
+        if share.active(key) < 2 or self._below(pool, share, key):
+            return False  # alone: everything; below its share: goes first
         load = max(sum(r.load for r in pool.up()), sum(share.held.values()))
-        return load >= capacity or (not queued and bool(share.waiting))
+        return load >= self._capacity(pool) or (not queued and bool(share.waiting))
+
+    def below_share(self, pool: ReplicaPool, key: str) -> bool:
+        """Whether ``key`` holds less than its share while other keys are active (spill-over
+        keeps such a request local when the pool is full)."""
+        return bool(self.queue()) and self._below(pool, self.shares.get(id(pool)) or _Share(),
+                                                  key)
 
     async def enter(self, flow_id: str, pool: ReplicaPool, key: str, timeout: float) -> float:
         """Take a slot of ``pool`` for ``key``'s request (waiting if it must); the seconds
