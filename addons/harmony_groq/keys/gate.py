@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hmac
 import json
 import logging
 import os
@@ -187,7 +188,7 @@ class KeyGate:
         given = given_key(flow)
         proxy_key = self.settings.config.proxy_api_key if self.settings.config else ""
         record = record_of(flow)
-        if proxy_key and given == proxy_key:
+        if proxy_key and hmac.compare_digest(given.encode(), proxy_key.encode()):
             record["key"] = PROXY_KEY_NAME
             return None
         key = self.keys.get(hash_of(given)) if given else None
