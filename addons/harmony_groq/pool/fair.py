@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from ..errors import ProxyError
 from .pool import ReplicaPool
 
-RECHECK_SECONDS = 0.1  # how often a waiting request looks at the engines' counts again
+# How often a waiting request looks at the engines' counts again; a slot this proxy frees
+# wakes the queue at once.
+RECHECK_SECONDS = 0.5
 # A key counts as active this long after its last request ended: a person sending one request
 # after another is not absent between them (else the heavy key, "alone" for a moment, would
 # fill the engine's queue again each time).
