@@ -17,7 +17,7 @@ from harmony_groq.keys.usage import report, tokens_of
 from harmony_groq.pool.capacity import PoolCapacity
 from harmony_groq.pool.fair import FairShare
 from harmony_groq.pool.pool import Pools, ReplicaPool
-from harmony_groq.pool.spec import ModelServers
+from harmony_groq.replica_spec import ModelServers
 
 
 def test_book_keeps_hashes_and_finds_keys_by_them(tmp_path) -> None:  # noqa: ANN001
