@@ -105,7 +105,7 @@ class Spillover:
                                         f"the model server answered {response.status_code}")
         return None
 
-    async def _reason(self, model: str, conversation: Conversation, key: str
+    async def _reason(self, model: str, conversation: Conversation, key_name: str
                       ) -> str | None:
         """Why this request should go to Groq: sticky, down, saturated; None: local."""
         try:
@@ -117,7 +117,7 @@ class Spillover:
                            exc_info=True)
         if not await self.capacity.can_serve(model):
             return "down"
-        if self.config.spillover == "saturated" and self.capacity.all_full(model, key):
+        if self.config.spillover == "saturated" and self.capacity.all_full(model, key_name):
             return "saturated"
         return None
 
