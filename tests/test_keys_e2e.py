@@ -263,3 +263,34 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     assert hashlib.sha256(dave.encode()).hexdigest().encode() in dump
     for proxy in proxies:
         assert all(secret not in proxy.log_path.read_text() for secret in (carol, dave, erin))
+
+
+def test_fair_share_decides_who_spills(start_proxy: Start, tmp_path: Path,
+                                       fake_transformers: FakeTransformers,
+                                       fake_groq: FakeGroq) -> None:
+    """SPILLOVER=saturated with one slot: the key holding it spills, a light key stays local."""
+    env = {"KEYS_FILE": str(tmp_path / "keys.json")}
+    proxy = start_proxy(options={"spillover": "saturated", "spillover_max_inflight": "1"},
+                        env={**env, "GROQ_API_KEY": GROQ_KEY})
+    heavy, light = new_key(tmp_path, env, "heavy"), new_key(tmp_path, env, "light")
+    until(lambda: status(proxy, "sk-hgg-nobody") == 401, 2)
+
+    def served_by(key: str) -> str:
+        reply = httpx.post(f"{proxy.base_url}/chat/completions", timeout=20,
+                           headers={"authorization": f"Bearer {key}"},
+                           json={"model": "gpt-oss-20b", "messages": [
+                               {"role": "user", "content": f"hi {time.monotonic_ns()}"}]})
+        assert reply.status_code == 200, reply.text
+        return reply.headers["x-harmony-groq-served-by"]
+
+    sent = len(fake_transformers.prompts)
+    fake_transformers.script(Scripted(DEFAULT_ANSWER, delay_headers=3))
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(served_by, heavy)  # the one local slot, for 3 s
+        until(lambda: len(fake_transformers.prompts) > sent, 2)
+        assert served_by(heavy) == "groq"  # full, and heavy holds it: spills
+        assert served_by(light) == "local"  # below its share: goes first, locally
+        assert served_by(heavy) == "groq"
+        assert held.result() == "local"
+    records = proxy.log_records(wait_for=proxy.log_mark())
+    assert [r["key"] for r in records if r.get("served_by") == "groq"] == ["heavy", "heavy"]
