@@ -7,6 +7,8 @@
 #   ./run.sh prepare MODEL       make a harmony-ready copy of a gpt-oss model folder or hub id
 #   ./run.sh serve MODEL [args…] prepare MODEL, start `transformers serve` on it, then the proxy
 #   ./run.sh bench [args…]       run the benchmarks (bench/README.md)
+#   ./run.sh keys add|list|revoke|rotate …  keys per person (docs/keys.md)
+#   ./run.sh usage [--by key|model|route]   usage from the flow log (docs/keys.md)
 #
 # Settings come from the environment (docs/settings.md); PYTHON=/path/to/python3.12+ picks the
 # interpreter used to create .venv.
@@ -142,6 +144,10 @@ case "$cmd" in
   serve)
     shift
     exec "$ROOT/scripts/serve.sh" "$@"
+    ;;
+  keys|usage)
+    ensure_venv
+    PYTHONPATH="$ROOT/addons${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m harmony_groq.keys "$@"
     ;;
   bench)
     shift

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harmony_groq.addon import Gateway  # noqa: E402
 from harmony_groq.entry import HarmonyGroq  # noqa: E402
+from harmony_groq.keys.gate import KeyGate, KeyUsage  # noqa: E402
 from harmony_groq.labels import FlowLabels  # noqa: E402
 from harmony_groq.metrics import Metrics, MetricsEndpoint  # noqa: E402
 from harmony_groq.pool.collector import PoolCollector  # noqa: E402
@@ -30,13 +31,15 @@ _state = State(_settings, _metrics.registry)  # stored Responses, reasoning memo
 _gateway = Gateway(_settings, _state)
 _metrics.spill_status = _gateway.spill.status
 _metrics.registry.register(PoolCollector(_gateway.pools))
-# MetricsEndpoint answers /metrics before the gateway's request side routes; UpstreamFailures
-# answers what the reply side could not save from an upstream that failed before its response
-# head; Spillover's hooks see the replies the gateway's reply side wrote; FlowLabels labels
-# what was answered; the flow log and the metrics read the finished flow once its reply was
-# sent.
+_keys = KeyGate(_settings, _state, _gateway.requests.dialects)
+# KeyGate checks every API request's key first; MetricsEndpoint answers /metrics before the
+# gateway's request side routes; UpstreamFailures answers what the reply side could not save
+# from an upstream that failed before its response head; Spillover's hooks see the replies the
+# gateway's reply side wrote; FlowLabels labels what was answered; the flow log, the metrics
+# and the keys' usage read the finished flow once its reply was sent.
 addons = [HarmonyGroq(
-    [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-     _gateway.requests, _gateway.replies,
+    [_settings, _state, _keys, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
+     _gateway, _gateway.requests, _gateway.replies,
      UpstreamFailures(_settings, _gateway.requests.dialects), _gateway.spill, FlowLabels()],
-    bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]
+    bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics,
+                 KeyUsage(_keys, _metrics.registry)])]

@@ -21,6 +21,7 @@ from .key_injector import GroqKeyInjector
 from .local import LocalEndpoints
 from .pool.capacity import PoolCapacity
 from .pool.dispatch import Dispatcher
+from .pool.fair import FairShare
 from .pool.pool import Pools
 from .reasoning_memory import ReasoningMemory
 from .reply_side import ReplySide
@@ -44,13 +45,15 @@ class Gateway:
         self.upstream = ModelServerClient()
         self.local = LocalEndpoints(settings, self.upstream.client)
         self.pools = Pools(self.upstream.client, self.upstream.fresh)
-        dispatcher = Dispatcher(self.pools, self.upstream)
+        fair = FairShare(lambda: self.config.spillover_max_inflight,
+                         lambda: self.config.fair_share_queue)
+        dispatcher = Dispatcher(self.pools, self.upstream, fair)
         dialects = DialectTable(ResponseStore(self.state.responses))
         memory = ReasoningMemory(self.state.reasoning)
         self.injector = GroqKeyInjector(settings)
         self.spill = Spillover(settings, lambda: memory,  # an addon after this one
                                sticky=self.state.spill, capacity=PoolCapacity(
-                                   self.pools, lambda: self.config.spillover_max_inflight))
+                                   self.pools, lambda: self.config.spillover_max_inflight, fair))
         in_flight = InFlight()
         self.requests = RequestSide(settings, self.state, dialects, self.local, self.pools,
                                     dispatcher, memory, self.injector, self.spill, in_flight)

@@ -116,6 +116,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Comma-separated LOCAL=GROQ: each gpt-oss model's twin on Groq."),
     OptionSpec("spillover_max_inflight", "SPILLOVER_MAX_INFLIGHT", int, 8,
                "Requests in flight to one local server beyond which it counts as full."),
+    OptionSpec("fair_share_queue", "FAIR_SHARE_QUEUE", int, 256,
+               "Requests per pool that may wait for their key's fair share of full local "
+               "servers (docs/scaling.md); 0 turns fair share off.", minimum=0),
     OptionSpec("spillover_budget_tokens", "SPILLOVER_BUDGET_TOKENS", int, 0,
                "Groq tokens (prompt + completion) spill-over may spend per window; 0: no "
                "budget.", minimum=0),
@@ -160,6 +163,7 @@ class Config:
     spillover: str
     spillover_models: tuple[tuple[str, str], ...]
     spillover_max_inflight: int
+    fair_share_queue: int
     spillover_budget_tokens: int
     spillover_budget_window: str
     spillover_sticky_seconds: int
@@ -276,6 +280,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         spillover_models=_pairs("spillover_models", values["spillover_models"],
                                 "LOCAL=GROQ (e.g. gpt-oss-20b=openai/gpt-oss-20b)"),
         spillover_max_inflight=values["spillover_max_inflight"],
+        fair_share_queue=values["fair_share_queue"],
         spillover_budget_tokens=values["spillover_budget_tokens"],
         spillover_budget_window=values["spillover_budget_window"],
         spillover_sticky_seconds=values["spillover_sticky_seconds"],

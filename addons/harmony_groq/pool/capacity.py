@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .fair import FairShare
 from .pool import Pools
 
 
 class PoolCapacity:
-    def __init__(self, pools: Pools, max_in_flight: Callable[[], int]) -> None:
+    def __init__(self, pools: Pools, max_in_flight: Callable[[], int],
+                 fair: FairShare | None = None) -> None:
         self.pools = pools
         self.max_in_flight = max_in_flight
+        self.fair = fair
 
     async def can_serve(self, model: str) -> bool:
         """Up, as probed for this request (``GET /health``, concurrently for every replica of
@@ -23,8 +26,12 @@ class PoolCapacity:
         await self.pools.fresh(model, 0.0)
         return self.pools.can_serve(model)
 
-    def all_full(self, model: str) -> bool:
-        return self.pools.all_full(model, self.max_in_flight())
+    def all_full(self, model: str, key: str = "") -> bool:
+        """Full, unless ``key`` is below its fair share (fair.py): its request goes first
+        locally while keys holding their share or more spill."""
+        if not self.pools.all_full(model, self.max_in_flight()):
+            return False
+        return self.fair is None or not self.fair.below_share(self.pools.for_model(model), key)
 
     def begin(self, flow_id: str) -> None:
         """Counted by the pool when a replica takes the request."""

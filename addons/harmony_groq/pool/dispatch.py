@@ -27,6 +27,7 @@ from ..render import HarmonyPrompt
 from ..streaming import client_writer
 from ..upstream import ModelServerClient
 from ..upstream_failure import Failure, UpstreamFailure, note, note_retry, retry_allowed
+from .fair import FairShare
 from .pool import Pools, ReplicaPool
 from .prefix import block_hashes
 from .replica import FAILURES, Replica
@@ -157,9 +158,11 @@ def no_replica(pooled: Pooled, last: ProxyError | None) -> ProxyError:
 class Dispatcher:
     """Picks replicas for gpt-oss flows and keeps each flow's ``Pooled`` until it ends."""
 
-    def __init__(self, pools: Pools, upstream: ModelServerClient) -> None:
+    def __init__(self, pools: Pools, upstream: ModelServerClient,
+                 fair: FairShare | None = None) -> None:
         self.pools = pools
         self.upstream = upstream
+        self.fair = fair or FairShare(lambda: 0, lambda: 0)
         self.flows: dict[str, Pooled] = {}
 
     async def backend(self, replica: Replica) -> Backend:
@@ -171,11 +174,26 @@ class Dispatcher:
 
     async def send(self, flow: http.HTTPFlow, prompt: HarmonyPrompt, request: ChatRequest,
                    model_field: str, attempts: int, timeout: float) -> Backend:
-        """Point the flow at a replica (a stream) or answer it from one (a whole reply);
-        returns the adapter of the replica that took it."""
+        """Point the flow at a replica (a stream) or answer it from one (a whole reply),
+        once the key's fair share allows (fair.py); returns the adapter of the replica that
+        took it."""
         record = record_of(flow)
-        pooled = Pooled(self.pools.for_model(request.model), prompt, request, model_field,
-                        attempts, record.setdefault("replicas", []))
+        pool = self.pools.for_model(request.model)
+        waited = await self.fair.enter(flow.id, pool, record.get("key", ""), timeout)
+        if waited:
+            record["fair_share_wait_ms"] = round(waited * 1000, 1)
+        try:
+            return await self._send(flow, pool, prompt, request, model_field, attempts, timeout)
+        finally:
+            if flow.id not in self.flows:  # a whole reply, or none: over; a stream: forget
+                self.fair.leave(flow.id)
+
+    async def _send(self, flow: http.HTTPFlow, pool: ReplicaPool, prompt: HarmonyPrompt,
+                    request: ChatRequest, model_field: str, attempts: int, timeout: float
+                    ) -> Backend:
+        record = record_of(flow)
+        pooled = Pooled(pool, prompt, request, model_field, attempts,
+                        record.setdefault("replicas", []))
         last: ProxyError | None = None
         failed: tuple[http.Response, Backend] | None = None
         retrying: Failure | None = None
@@ -244,6 +262,7 @@ class Dispatcher:
     def forget(self, flow: http.HTTPFlow) -> Pooled | None:
         """The flow is over: its open attempt (if any) ends without an outcome of its own."""
         pooled = self.flows.pop(flow.id, None)
+        self.fair.leave(flow.id)
         if pooled is not None:
             if pooled.deadline is not None:
                 pooled.deadline.cancel()

@@ -80,7 +80,7 @@ class Spillover:
         twin = self.twin(model)
         record["served_by"] = "local"
         if twin is not None:
-            reason = await self._reason(model, conversation)
+            reason = await self._reason(model, conversation, record.get("key", ""))
             if reason is not None:
                 refusal = self._refusal(flow, conversation)
                 if refusal is None:
@@ -105,7 +105,8 @@ class Spillover:
                                         f"the model server answered {response.status_code}")
         return None
 
-    async def _reason(self, model: str, conversation: Conversation) -> str | None:
+    async def _reason(self, model: str, conversation: Conversation, key_name: str
+                      ) -> str | None:
         """Why this request should go to Groq: sticky, down, saturated; None: local."""
         try:
             for key in conversation_keys(conversation.chat.messages):
@@ -116,7 +117,7 @@ class Spillover:
                            exc_info=True)
         if not await self.capacity.can_serve(model):
             return "down"
-        if self.config.spillover == "saturated" and self.capacity.all_full(model):
+        if self.config.spillover == "saturated" and self.capacity.all_full(model, key_name):
             return "saturated"
         return None
 

@@ -14,8 +14,9 @@ class LocalCapacity(Protocol):
         """Some local replica of ``model`` is up."""
         ...
 
-    def all_full(self, model: str) -> bool:
-        """Every up replica of ``model`` has ``SPILLOVER_MAX_INFLIGHT`` or more in flight."""
+    def all_full(self, model: str, key: str = "") -> bool:
+        """Every up replica of ``model`` has ``SPILLOVER_MAX_INFLIGHT`` or more in flight, for
+        a request of ``key`` (a key below its fair share of the replicas still fits)."""
         ...
 
     def begin(self, flow_id: str) -> None:
