@@ -80,6 +80,7 @@ class _WebHandler(_Handler):
         fake: FakeWeb = self.fake
         path = urlsplit(self.path).path
         fake.paths.append(path)
+        fake.requests.append({"path": self.path, "headers": dict(self.headers.items())})
         if path in PAGES:
             body = PAGES[path][1].encode()
             self.send_response(200)

@@ -20,12 +20,13 @@ BLOCKS = ("p, div, br, li, ul, ol, tr, table, h1, h2, h3, h4, h5, h6, section, a
           "figcaption, details, summary, address")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 _MARKER_CHARS = re.compile(r"[【】†]")
+_BLOCK_RUN = re.compile("\ue000[\\s\ue000]*")  # block boundaries: one line break
 _EDGES = re.compile(r" ?\n ?")
 _EMPTY_RUNS = re.compile(r"\n{3,}")
 # Private-use sentinels (text never carries them meaningfully): a block's start, a link's
 # start, number/text separator, end.
 _BLOCK, _LINK_OPEN, _LINK_TEXT, _LINK_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-_BLOCK_TAG = re.compile(r"<(?:" + "|".join(t.strip() for t in BLOCKS.split(",")) + r")\b", re.I)
+_BLOCK_TAG = re.compile(r"</?(?:" + "|".join(t.strip() for t in BLOCKS.split(",")) + r")\b", re.I)
 _LINK_START = re.compile(
     r"""<a\s[^>]*?\bhref\s*=\s*("([^"]*)"|'([^']*)'|([^\s>"']+))[^>]*>""", re.I)
 _LINK_END = re.compile(r"</a\s*>", re.I)
@@ -94,7 +95,7 @@ def html_to_page(html: str | bytes, url: str) -> Page:
 
     text = _LINK.sub(marker, text)
     text = text.replace(_LINK_OPEN, "").replace(_LINK_TEXT, "").replace(_LINK_CLOSE, "")
-    return Page(url, title or url, _tidy(text.replace(_BLOCK, "\n")), links)
+    return Page(url, title or url, _tidy(_BLOCK_RUN.sub("\n", text)), links)
 
 
 def text_to_page(text: str, url: str, title: str = "") -> Page:
