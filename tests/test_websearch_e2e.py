@@ -71,10 +71,6 @@ def search_then_open(query: str = "harmony format", answer: str = ANSWER
     return rule
 
 
-def flow_records(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in proxy.log_path.read_text().splitlines() if line]
-
-
 def check_prompts(fake: FakeTransformers, web: FakeWeb) -> None:
     """Three steps: the second prompt holds the search page, the third the opened page, in
     the reference browser's display."""
@@ -253,3 +249,107 @@ def test_chat_whole_and_streamed(search_proxy: ProxyProcess,
     assert annotations[0]["url_citation"]["url"] == f"{web.url}/harmony"
     assert chunks[-1].choices[0].finish_reason == "stop"
     check_prompts(fake_transformers, web)
+
+
+def steps(*calls: tuple[str, dict[str, Any]], answer: str = "Done.") -> Callable[[str], str]:
+    """A model that makes ``calls`` one per step, then answers."""
+    def rule(prompt: str) -> str:
+        done = sum(1 for m in messages(prompt) if m.author.startswith("browser."))
+        if done < len(calls):
+            return browser_call(*calls[done])
+        return final(answer)
+    return rule
+
+
+def tool_messages(prompt: str) -> list[str]:
+    return [m.content for m in messages(prompt) if m.author.startswith("browser.")]
+
+
+@pytest.mark.parametrize(("allow", "path"), [
+    ("", "{web}/harmony"),  # loopback by address
+    ("", "http://localhost:{port}/harmony"),  # a name whose DNS answer is loopback
+    ("localhost", "http://localhost:{port}/redirect?to={web}/harmony"),  # redirect to private
+])
+def test_ssrf_refused(start_proxy: Callable[..., ProxyProcess],
+                      fake_transformers: FakeTransformers, searxng: FakeSearxng, web: FakeWeb,
+                      allow: str, path: str) -> None:
+    proxy = start_proxy(tool_options(searxng, allow_private_urls=allow))
+    url = path.format(web=web.url, port=web.port)
+    fake_transformers.respond(steps(("open", {"id": url}), answer="Could not open it."))
+    web.paths.clear()
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    response = client.responses.create(model="gpt-oss-20b", input="Open it",
+                                       tools=[{"type": "web_search"}])
+    call = next(i for i in response.output if i.type == "web_search_call")
+    assert call.status == "failed" and call.action.url == url
+    assert response.output[-1].content[0].text == "Could not open it."
+    told = tool_messages(fake_transformers.prompts[-1])
+    assert told[0].startswith("Error fetching URL: ") and "private" in told[0]
+    assert "/harmony" not in web.paths  # the private page was never fetched
+    record = proxy.last_record('"tool_steps"')
+    assert record["tool_steps"][0]["error"] == "url_not_allowed"
+
+
+@pytest.mark.parametrize("failure", ["slow", "failing"])
+def test_search_backend_failure(start_proxy: Callable[..., ProxyProcess],
+                                fake_transformers: FakeTransformers, searxng: FakeSearxng,
+                                failure: str) -> None:
+    """The model is told, the client gets Anthropic's error block, the reply completes."""
+    proxy = start_proxy(tool_options(searxng, fetch_timeout="1"))
+    if failure == "slow":
+        searxng.delay = 3
+    else:
+        searxng.status = 500
+    fake_transformers.respond(steps(("search", {"query": "q"}), answer="Search is down."))
+    with anthropic_client(proxy).messages.stream(
+            model="gpt-oss-20b", max_tokens=500, tools=[WEB_SEARCH_TOOL],
+            messages=[{"role": "user", "content": "Search"}]) as stream:
+        message = stream.get_final_message()
+    result = next(b for b in message.content if b.type == "web_search_tool_result")
+    assert result.content.type == "web_search_tool_result_error"
+    assert result.content.error_code == "unavailable"
+    assert message.content[-1].text == "Search is down."
+    assert tool_messages(fake_transformers.prompts[-1])[0].startswith("Error during search: ")
+
+
+def test_max_uses_and_domain_filters(search_proxy: ProxyProcess,
+                                     fake_transformers: FakeTransformers, searxng: FakeSearxng,
+                                     web: FakeWeb) -> None:
+    searxng.results = [{"url": f"http://localhost:{web.port}/tools", "title": "Local"},
+                       {"url": f"{web.url}/harmony", "title": "Loopback"}]
+    fake_transformers.respond(steps(("search", {"query": "one"}), ("search", {"query": "two"}),
+                                    answer="Found."))
+    tool = {**WEB_SEARCH_TOOL, "max_uses": 1, "allowed_domains": ["localhost"]}
+    message = anthropic_client(search_proxy).messages.create(
+        model="gpt-oss-20b", max_tokens=500, tools=[tool],
+        messages=[{"role": "user", "content": "Search twice"}])
+    results = [b for b in message.content if b.type == "web_search_tool_result"]
+    assert [r.url for r in results[0].content] == [f"http://localhost:{web.port}/tools"]
+    assert results[1].content.error_code == "max_uses_exceeded"
+    assert message.usage.server_tool_use.web_search_requests == 1
+    assert searxng.queries == ["one"]
+    blocked = {**WEB_SEARCH_TOOL, "blocked_domains": ["localhost"]}
+    fake_transformers.respond(steps(("search", {"query": "three"}), answer="Found."))
+    message = anthropic_client(search_proxy).messages.create(
+        model="gpt-oss-20b", max_tokens=500, tools=[blocked],
+        messages=[{"role": "user", "content": "Search"}])
+    result = next(b for b in message.content if b.type == "web_search_tool_result")
+    assert [r.url for r in result.content] == [f"{web.url}/harmony"]
+
+
+def test_tool_cap(start_proxy: Callable[..., ProxyProcess], fake_transformers: FakeTransformers,
+                  searxng: FakeSearxng) -> None:
+    """At SERVER_TOOL_MAX_STEPS the model is told to answer without tools; a call after that
+    ends the reply as it stands."""
+    proxy = start_proxy(tool_options(searxng, server_tool_max_steps="2"))
+    fake_transformers.respond(lambda prompt: browser_call("search", {"query": "again"}))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    events = list(client.responses.create(model="gpt-oss-20b", input="Search forever",
+                                          tools=[{"type": "web_search"}], stream=True))
+    assert events[-1].type == "response.completed"
+    calls = [i for i in events[-1].response.output if i.type == "web_search_call"]
+    assert [c.status for c in calls] == ["completed", "completed", "failed"]
+    assert searxng.queries == ["again", "again"]
+    assert len(fake_transformers.prompts) == 4
+    assert "tool limit of this response was reached" in tool_messages(
+        fake_transformers.prompts[-1])[-1]
