@@ -111,6 +111,30 @@ def test_responses_whole(search_proxy: ProxyProcess, fake_transformers: FakeTran
         ("url_citation", f"{web.url}/harmony", 0, 31)]
     assert searxng.queries == ["harmony format"]
     check_prompts(fake_transformers, web)
+    record = search_proxy.last_record('"tool_steps"')
+    search_step, open_step = record["tool_steps"]
+    assert (search_step["action"], search_step["backend"], search_step["results"]) == (
+        "search", "searxng", 2)
+    assert open_step["url"] == f"{web.url}/harmony" and open_step["bytes"] > 400
+    metrics = httpx.get(f"{search_proxy.root_url}/metrics", timeout=10).text
+    assert ('harmony_groq_tool_steps_total{action="open_page",backend="fetch",kind="web_search",'
+            'outcome="ok"} 1.0') in metrics
+    assert 'harmony_groq_tool_step_seconds_count{action="search",kind="web_search"} 1.0' \
+        in metrics
+
+
+def test_search_key_never_logged(start_proxy: Callable[..., ProxyProcess],
+                                 fake_transformers: FakeTransformers,
+                                 searxng: FakeSearxng) -> None:
+    """A search backend's key (here one the client quotes back) is redacted from the log."""
+    key = "tvly-secret-key-0123456789abcdef"
+    proxy = start_proxy(tool_options(searxng), env={"TAVILY_API_KEY": key})
+    fake_transformers.respond(steps(("search", {"query": key}), answer=f"The key is {key}"))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    client.responses.create(model="gpt-oss-20b", input="hi", tools=[{"type": "web_search"}])
+    proxy.last_record('"tool_steps"')
+    assert key not in proxy.log_path.read_text()
+    assert key not in httpx.get(f"{proxy.root_url}/metrics", timeout=10).text
 
 
 def test_responses_streamed(search_proxy: ProxyProcess, fake_transformers: FakeTransformers,
