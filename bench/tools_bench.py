@@ -22,7 +22,6 @@ from harmony_groq.dialects.responses_reply import ResponsesReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.parse import ContentDelta, HarmonyDecoder
 from harmony_groq.render import render_prompt
-from harmony_groq.tools.base import StepEvent
 from harmony_groq.tools.browser.browser import Browser, browser_spec
 from harmony_groq.tools.browser.page import html_to_page
 from harmony_groq.tools.browser.search import SearchResult
@@ -93,10 +92,7 @@ async def step_ms(rounds: int) -> tuple[float, int]:
             decoder.end_server_call(False)
             call = decoder.take_server_call()
             assert call is not None
-            step = session.started(call)
-            reply.events([StepEvent(step, "started")])
-            output = await session.run(call, step)
-            reply.events([StepEvent(step, "finished")])
+            output = await session.step(call, reply.events)
             session.next_prompt(prompt, call_ids, "", call, output.text, False)
             reply.events(cites([ContentDelta(ANSWER)]) + cites.flush())
             times.append((time.perf_counter() - started) * 1000)

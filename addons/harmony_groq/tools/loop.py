@@ -37,7 +37,6 @@ from ..state.writes import collect_writes
 from ..streaming import HarmonyStreamTranslator, write_chunk
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
-from .base import ServerCall, StepEvent
 from .options import ToolOptions
 from .registry import ToolContext, build
 from .session import CitationFilter, ToolSession
@@ -120,7 +119,9 @@ class ToolLoop:
             call = translator.decoder.take_server_call()
             if call is None or pooled is None or pooled.attempt is None:
                 break
-            tool_text = await self._step(flow, translator, session, call)
+            output = await session.step(
+                call, lambda events: _write(flow, translator, translator.emit(events)))
+            tool_text = output.text
             backend = exchange.backend
             prompt = session.next_prompt(
                 prompt, translator.generated_ids[session.generated_ids_mark:],
@@ -145,16 +146,6 @@ class ToolLoop:
             translator.suspended = False
             translator.on_server_call = None
             _write(flow, translator, translator.finish_now())
-
-    async def _step(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
-                    session: ToolSession, call: ServerCall) -> str:
-        """One tool step on a stream: its item started, the tool run (the heartbeat keeps the
-        stream alive meanwhile), its item finished."""
-        step = session.started(call)
-        _write(flow, translator, translator.emit([StepEvent(step, "started")]))
-        output = await session.run(call, step)
-        _write(flow, translator, translator.emit([StepEvent(step, "finished")]))
-        return output.text
 
     async def _relay(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
                      attempt: Attempt, url: str, body: dict[str, Any]) -> bool:
@@ -211,10 +202,7 @@ class ToolLoop:
                 break
             call = decoder.take_server_call()
             assert call is not None
-            step = session.started(call)
-            message.add([StepEvent(step, "started")])
-            tool = await session.run(call, step)
-            message.add([StepEvent(step, "finished")])
+            tool = await session.step(call, message.add)
             prompt = session.next_prompt(prompt, output.token_ids or [], output.text, call,
                                          tool.text, backend.text_transport)
             body = backend.request_body(prompt, exchange.request, False,

@@ -17,7 +17,15 @@ from openai_harmony import Author, Message, Role
 from ..encoding import harmony_encoding
 from ..parse import ContentDelta, Event
 from ..render import HarmonyPrompt, neutralize_special_tokens
-from .base import Citation, CiteEvent, ServerCall, ServerTool, StepRecord, ToolOutput
+from .base import (
+    Citation,
+    CiteEvent,
+    ServerCall,
+    ServerTool,
+    StepEvent,
+    StepRecord,
+    ToolOutput,
+)
 
 logger = logging.getLogger(__name__)
 CALL_TEXT = "<|call|>"
@@ -58,6 +66,15 @@ class ToolSession:
         if tool is None or len(self.steps) >= self.max_steps:
             return StepRecord(kind=tool.kind if tool else "tool", action=call.action)
         return tool.started(call)
+
+    async def step(self, call: ServerCall, emit: Callable[[list[StepEvent]], object]
+                   ) -> ToolOutput:
+        """One step: its item started (``emit``), the tool run, its item finished."""
+        step = self.started(call)
+        emit([StepEvent(step, "started")])
+        output = await self.run(call, step)
+        emit([StepEvent(step, "finished")])
+        return output
 
     async def run(self, call: ServerCall, step: StepRecord) -> ToolOutput:
         """Run ``call`` (or refuse it at the cap); the step records its time."""
