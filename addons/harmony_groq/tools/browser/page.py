@@ -57,7 +57,9 @@ def domain_of(url: str) -> str:
 
 
 def _label(text: str) -> str:
-    return _MARKER_CHARS.sub("", " ".join(text.split()))
+    label = " ".join(text.split())
+    return _MARKER_CHARS.sub("", label) if "【" in label or "】" in label or "†" in label \
+        else label
 
 
 def html_to_page(html: str | bytes, url: str) -> Page:
@@ -86,15 +88,25 @@ def html_to_page(html: str | bytes, url: str) -> Page:
         return Page(url, title or url, "")
     text = root.text(separator="").replace("\n", " ")
     links: dict[int, str] = {}
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    here = domain_of(url)
 
     def marker(match: re.Match[str]) -> str:
         label = _label(match.group(2))
-        href = unescape(hrefs[int(match.group(1))]).strip()
+        href = hrefs[int(match.group(1))].strip()
+        if "&" in href:
+            href = unescape(href)
         if not label or not href or href.startswith(("#", "javascript:", "mailto:")):
             return match.group(2)
-        target = href if href.startswith(("https://", "http://")) else urljoin(url, href)
+        if href.startswith(("https://", "http://")):  # the common cases without urljoin
+            target, domain = href, domain_of(href)
+        elif href.startswith("/") and not href.startswith("//"):
+            target, domain = origin + href, here
+        else:
+            target = urljoin(url, href)
+            domain = domain_of(target)
         links[len(links)] = target
-        return f"【{len(links) - 1}†{label}†{domain_of(target)}】"
+        return f"【{len(links) - 1}†{label}†{domain}】"
 
     text = _LINK.sub(marker, text)
     text = text.replace(_LINK_OPEN, "").replace(_LINK_TEXT, "").replace(_LINK_CLOSE, "")
@@ -107,6 +119,4 @@ def text_to_page(text: str, url: str, title: str = "") -> Page:
 
 def _tidy(text: str) -> str:
     """Whitespace collapsed within lines, runs of empty lines cut to one."""
-    text = _SPACES.sub(" ", text)
-    text = _EDGES.sub("\n", text)
-    return _EMPTY_RUNS.sub("\n\n", text).strip()
+    return _EMPTY_RUNS.sub("\n\n", _EDGES.sub("\n", _SPACES.sub(" ", text))).strip()
