@@ -29,12 +29,13 @@ from ..completion import AssembledMessage
 from ..dialects.base import Dialect
 from ..errors import ProxyError
 from ..flows import answer, json_response
+from ..parse import StrippedOutputError
 from ..pool.dispatch import Attempt, Dispatcher
 from ..pool.resume import ContinuedBackend
 from ..records import record_of
 from ..sse import SSEFramer
 from ..state.writes import collect_writes
-from ..streaming import HarmonyStreamTranslator, write_chunk
+from ..streaming import HarmonyStreamTranslator, stripped_error, write_chunk
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
 from .options import ToolOptions
@@ -105,8 +106,25 @@ class ToolLoop:
                 await self._stream(flow, translator)
                 return False
             return exchange is not None and await self._whole(flow, exchange)
+        except StrippedOutputError as exc:
+            return self._failed(flow, translator, stripped_error(exc))
+        except Exception as exc:  # never a traceback to the client, never a hung stream
+            logger.exception("the tool loop failed")
+            return self._failed(flow, translator, ProxyError(
+                502, f"The tool loop failed ({type(exc).__name__}); see the proxy's log.",
+                code="internal_error"))
         finally:
             self.forget(flow)
+
+    def _failed(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator | None,
+                error: ProxyError) -> bool:
+        """End the reply with ``error`` in the client API's shape."""
+        if translator is None:
+            answer(flow, error, self.dialect_of(flow))
+            return True
+        translator.suspended = False
+        _write(flow, translator, translator.fail_now(error))
+        return False
 
     # -- streams ----------------------------------------------------------------------------
 
