@@ -38,8 +38,9 @@ _keys = KeyGate(_settings, _state, _gateway.requests.dialects)
 # gateway's reply side wrote; FlowLabels labels what was answered; the flow log, the metrics
 # and the keys' usage read the finished flow once its reply was sent.
 addons = [HarmonyGroq(
-    [_settings, _state, _keys, MetricsEndpoint(_settings, _metrics, _gateway.local.health),
-     _gateway, _gateway.requests, _gateway.replies,
-     UpstreamFailures(_settings, _gateway.requests.dialects), _gateway.spill, FlowLabels()],
+    [_settings, _gateway.tool_options, _state, _keys,
+     MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway, _gateway.requests,
+     _gateway.replies, UpstreamFailures(_settings, _gateway.requests.dialects), _gateway.spill,
+     FlowLabels()],
     bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics,
                  KeyUsage(_keys, _metrics.registry)])]

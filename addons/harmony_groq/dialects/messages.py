@@ -4,6 +4,7 @@ Anthropic's shapes (``shared/reference/anthropic-messages.md``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -11,14 +12,17 @@ from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import ProxyError
 from ..groq import groq_chat_request
 from ..settings import Config
+from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall
 from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
     Images,
     chat_body,
+    forced_server_tool,
     require_max_tokens,
     require_model_and_roles,
     resolve_model,
+    server_tools,
     thinking_hidden,
 )
 
@@ -44,7 +48,13 @@ class MessagesDialect:
              ) -> ChatRequest:
         """The request in the chat form the renderer takes (``images="placeholder"``: to
         estimate a Groq request's size in tokens)."""
-        return parse_chat_request(chat_body(body, self.model(body, config), images))
+        request = parse_chat_request(chat_body(body, self.model(body, config), images))
+        tools = server_tools(body)
+        if not tools:
+            return request
+        forced = forced_server_tool(body)
+        return dataclasses.replace(request, server_tools=tools, **(
+            {"tool_choice": "named", "forced_tool": forced} if forced else {}))
 
     def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
         request = self.chat(body, config)
@@ -55,6 +65,7 @@ class MessagesDialect:
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         require_max_tokens(body)
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
+        request = with_browser_search(request, server_tools(body), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))
         return GroqCall("/chat/completions", request, reply, names or None)
