@@ -40,6 +40,7 @@ class Execution:
     stderr: str
     return_code: int
     note: str = ""  # truncation, timeout or a stopped container, said to the model and client
+    timed_out: bool = False
 
     @property
     def text(self) -> str:
@@ -102,7 +103,8 @@ class Container:
         except TimeoutError:
             await self.stop()
             return Execution("", "", 1, f"[execution timed out after {timeout} s and did not "
-                                        "stop; the container was ended, its state is lost]")
+                                        "stop; the container was ended, its state is lost]",
+                             timed_out=True)
         except (OSError, ValueError, asyncio.LimitOverrunError, ConnectionError):
             await self.stop()
             return Execution("", "", 1, "[the container ended during the call (a limit was "
@@ -113,7 +115,7 @@ class Container:
             notes.append(f"[execution timed out after {timeout} s; the container's state is "
                          "kept]")
         return Execution(answer["stdout"], answer["stderr"], answer["return_code"],
-                         "\n".join(note for note in notes if note))
+                         "\n".join(note for note in notes if note), answer["timed_out"])
 
     async def stop(self) -> None:
         process = self.process
@@ -138,32 +140,43 @@ class ContainerPool:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    @staticmethod
+    def new_id() -> str:
+        return f"cntr_{secrets.token_hex(12)}"
+
     def find(self, container_id: str) -> Container:
         container = self._by_id.get(container_id)
         if container is None or not container.alive:
             raise ContainerNotFound(container_id)
         return container
 
-    async def for_key(self, key: str | None) -> Container:
-        """The live container of a conversation key, or a new one (``None``: always new)."""
-        if key is not None:
-            for container in self._by_id.values():
-                if container.key == key and container.alive:
-                    return container
-        return await self.create(key)
+    def find_key(self, key: str) -> Container | None:
+        """The live container of a conversation key."""
+        return next((c for c in self._by_id.values() if c.key == key and c.alive), None)
+
+    async def get_or_create(self, container_id: str, key: str | None = None) -> Container:
+        """The live container ``container_id``, started under that id if it is not live."""
+        async with self._creating:
+            container = self._by_id.get(container_id)
+            if container is not None and container.alive:
+                return container
+            return await self._create(container_id, key)
 
     async def create(self, key: str | None = None) -> Container:
         async with self._creating:
-            await self.expire()
-            if len(self._by_id) >= self.max_live:
-                await self._end_oldest_idle()
-            used = {container.slot for container in self._by_id.values()}
-            slot = next(n for n in range(1, self.max_live + 2) if n not in used)
-            container = Container(f"cntr_{secrets.token_hex(12)}", key, slot, self.limits)
-            await container.start(self.uid_base)
-            self._by_id[container.id] = container
-            logger.info("code container %s started (%d live)", container.id, len(self._by_id))
-            return container
+            return await self._create(self.new_id(), key)
+
+    async def _create(self, container_id: str, key: str | None) -> Container:
+        await self.expire()
+        if len(self._by_id) >= self.max_live:
+            await self._end_oldest_idle()
+        used = {container.slot for container in self._by_id.values()}
+        slot = next(n for n in range(1, self.max_live + 2) if n not in used)
+        container = Container(container_id, key, slot, self.limits)
+        await container.start(self.uid_base)
+        self._by_id[container.id] = container
+        logger.info("code container %s started (%d live)", container.id, len(self._by_id))
+        return container
 
     async def _end_oldest_idle(self) -> None:
         idle = [c for c in self._by_id.values() if not c.lock.locked()]

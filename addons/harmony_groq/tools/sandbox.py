@@ -55,7 +55,7 @@ def bwrap_command(limits: SandboxLimits) -> list[str]:
              "--proc", "/proc", "--dev", "/dev",
              "--size", str(limits.disk_mb * mib), "--tmpfs", "/mnt/data",
              "--size", str((limits.max_file_mb * 2 + 16) * mib), "--tmpfs", "/tmp",
-             "--chdir", "/mnt/data",
+             "--remount-ro", "/", "--chdir", "/mnt/data",
              "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
              "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
              "--setenv", "MPLBACKEND", "Agg"]
