@@ -15,7 +15,7 @@ import pytest
 from harmony_groq.tools.containers import ContainerPool, ContainersFull
 from harmony_groq.tools.sandbox import SandboxLimits, problem
 
-from code_sandbox import find_or_install_bwrap
+from debian import find_or_install_bwrap
 
 LIMITS = SandboxLimits(timeout_s=3, memory_mb=512, max_processes=24, max_file_mb=16,
                        output_chars=2000)

@@ -21,6 +21,7 @@ from . import items
 from .base import StepRecord
 from .python import KIND
 
+
 def _logs(step: StepRecord) -> str:
     return "".join(output.get("logs", "") for output in step.outputs)
 

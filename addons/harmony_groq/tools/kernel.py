@@ -10,6 +10,7 @@ the answer holds only the first ``output_limit`` bytes of each, with the total s
 """
 
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -71,20 +72,16 @@ def main():
             frames = traceback.extract_tb(error.__traceback__)
             user = [frame for frame in frames if frame.filename == "<cell>"]
             lines = traceback.format_list(user) + traceback.format_exception_only(error)
-            try:
+            with contextlib.suppress(OSError):
                 sys.stderr.write("Traceback (most recent call last):\n" + "".join(lines))
-            except OSError:
-                pass
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         # fresh streams: a failed flush (a full file) or a closed stream stays in the past
-        sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+        sys.stdout = open(1, "w", errors="replace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", errors="replace", closefd=False)  # noqa: SIM115
         stdout, stdout_bytes = _head(1, request["output_limit"])
         stderr, stderr_bytes = _head(2, request["output_limit"])
         answers.write(json.dumps({

@@ -43,11 +43,12 @@ class SandboxLimits:
 def bwrap_command(limits: SandboxLimits) -> list[str]:
     """The command line of one container: prlimit, then bwrap, then the kernel."""
     mib = 1024 * 1024
-    prlimit = [shutil.which("prlimit") or "prlimit", f"--as={limits.memory_mb * mib}", f"--cpu={limits.cpu_s}",
-               f"--nproc={limits.max_processes}", f"--fsize={limits.max_file_mb * mib}",
+    prlimit = [shutil.which("prlimit") or "prlimit", f"--as={limits.memory_mb * mib}",
+               f"--cpu={limits.cpu_s}", f"--nproc={limits.max_processes}",
+               f"--fsize={limits.max_file_mb * mib}",
                "--nofile=256", "--core=0", "--"]
-    bwrap = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
-             "--die-with-parent", "--new-session", "--clearenv",
+    bwrap = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user",
+             "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
              "--uid", str(INSIDE_UID), "--gid", str(INSIDE_UID),
              "--ro-bind", "/usr", "/usr",
              "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
