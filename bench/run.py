@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 
+from code_bench import code_section  # noqa: E402
 from httpclient import Target  # noqa: E402
 from litellm_env import ensure_litellm, start_litellm  # noqa: E402
 from llama_server import llamacpp_section  # noqa: E402
@@ -57,7 +58,9 @@ CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "http
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
 # Parts on real llama-servers (built once, minutes): their own report sections.
-REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section}
+# and the code-execution sandbox (issue 28), measured in this process.
+REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
+                     "code": code_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,8 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip LiteLLM (and its one-time install into .venv-litellm)")
     parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
-                        help="run only this part: groq, oss, stream, store, pool, llamacpp or "
-                             "pool-llamacpp (real llama-servers; not in --quick unless named) "
+                        help="run only this part: groq, oss, stream, store, pool, llamacpp, "
+                             "pool-llamacpp (real llama-servers) or code (the code sandbox; "
+                             "these three not in --quick unless named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")
