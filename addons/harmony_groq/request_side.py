@@ -44,6 +44,7 @@ from .routing import (
 from .settings import Config, Settings
 from .spillover import Spillover
 from .state.addon import State
+from .tools.code_addon import CodeExecution
 from .translate import HarmonyExchange
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class RequestSide:
     def __init__(self, settings: Settings, state: State, dialects: DialectTable,
                  local: LocalEndpoints, pools: Pools, dispatcher: Dispatcher,
                  memory: ReasoningMemory, injector: GroqKeyInjector, spill: Spillover,
-                 in_flight: InFlight) -> None:
+                 in_flight: InFlight, code: CodeExecution) -> None:
         self.settings = settings
         self.state = state
         self.dialects = dialects
@@ -75,6 +76,7 @@ class RequestSide:
         self.injector = injector
         self.spill = spill
         self.in_flight = in_flight
+        self.code = code  # harmony's python tool: declared where a request asks for it
         self.late_key = True  # the injector on the chain's end adds the key (Gateway.running)
 
     @property
@@ -164,7 +166,8 @@ class RequestSide:
         """The model server's cached check and the state store's live one."""
         store = await self.state.health()
         body = {**await self.local.health(), "state_store": store,
-                "replicas": self.pools.health(), "spillover": self.spill.health()}
+                "replicas": self.pools.health(), "spillover": self.spill.health(),
+                "code_execution": self.code.health()}
         if store["status"] != "ok":
             body["status"] = "degraded"
         return body
@@ -238,8 +241,11 @@ class RequestSide:
         check_word_lengths(conversation.body)
         if config.backend == "vllm":  # measured once vLLM is up, for /health (cached after)
             await self.local.context_length()
-        request = conversation.chat
         record = record_of(flow)
+        request = conversation.chat
+        if specs := self.code.declare(record["dialect"], conversation.body,
+                                      flow.request.headers):
+            request = dataclasses.replace(request, server_tools=request.server_tools + specs)
         messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued
             request = dataclasses.replace(request, messages=messages)

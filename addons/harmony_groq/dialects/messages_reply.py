@@ -18,6 +18,8 @@ from typing import Any
 from ..completion import AssembledMessage
 from ..errors import ProxyError
 from ..parse import ContentDelta, Event, ReasoningDelta, ToolCall
+from ..tools import items
+from ..tools.base import StepEvent, StepRecord
 from .base import Outcome
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -57,6 +59,11 @@ def object_json(arguments: str) -> str:
     except ValueError:
         return "{}"
     return arguments if isinstance(value, dict) else "{}"
+
+
+def server_use_id(step: StepRecord) -> str:
+    """The ``server_tool_use`` id of a server-tool step (its result block names it)."""
+    return "srvtoolu_" + step.id.split("_", 1)[-1]
 
 
 def _frame(kind: str, payload: dict[str, Any]) -> bytes:
@@ -109,10 +116,15 @@ class MessagesReply:
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
-        thinking = "".join(message.reasoning)
-        if thinking and self.show_thinking:
-            content.append({"type": "thinking", "thinking": thinking,
-                            "signature": signature(thinking)})
+        for part in message.reasoning_around_steps():  # server-tool steps where they happened
+            if isinstance(part, str):
+                if self.show_thinking:
+                    content.append({"type": "thinking", "thinking": part,
+                                    "signature": signature(part)})
+            elif (mapping := items.messages_mapping(part.kind)) is not None:
+                content += [{"type": "server_tool_use", "id": server_use_id(part),
+                             "name": mapping.name, "input": mapping.use_input(part)},
+                            mapping.result(part, server_use_id(part))]
         if message.content:
             content.append({"type": "text", "text": "".join(message.content)})
         content += [{"type": "tool_use", "id": call.id, "name": call.name,
@@ -160,9 +172,28 @@ class MessagesReply:
                 if self.open != "text":
                     self._open("text", {"text": ""}, out)
                 out.append(_delta(self.index, "text_delta", "text", event.text))
-            else:
+            elif isinstance(event, StepEvent):
+                self._step(event.step, event.phase, out)
+            elif isinstance(event, ToolCall):
                 self._tool_use(event, out)
         return out
+
+    def _step(self, step: StepRecord, phase: str, out: list[bytes]) -> None:
+        """A server-tool step: its ``server_tool_use`` block before the tool runs, the
+        complete result block after (as Anthropic streams them)."""
+        mapping = items.messages_mapping(step.kind)
+        if mapping is None:
+            return
+        if phase == "started":
+            self._open("server_tool_use", {"id": server_use_id(step), "name": mapping.name,
+                                           "input": {}}, out)
+            out.append(_delta(self.index, "input_json_delta", "partial_json",
+                              json.dumps(mapping.use_input(step), ensure_ascii=False)))
+            self._close(out)
+            return
+        result = mapping.result(step, server_use_id(step))
+        self._open(result.pop("type"), result, out)
+        self._close(out)
 
     def _tool_use(self, call: ToolCall, out: list[bytes]) -> None:
         self._open("tool_use", {"id": call.id, "name": call.name, "input": {}}, out)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from ..chat_request import require_messages, require_model
 from ..errors import bad_request
+from ..tools.code_history import CODE_TOOL_NAME, server_code_call, server_code_result
+from ..tools.code_request import is_code_tool
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 ROLES = ("user", "assistant", "system")
@@ -160,8 +162,22 @@ def _user(message: dict[str, Any], where: str, images: Images) -> list[dict[str,
     return [*results, {"role": "user", "content": parts}]
 
 
-def _assistant(message: dict[str, Any], where: str) -> dict[str, Any]:
+def _assistant(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """One assistant message as chat turns: a server tool's call and result blocks (the
+    proxy's own code execution) split it, as harmony has the tool's message between them."""
+    turns: list[dict[str, Any]] = []
     thinking, texts, calls = [], [], []
+
+    def close() -> None:
+        turn: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+        if thinking:
+            turn["reasoning"] = "\n".join(thinking)
+        if calls:
+            turn["tool_calls"] = list(calls)
+        if thinking or texts or calls:
+            turns.append(turn)
+        thinking.clear(), texts.clear(), calls.clear()
+
     for n, block in enumerate(_blocks(message.get("content"), where)):
         at, kind = f"{where}.content[{n}]", block["type"]
         if kind == "thinking":  # the signature is ours or foreign: either way not checked
@@ -175,15 +191,16 @@ def _assistant(message: dict[str, Any], where: str) -> dict[str, Any]:
             calls.append({"id": block["id"], "type": "function", "function": {
                 "name": block["name"],
                 "arguments": json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))}})
+        elif kind == "server_tool_use" and block.get("name") == CODE_TOOL_NAME:
+            calls.append(server_code_call(block, at))
+        elif kind == "code_execution_tool_result":
+            close()
+            turns.append(server_code_result(block, at))
         elif kind != "redacted_thinking":
             raise bad_request(f"{at}: content block type {kind!r} is not supported in an "
                               "assistant message.", param=at, code="unsupported_content_type")
-    turn: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
-    if thinking:
-        turn["reasoning"] = "\n".join(thinking)
-    if calls:
-        turn["tool_calls"] = calls
-    return turn
+    close()
+    return turns or [{"role": "assistant", "content": ""}]
 
 
 def chat_messages(body: dict[str, Any], images: Images) -> list[dict[str, Any]]:
@@ -196,7 +213,7 @@ def chat_messages(body: dict[str, Any], images: Images) -> list[dict[str, Any]]:
         if message["role"] == "user":
             out += _user(message, where, images)
         elif message["role"] == "assistant":
-            out.append(_assistant(message, where))
+            out += _assistant(message, where)
     return out
 
 
@@ -232,6 +249,8 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool[
                 "name"]:
             raise bad_request(f"{where} must be an object with a 'name'.", param=where)
+        if is_code_tool("messages", tool):
+            continue  # the proxy runs it (tools/code_request.py)
         if tool.get("type") not in (None, "custom"):
             raise bad_request(f"{where}: Anthropic's server tool {tool['type']!r} is not "
                               "available here; declare it as a custom tool with an "

@@ -19,6 +19,8 @@ from typing import Any
 from ..completion import AssembledMessage
 from ..errors import ProxyError
 from ..parse import Event, ReasoningDelta, ToolCall
+from ..tools import items
+from ..tools.base import CiteEvent, StepEvent, StepRecord
 from .base import Outcome
 from .responses_request import ToolKind
 
@@ -134,8 +136,11 @@ class ResponsesReply:
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
         output = []
-        if message.reasoning:
-            output.append(reasoning_item(new_id("rs"), "".join(message.reasoning)))
+        for part in message.reasoning_around_steps():  # server-tool steps where they happened
+            if isinstance(part, str):
+                output.append(reasoning_item(new_id("rs"), part))
+            elif (mapping := items.responses_mapping(part.kind)) is not None:
+                output.append(mapping.item(part, part.status))
         if message.content:
             output.append(message_item(new_id("msg"), "".join(message.content)))
         output += [call_item(call, self.tools.get(call.name)) for call in message.tool_calls]
@@ -165,6 +170,12 @@ class ResponsesReply:
             if isinstance(event, ToolCall):
                 self._close(out)
                 self._call(event, out)
+                continue
+            if isinstance(event, StepEvent):
+                self._close(out)
+                self._step(event.step, event.phase, out)
+                continue
+            if isinstance(event, CiteEvent):
                 continue
             kind = "reasoning" if isinstance(event, ReasoningDelta) else "message"
             if self.open is None or self.open["type"] != kind:
@@ -245,6 +256,23 @@ class ResponsesReply:
                                    {**where, "name": item["name"],
                                     "arguments": item["arguments"]}))
         self._done(item, out)
+
+    def _step(self, step: StepRecord, phase: str, out: list[bytes]) -> None:
+        """A server-tool step's item: added with its progress events before the tool runs,
+        done after (nothing else is emitted between the two)."""
+        mapping = items.responses_mapping(step.kind)
+        if mapping is None:
+            return
+        index = len(self.output)
+        where = {"item_id": step.id, "output_index": index}
+        if phase == "started":
+            out.append(self._event("response.output_item.added",
+                                   {"output_index": index,
+                                    "item": mapping.item(step, "in_progress")}))
+        out.extend(self._event(kind, {**where, **fields})
+                   for kind, fields in mapping.progress(step, phase))
+        if phase == "finished":
+            self._done(mapping.item(step, step.status), out)
 
     def finish(self, message: AssembledMessage, outcome: Outcome) -> list[bytes]:
         out: list[bytes] = []

@@ -18,6 +18,7 @@ from typing import Any
 from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import bad_request
 from ..render import text_of
+from ..tools.code_history import responses_code_turn
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,11 @@ class _History:
             self._call(item, where, custom=kind == "custom_tool_call")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, where)
+        elif kind == "code_interpreter_call":  # the proxy's own step: the call and its logs
+            call, output = responses_code_turn(item, where)
+            self._open_turn().setdefault("tool_calls", []).append(call)
+            self._close_turn()
+            self.messages.append(output)
         elif kind == "item_reference":
             raise bad_request(f"{where}: item references are not supported; send the item "
                               "itself or use previous_response_id.", param=where)

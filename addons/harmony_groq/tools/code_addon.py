@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+from collections.abc import Mapping
 from typing import Any
 
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx
 
-from ..settings import OptionSpec, env_default
+from ..errors import ProxyError
+from ..settings import OptionSpec
+from .base import ServerToolSpec
+from .code_request import CodeChoice, code_choice
 from .containers import ContainerNotFound, ContainerPool
-from .python import CodeSession
+from .options import declare
+from .python import CodeSession, PythonTool, code_spec
+from .registry import ToolContext, register_tool
 from .sandbox import SANDBOX_MODES, SandboxLimits, problem
 
 logger = logging.getLogger(__name__)
@@ -51,24 +56,24 @@ CODE_OPTIONS: tuple[OptionSpec, ...] = (
                "When the proxy runs as root: container n runs as this uid + n outside its "
                "namespace (unused uids)."),
 )
+declare(*CODE_OPTIONS)
 
 
 class CodeExecution:
-    """The settings, self-test and container pool of harmony's ``python`` tool."""
+    """The self-test and container pool of harmony's ``python`` tool (its options are the
+    tools' options, ``ToolOptions``: an addon before this one)."""
 
     def __init__(self) -> None:
         self.pool: ContainerPool | None = None
         self.unavailable: str | None = "not started yet"
         self._reaper: asyncio.Task | None = None
+        register_tool("python", self.tool)
 
-    def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
-        for spec in CODE_OPTIONS:
-            try:
-                default = env_default(spec, os.environ)
-            except exceptions.OptionsError as error:
-                logger.error("%s", error)
-                default = spec.default
-            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+    def tool(self, spec: ServerToolSpec, context: ToolContext) -> PythonTool:
+        """The ``python`` tool of one response, in the container its request chose."""
+        assert self.pool is not None  # the tool is declared only while the sandbox runs
+        return PythonTool(CodeSession(self.pool, spec.options.get("container_id") or "",
+                                      spec.options.get("key")))
 
     def configure(self, updated: set[str]) -> None:
         if not updated & {spec.name for spec in CODE_OPTIONS}:
@@ -116,14 +121,29 @@ class CodeExecution:
         return {"status": "ok", "sandbox": "bwrap", "containers": len(self.pool),
                 "max_containers": self.pool.max_live}
 
-    def session(self, container_id: str | None, key: str | None) -> CodeSession:
-        """The request's container: ``container_id`` must be live here (``ContainerNotFound``
-        otherwise: expired, or held by another proxy); else the conversation's, or new."""
-        assert self.pool is not None
+    def declare(self, dialect: str, body: Mapping[str, Any], headers: Mapping[str, str]
+                ) -> tuple[ServerToolSpec, ...]:
+        """The ``python`` tool a request declares (as a client's code tool), if any."""
+        choice = code_choice(dialect, body, headers)
+        spec = self.spec(choice) if choice is not None else None
+        return (spec,) if spec is not None else ()
+
+    def spec(self, choice: CodeChoice) -> ServerToolSpec | None:
+        """The request's ``python`` tool, or None (never declared) while the sandbox cannot
+        run. A container the client names must be live in this proxy: 404 otherwise."""
+        if self.pool is None:
+            logger.info("code execution asked for (%s) but not offered: %s", choice.where,
+                        self.unavailable)
+            return None
+        container_id = choice.container_id
         if container_id:
-            self.pool.find(container_id)
-            return CodeSession(self.pool, container_id, key)
-        return CodeSession(self.pool, key=key)
-
-
-__all__ = ["CODE_OPTIONS", "CodeExecution", "ContainerNotFound"]
+            try:
+                self.pool.find(container_id)
+            except ContainerNotFound:
+                raise ProxyError(404, f"Container {container_id!r} was not found or has "
+                                 "expired: containers live in the proxy that started them "
+                                 "and end after CODE_IDLE_S idle seconds.",
+                                 code="container_not_found") from None
+        elif choice.earlier_id and self.pool.alive(choice.earlier_id):
+            container_id = choice.earlier_id
+        return code_spec(self.pool.limits.timeout_s, container_id=container_id, key=choice.key)

@@ -55,8 +55,9 @@ class MessagesCode:
                                        "error_code": step.error or "unavailable"}
         else:
             detail = step.detail
-            stderr = "\n".join(part for part in (detail.get("stderr", "").rstrip("\n"),
-                                                 detail.get("note", "")) if part)
+            stderr, note = detail.get("stderr", ""), detail.get("note", "")
+            if note:  # the proxy's notes (truncation, timeout) after what the code wrote
+                stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + note
             content = {"type": "code_execution_result", "stdout": detail.get("stdout", ""),
                        "stderr": stderr, "return_code": detail.get("return_code", 1),
                        "content": []}

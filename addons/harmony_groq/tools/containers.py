@@ -44,12 +44,17 @@ class Execution:
 
     @property
     def text(self) -> str:
-        """The tool message the model reads (the reference's wording for empty output)."""
-        parts = [part for part in (self.stdout, self.stderr, self.note) if part]
-        if not parts:
-            return ("[WARN] No output available. Use print() to output anything to stdout to "
-                    "receive the output")
-        return "\n".join(part.rstrip("\n") for part in parts)
+        return tool_text(self.stdout, self.stderr, self.note)
+
+
+def tool_text(*parts: str) -> str:
+    """The tool message the model reads: the outputs in order (the reference's wording when
+    there is none). History items are rendered back with it, as the model first read them."""
+    parts = tuple(part for part in parts if part)
+    if not parts:
+        return ("[WARN] No output available. Use print() to output anything to stdout to "
+                "receive the output")
+    return "\n".join(part.rstrip("\n") for part in parts)
 
 
 def _truncation(name: str, shown: str, total: int) -> str:
@@ -149,6 +154,10 @@ class ContainerPool:
         if container is None or not container.alive:
             raise ContainerNotFound(container_id)
         return container
+
+    def alive(self, container_id: str) -> bool:
+        container = self._by_id.get(container_id)
+        return container is not None and container.alive
 
     def find_key(self, key: str) -> Container | None:
         """The live container of a conversation key."""
