@@ -403,10 +403,13 @@ class _GroqHandler(_Handler):
         # Reasoning models answer with Groq's own field name, `reasoning`.
         reasoning = "Thinking it over." if any(
             family in body["model"] for family in ("gpt-oss", "qwen")) else None
+        executed = self._executed(body, last_user)
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer}
             if reasoning:
                 message["reasoning"] = reasoning
+            if executed:
+                message["executed_tools"] = executed
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage, "x_groq": {"id": "req_01fake"}}, fake.rate_headers())
@@ -423,6 +426,10 @@ class _GroqHandler(_Handler):
         if reasoning:
             send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
                                         "logprobs": None, "finish_reason": None}]})
+        for entry in executed or []:  # Groq's code run: its call, then its output
+            for part in ({k: v for k, v in entry.items() if k != "output"}, entry):
+                send({**chunk, "choices": [{"index": 0, "delta": {"executed_tools": [part]},
+                                            "logprobs": None, "finish_reason": None}]})
         for word in answer.split(" "):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
                                         "logprobs": None, "finish_reason": None}]})
@@ -443,10 +450,24 @@ class _GroqHandler(_Handler):
         self.end_chunks()
 
     @staticmethod
+    def _executed(body: dict[str, Any], last_user: Any) -> list[dict[str, Any]] | None:
+        """Groq's gpt-oss runs ``code_interpreter`` itself: ``RUN: code`` in the user message
+        comes back as one ``executed_tools`` entry (the fake does not run it)."""
+        if not any(t.get("type") == "code_interpreter" for t in body.get("tools") or []):
+            return None
+        text = last_user if isinstance(last_user, str) else json.dumps(last_user)
+        if "RUN: " not in text:
+            return None
+        code = text.split("RUN: ", 1)[1].split('"', 1)[0]
+        return [{"index": 0, "type": "python", "arguments": json.dumps({"code": code}),
+                 "output": f"groq ran {code}\n"}]
+
+    @staticmethod
     def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The model calls a tool when ``tool_choice`` demands one (``required`` or named:
         FORCED_ARGUMENTS), or when the user says ``call NAME {json}`` and NAME is declared."""
-        declared = [t["function"]["name"] for t in body.get("tools") or []]
+        declared = [t["function"]["name"] for t in body.get("tools") or []
+                    if t.get("type", "function") == "function"]
         choice = body.get("tool_choice")
         last = body["messages"][-1] if body["messages"] else {}
         text = last.get("content") if last.get("role") == "user" else None
@@ -548,6 +569,11 @@ class _GroqHandler(_Handler):
         if not isinstance(tools, list):
             return "'tools' : value must be an array"
         for n, tool in enumerate(tools):
+            if isinstance(tool, dict) and tool.get("type") in ("browser_search",
+                                                               "code_interpreter"):
+                if "gpt-oss" not in body.get("model", ""):  # Groq's built-ins: gpt-oss only
+                    return f"'tools.{n}.type' : {tool['type']} is not supported with this model"
+                continue
             function = tool.get("function") if isinstance(tool, dict) else None
             name = function.get("name") if isinstance(function, dict) else None
             if not isinstance(name, str) or not GROQ_TOOL_NAME.fullmatch(name):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ import openai
 import pytest
 
 from debian import find_or_install_bwrap
-from fakes import FakeTransformers
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from harmony_rules import final, last_message, last_user_text, messages
 from proxy_process import ProxyProcess
 
@@ -298,3 +299,82 @@ def test_without_a_sandbox_the_model_never_sees_python(
     assert "## python" not in fake_transformers.prompts[-1]
     body = httpx.get(f"{proxy.base_url.removesuffix('/v1')}/health", timeout=5).json()
     assert body["code_execution"] == {"status": "unavailable", "reason": "CODE_SANDBOX=off"}
+
+
+# -- the Groq route: Groq's gpt-oss runs the code, each API shows it in its own shapes ---------
+# gpt-oss models are served locally; Groq's twin serves them when the local server is down.
+
+
+@pytest.fixture()
+def spilling_proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    with socket.socket() as sock:  # a port nothing listens on: the local server is down
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return start_proxy({"transformers_url": dead, "spillover": "down"},
+                       env={"GROQ_API_KEY": GROQ_KEY})
+
+
+def groq_sent(fake_groq: FakeGroq) -> dict:
+    return json.loads(next(r["raw"] for r in reversed(fake_groq.requests)
+                           if r["path"] == "/openai/v1/chat/completions"))
+
+
+def test_groq_twin_runs_code_for_responses_whole_and_streamed(
+        spilling_proxy: ProxyProcess, fake_groq: FakeGroq) -> None:
+    client = openai_client(spilling_proxy)
+    whole = client.responses.create(model="gpt-oss-20b", input="RUN: print(3)",
+                                    tools=[CODE_TOOL])
+    sent = groq_sent(fake_groq)
+    assert sent["model"] == "openai/gpt-oss-20b" and {"type": "code_interpreter"} in sent["tools"]
+    call = code_call(whole)
+    assert (call.code, call.container_id, call.outputs[0].logs) == (
+        "print(3)", "groq", "groq ran print(3)\n")
+    assert whole.output_text.startswith("groq says:")
+    with client.responses.stream(model="gpt-oss-20b", input="RUN: print(4)",
+                                 tools=[CODE_TOOL]) as stream:
+        kinds = [event.type for event in stream]
+        streamed = stream.get_final_response()
+    at = kinds.index("response.code_interpreter_call.in_progress")
+    assert kinds[at - 1] == "response.output_item.added"
+    assert "response.code_interpreter_call.completed" in kinds
+    assert code_call(streamed).outputs[0].logs == "groq ran print(4)\n"
+
+
+def test_groq_twin_runs_code_for_messages_and_chat(spilling_proxy: ProxyProcess,
+                                                   fake_groq: FakeGroq) -> None:
+    tools = [{"type": "code_execution_20250522", "name": "code_execution"}]
+    client = anthropic_client(spilling_proxy)
+    reply = client.messages.create(model="gpt-oss-20b", max_tokens=200, tools=tools,
+                                   messages=[{"role": "user", "content": "RUN: print(5)"}])
+    kinds = [block.type for block in reply.content]
+    assert kinds[-3:] == ["server_tool_use", "code_execution_tool_result", "text"]
+    assert reply.content[-3].input == {"code": "print(5)"}
+    assert reply.content[-2].content.stdout == "groq ran print(5)\n"
+    # The blocks go back in the history; Groq gets the conversation without them.
+    follow = client.messages.create(model="gpt-oss-20b", max_tokens=200, tools=tools,
+                                    messages=[
+        {"role": "user", "content": "RUN: print(5)"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True)
+                                          for b in reply.content]},
+        {"role": "user", "content": "thanks"}])
+    assert follow.content[-1].text.startswith("groq says:")
+    sent = groq_sent(fake_groq)["messages"]
+    assert all(m.get("role") != "tool" and not m.get("tool_calls") for m in sent)
+
+    chunks = list(openai_client(spilling_proxy).chat.completions.create(
+        model="gpt-oss-20b", tools=[{"type": "code_interpreter"}], stream=True,
+        messages=[{"role": "user", "content": "RUN: print(6)"}]))
+    executed = [entry for c in chunks if c.choices
+                for entry in c.choices[0].delta.model_extra.get("executed_tools") or []]
+    assert executed == [{"index": 0, "type": "python",
+                         "arguments": json.dumps({"code": "print(6)"}),
+                         "output": "groq ran print(6)\n"}]
+
+
+def test_groq_models_without_code_execution_are_refused_clearly(proxy: ProxyProcess) -> None:
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        anthropic_client(proxy).messages.create(
+            model="llama-3.3-70b-versatile", max_tokens=100,
+            tools=[{"type": "code_execution_20250522", "name": "code_execution"}],
+            messages=[{"role": "user", "content": "RUN: print(7)"}])
+    assert "gpt-oss models only" in refused.value.body["error"]["message"]

@@ -18,6 +18,7 @@ from typing import Any
 
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
+from .tools.groq_code import executed_step_events
 
 
 def reasoning_of(container: dict[str, Any]) -> str:
@@ -57,6 +58,7 @@ class GroqChatReader:
     error: Any = None
     first_token_at: float | None = None
     chunks: int = 0
+    executed: set[int] = field(default_factory=set)  # Groq's executed_tools shown, by index
 
     def read(self, chunk: dict[str, Any]) -> list[Event]:
         """One parsed chunk: its reasoning and content deltas, in order."""
@@ -74,6 +76,7 @@ class GroqChatReader:
             if reasoning := reasoning_of(delta):
                 events.append(ReasoningDelta(reasoning))
                 self.reasoning.append(reasoning)
+            events += executed_step_events(delta.get("executed_tools"), self.executed)
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.append(ContentDelta(delta["content"]))
                 self.content.append(delta["content"])

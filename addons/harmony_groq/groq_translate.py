@@ -19,6 +19,7 @@ from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .state.writes import collect_writes
 from .streaming import HoldEnd, InterruptibleStream
+from .tools.groq_code import executed_step_events
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def message_events(message: dict[str, Any], names: dict[str, str] | None) -> lis
     events: list[Event] = []
     if reasoning := reasoning_of(message):
         events.append(ReasoningDelta(reasoning))
+    events += executed_step_events(message.get("executed_tools"), set())  # Groq ran code
     if isinstance(message.get("content"), str) and message["content"]:
         events.append(ContentDelta(message["content"]))
     for index, call in enumerate(message.get("tool_calls") or []):

@@ -212,9 +212,21 @@ class RequestSide:
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
         # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spillover.py)
-        elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
+        elif call := await self.spill.route(flow, self._with_code(flow, dialect, body),
                                             self._to_harmony):
             self._to_groq(flow, call)
+
+    def _with_code(self, flow: http.HTTPFlow, dialect: Dialect, body: dict[str, Any]
+                   ) -> Conversation:
+        """The conversation, with harmony's python tool where the client asked for code
+        execution (tools/code_addon.py); a spilled request asks Groq's twin to run it."""
+        conversation = dialect.conversation(body, self.config)
+        specs = self.code.declare(dialect.name, body, flow.request.headers)
+        if not specs:
+            return conversation
+        chat = conversation.chat
+        return dataclasses.replace(conversation, chat=dataclasses.replace(
+            chat, server_tools=chat.server_tools + specs))
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         if not self.config.groq_api_key:
@@ -241,11 +253,8 @@ class RequestSide:
         check_word_lengths(conversation.body)
         if config.backend == "vllm":  # measured once vLLM is up, for /health (cached after)
             await self.local.context_length()
-        record = record_of(flow)
         request = conversation.chat
-        if specs := self.code.declare(record["dialect"], conversation.body,
-                                      flow.request.headers):
-            request = dataclasses.replace(request, server_tools=request.server_tools + specs)
+        record = record_of(flow)
         messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued
             request = dataclasses.replace(request, messages=messages)

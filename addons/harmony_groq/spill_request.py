@@ -22,6 +22,8 @@ from .errors import ProxyError
 from .groq import MAX_STOP, groq_chat_request
 from .parse import Event, ToolCall, new_call_id
 from .render import reasoning_of
+from .tools.groq_code import GROQ_CODE_TOOL
+from .tools.python import KIND as CODE_KIND
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "reasoning_details")
 
@@ -75,6 +77,8 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.response_format:
         body["response_format"] = request.response_format
+    if any(spec.kind == CODE_KIND for spec in request.server_tools):  # Groq's twin runs it
+        body["tools"] = [*body.get("tools", []), GROQ_CODE_TOOL]
     if request.stop:
         body["stop"] = list(request.stop)
         if len(request.stop) > MAX_STOP:
@@ -116,7 +120,7 @@ class SpillReply:
 
     def _own(self, message: AssembledMessage) -> AssembledMessage:
         calls: list[ToolCall] = [self._call(c) for c in message.tool_calls]  # type: ignore[misc]
-        own = AssembledMessage(message.content, message.reasoning, calls)
+        own = dataclasses.replace(message, tool_calls=calls)  # steps and citations kept
         self.on_done(own)
         return own
 
