@@ -10,6 +10,7 @@ outputs ``tool`` messages paired by ``call_id``. Namespace tools are flattened t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -18,12 +19,15 @@ from typing import Any
 from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import bad_request
 from ..render import text_of
+from ..tools.base import ServerToolSpec
+from ..tools.browser.browser import browser_spec
+from ..tools.browser.history import replayed_action, server_call, server_result
 from ..tools.code_history import responses_code_turn
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE_SEPARATOR = "__"
-IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output", "web_search_call",
+IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output",
                  "tool_search_call", "tool_search_output", "image_generation_call",
                  "compaction", "compaction_summary", "ghost_snapshot")
 CUSTOM_INPUT_SCHEMA = {
@@ -32,6 +36,28 @@ CUSTOM_INPUT_SCHEMA = {
                              "description": "The raw text input, not JSON-encoded."}},
     "required": ["input"],
 }
+
+
+WEB_SEARCH = ("web_search", "web_search_preview", "browser_search")
+
+
+def is_web_search(kind: Any) -> bool:
+    """``web_search``, ``web_search_preview``, their dated variants, gpt-oss's
+    ``browser_search``."""
+    return isinstance(kind, str) and (kind in WEB_SEARCH or kind.startswith(
+        ("web_search_2", "web_search_preview_2")))
+
+
+def server_tools(tools: Any) -> tuple[ServerToolSpec, ...]:
+    """The hosted tools the proxy runs for gpt-oss (tools/): web search as harmony's browser,
+    with ``filters.allowed_domains``."""
+    if not isinstance(tools, list):
+        return ()
+    for tool in tools:
+        if isinstance(tool, dict) and is_web_search(tool.get("type")):
+            filters = tool.get("filters") if isinstance(tool.get("filters"), dict) else {}
+            return (browser_spec({"allowed_domains": filters.get("allowed_domains")}),)
+    return ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,8 @@ def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:
                     raise bad_request(f"{where}.tools[{n}] must be a function or custom tool.",
                                       param=where)
                 chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
+        elif is_web_search(kind):
+            continue  # run by the proxy (server_tools)
         elif isinstance(kind, str):
             hosted.append(kind)
         else:
@@ -172,6 +200,7 @@ class _History:
 
     def __init__(self, kinds: dict[str, ToolKind], images: bool) -> None:
         self.kinds = kinds
+        self.server_steps = not images  # gpt-oss: past web searches rendered as browser calls
         self.images = images  # pass user images on (a Groq vision model) instead of a 400
         self.messages: list[dict[str, Any]] = []
         self.turn: dict[str, Any] | None = None  # the open assistant turn
@@ -212,6 +241,8 @@ class _History:
             self._open_turn().setdefault("tool_calls", []).append(call)
             self._close_turn()
             self.messages.append(output)
+        elif kind == "web_search_call":
+            self._web_search(item, index)
         elif kind == "item_reference":
             raise bad_request(f"{where}: item references are not supported; send the item "
                               "itself or use previous_response_id.", param=where)
@@ -261,6 +292,20 @@ class _History:
             "id": call_id, "type": "function",
             "function": {"name": _flat_name(name, namespace), "arguments": arguments}})
         self.calls.add(call_id)
+
+    def _web_search(self, item: dict[str, Any], index: int) -> None:
+        """A past web search (Codex resends them without ids): the browser call and what it
+        answered, for gpt-oss; nothing for Groq."""
+        replayed = replayed_action(item.get("action")) if self.server_steps else None
+        if replayed is None:
+            self.ignored.append("web_search_call")
+            return
+        recipient, arguments, text = replayed
+        call_id = item.get("id") if isinstance(item.get("id"), str) else f"ws_replay_{index}"
+        turn = self._open_turn()
+        turn.setdefault("tool_calls", []).append(server_call(call_id, recipient, arguments))
+        self._close_turn()
+        self.messages.append(server_result(call_id, recipient, text))
 
     def _output(self, item: dict[str, Any], where: str) -> None:
         call_id = item.get("call_id")
@@ -340,4 +385,7 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
     if builder.ignored:
         logger.info("Responses request: items gpt-oss has no use for dropped: %s",
                     ", ".join(builder.ignored))
-    return ResponsesConversation(parse_chat_request(chat_body), chat_body, kinds, items)
+    chat = parse_chat_request(chat_body)
+    if not images:
+        chat = dataclasses.replace(chat, server_tools=server_tools(body.get("tools")))
+    return ResponsesConversation(chat, chat_body, kinds, items)

@@ -2,3 +2,5 @@
 options, its step kind's mappings). One line per tool."""
 
 from . import code_items  # noqa: F401 - python: code execution (its factory: code_addon.py)
+from .browser import browser as _browser  # noqa: F401
+from .browser import items as _browser_items  # noqa: F401
