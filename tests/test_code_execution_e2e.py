@@ -222,6 +222,40 @@ def test_messages_finds_its_conversation_container_again(code_proxy: ProxyProces
     assert "NameError" in answer_of(other.content[-1].text)
 
 
+def test_items_come_back_in_history_and_find_their_container(
+        code_proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    """Codex-style (``store: false``, the whole history resent, ids dropped) and Chat with
+    Groq's ``executed_tools``: the call and its output rendered back, the state still there."""
+    client = openai_client(code_proxy)
+    first = client.responses.create(model="gpt-oss-20b", input="RUN: kept = 'state'",
+                                    tools=[CODE_TOOL], store=False)
+    history = [{"role": "user", "content": "RUN: kept = 'state'"}]
+    history += [{k: v for k, v in item.model_dump(exclude_none=True).items() if k != "id"}
+                for item in first.output]
+    history.append({"role": "user", "content": "RUN: print(kept)"})
+    second = client.responses.create(model="gpt-oss-20b", input=history, tools=[CODE_TOOL],
+                                     store=False)
+    assert code_call(second).container_id == code_call(first).container_id
+    assert answer_of(second.output_text) == "state"
+    replayed = [(m.author, m.content) for m in messages(fake_transformers.prompts[-2])]
+    assert ("assistant", "kept = 'state'") in replayed  # the call, then the tool's answer
+    assert replayed[replayed.index(("assistant", "kept = 'state'")) + 1][0] == "python"
+
+    chat = client.chat.completions.create(
+        model="gpt-oss-20b", tools=[{"type": "code_interpreter"}],
+        messages=[{"role": "user", "content": "RUN: total = 40"}])
+    turn = chat.choices[0].message.model_dump(exclude_none=True)
+    again = client.chat.completions.create(
+        model="gpt-oss-20b", tools=[{"type": "code_interpreter"}],
+        messages=[{"role": "user", "content": "RUN: total = 40"}, turn,
+                  {"role": "user", "content": "RUN: print(total + 2)"}])
+    assert answer_of(again.choices[0].message.content) == "42"
+    replayed = [(m.author, m.content) for m in messages(fake_transformers.prompts[-2])]
+    assert ("assistant", "total = 40") in replayed and ("python", "[WARN] No output available. "
+                                                       "Use print() to output anything to "
+                                                       "stdout to receive the output") in replayed
+
+
 def test_a_container_of_another_proxy_is_not_found(code_proxy: ProxyProcess) -> None:
     foreign = {"type": "code_interpreter", "container": "cntr_" + secrets.token_hex(12)}
     with pytest.raises(openai.NotFoundError) as raised:
