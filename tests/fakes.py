@@ -403,7 +403,16 @@ class _GroqHandler(_Handler):
         # Reasoning models answer with Groq's own field name, `reasoning`.
         reasoning = "Thinking it over." if any(
             family in body["model"] for family in ("gpt-oss", "qwen")) else None
-        executed = self._executed(body, last_user)
+        # Groq's gpt-oss runs its own browser_search and reports it in executed_tools.
+        searched = [{"index": 0, "type": "browser_search",
+                     "arguments": json.dumps({"query": last_user}),
+                     "output": "Groq result (https://example.com/groq)",
+                     "search_results": {"results": [
+                         {"title": "Groq result", "url": "https://example.com/groq",
+                          "content": "A result found by Groq.", "score": 0.9}], "images": []}}
+                    ] if any(t.get("type") == "browser_search" for t in body.get("tools") or
+                             []) else None
+        executed = (searched or []) + (self._executed(body, last_user) or []) or None
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer}
             if reasoning:
@@ -426,8 +435,10 @@ class _GroqHandler(_Handler):
         if reasoning:
             send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
                                         "logprobs": None, "finish_reason": None}]})
-        for entry in executed or []:  # Groq's code run: its call, then its output
-            for part in ({k: v for k, v in entry.items() if k != "output"}, entry):
+        for entry in executed or []:  # a code run streams its call, then its output
+            parts = [{k: v for k, v in entry.items() if k != "output"}] if entry[
+                "type"] == "python" else []
+            for part in [*parts, entry]:
                 send({**chunk, "choices": [{"index": 0, "delta": {"executed_tools": [part]},
                                             "logprobs": None, "finish_reason": None}]})
         for word in answer.split(" "):
@@ -466,8 +477,7 @@ class _GroqHandler(_Handler):
     def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The model calls a tool when ``tool_choice`` demands one (``required`` or named:
         FORCED_ARGUMENTS), or when the user says ``call NAME {json}`` and NAME is declared."""
-        declared = [t["function"]["name"] for t in body.get("tools") or []
-                    if t.get("type", "function") == "function"]
+        declared = [t["function"]["name"] for t in body.get("tools") or [] if "function" in t]
         choice = body.get("tool_choice")
         last = body["messages"][-1] if body["messages"] else {}
         text = last.get("content") if last.get("role") == "user" else None
@@ -568,6 +578,8 @@ class _GroqHandler(_Handler):
         tools = body.get("tools") or []
         if not isinstance(tools, list):
             return "'tools' : value must be an array"
+        if "web_search_options" in body:
+            return "property 'web_search_options' is unsupported"
         for n, tool in enumerate(tools):
             if isinstance(tool, dict) and tool.get("type") in ("browser_search",
                                                                "code_interpreter"):

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
-from fakes import FakeTransformers
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_web import FakeSearxng, FakeWeb
 from harmony_rules import browser_call, browser_declared, final, messages
 from proxy_process import ProxyProcess
@@ -71,10 +72,6 @@ def search_then_open(query: str = "harmony format", answer: str = ANSWER
     return rule
 
 
-def flow_records(proxy: ProxyProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in proxy.log_path.read_text().splitlines() if line]
-
-
 def check_prompts(fake: FakeTransformers, web: FakeWeb) -> None:
     """Three steps: the second prompt holds the search page, the third the opened page, in
     the reference browser's display."""
@@ -114,6 +111,30 @@ def test_responses_whole(search_proxy: ProxyProcess, fake_transformers: FakeTran
         ("url_citation", f"{web.url}/harmony", 0, 31)]
     assert searxng.queries == ["harmony format"]
     check_prompts(fake_transformers, web)
+    record = search_proxy.last_record('"tool_steps"')
+    search_step, open_step = record["tool_steps"]
+    assert (search_step["action"], search_step["backend"], search_step["results"]) == (
+        "search", "searxng", 2)
+    assert open_step["url"] == f"{web.url}/harmony" and open_step["bytes"] > 400
+    metrics = httpx.get(f"{search_proxy.root_url}/metrics", timeout=10).text
+    assert ('harmony_groq_tool_steps_total{action="open_page",backend="fetch",kind="web_search",'
+            'outcome="ok"} 1.0') in metrics
+    assert 'harmony_groq_tool_step_seconds_count{action="search",kind="web_search"} 1.0' \
+        in metrics
+
+
+def test_search_key_never_logged(start_proxy: Callable[..., ProxyProcess],
+                                 fake_transformers: FakeTransformers,
+                                 searxng: FakeSearxng) -> None:
+    """A search backend's key (here one the client quotes back) is redacted from the log."""
+    key = "tvly-secret-key-0123456789abcdef"
+    proxy = start_proxy(tool_options(searxng), env={"TAVILY_API_KEY": key})
+    fake_transformers.respond(steps(("search", {"query": key}), answer=f"The key is {key}"))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    client.responses.create(model="gpt-oss-20b", input="hi", tools=[{"type": "web_search"}])
+    proxy.last_record('"tool_steps"')
+    assert key not in proxy.log_path.read_text()
+    assert key not in httpx.get(f"{proxy.root_url}/metrics", timeout=10).text
 
 
 def test_responses_streamed(search_proxy: ProxyProcess, fake_transformers: FakeTransformers,
@@ -253,3 +274,192 @@ def test_chat_whole_and_streamed(search_proxy: ProxyProcess,
     assert annotations[0]["url_citation"]["url"] == f"{web.url}/harmony"
     assert chunks[-1].choices[0].finish_reason == "stop"
     check_prompts(fake_transformers, web)
+
+
+def steps(*calls: tuple[str, dict[str, Any]], answer: str = "Done.") -> Callable[[str], str]:
+    """A model that makes ``calls`` one per step, then answers."""
+    def rule(prompt: str) -> str:
+        done = sum(1 for m in messages(prompt) if m.author.startswith("browser."))
+        if done < len(calls):
+            return browser_call(*calls[done])
+        return final(answer)
+    return rule
+
+
+def tool_messages(prompt: str) -> list[str]:
+    return [m.content for m in messages(prompt) if m.author.startswith("browser.")]
+
+
+@pytest.mark.parametrize(("allow", "path"), [
+    ("", "{web}/harmony"),  # loopback by address
+    ("", "http://localhost:{port}/harmony"),  # a name whose DNS answer is loopback
+    ("localhost", "http://localhost:{port}/redirect?to={web}/harmony"),  # redirect to private
+])
+def test_ssrf_refused(start_proxy: Callable[..., ProxyProcess],
+                      fake_transformers: FakeTransformers, searxng: FakeSearxng, web: FakeWeb,
+                      allow: str, path: str) -> None:
+    proxy = start_proxy(tool_options(searxng, allow_private_urls=allow))
+    url = path.format(web=web.url, port=web.port)
+    fake_transformers.respond(steps(("open", {"id": url}), answer="Could not open it."))
+    web.paths.clear()
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    response = client.responses.create(model="gpt-oss-20b", input="Open it",
+                                       tools=[{"type": "web_search"}])
+    call = next(i for i in response.output if i.type == "web_search_call")
+    assert call.status == "failed" and call.action.url == url
+    assert response.output[-1].content[0].text == "Could not open it."
+    told = tool_messages(fake_transformers.prompts[-1])
+    assert told[0].startswith("Error fetching URL: ") and "private" in told[0]
+    assert "/harmony" not in web.paths  # the private page was never fetched
+    record = proxy.last_record('"tool_steps"')
+    assert record["tool_steps"][0]["error"] == "url_not_allowed"
+
+
+@pytest.mark.parametrize("failure", ["slow", "failing"])
+def test_search_backend_failure(start_proxy: Callable[..., ProxyProcess],
+                                fake_transformers: FakeTransformers, searxng: FakeSearxng,
+                                failure: str) -> None:
+    """The model is told, the client gets Anthropic's error block, the reply completes."""
+    proxy = start_proxy(tool_options(searxng, fetch_timeout="1"))
+    if failure == "slow":
+        searxng.delay = 3
+    else:
+        searxng.status = 500
+    fake_transformers.respond(steps(("search", {"query": "q"}), answer="Search is down."))
+    with anthropic_client(proxy).messages.stream(
+            model="gpt-oss-20b", max_tokens=500, tools=[WEB_SEARCH_TOOL],
+            messages=[{"role": "user", "content": "Search"}]) as stream:
+        message = stream.get_final_message()
+    result = next(b for b in message.content if b.type == "web_search_tool_result")
+    assert result.content.type == "web_search_tool_result_error"
+    assert result.content.error_code == "unavailable"
+    assert message.content[-1].text == "Search is down."
+    assert tool_messages(fake_transformers.prompts[-1])[0].startswith("Error during search: ")
+
+
+def test_max_uses_and_domain_filters(search_proxy: ProxyProcess,
+                                     fake_transformers: FakeTransformers, searxng: FakeSearxng,
+                                     web: FakeWeb) -> None:
+    searxng.results = [{"url": f"http://localhost:{web.port}/tools", "title": "Local"},
+                       {"url": f"{web.url}/harmony", "title": "Loopback"}]
+    fake_transformers.respond(steps(("search", {"query": "one"}), ("search", {"query": "two"}),
+                                    answer="Found."))
+    tool = {**WEB_SEARCH_TOOL, "max_uses": 1, "allowed_domains": ["localhost"]}
+    message = anthropic_client(search_proxy).messages.create(
+        model="gpt-oss-20b", max_tokens=500, tools=[tool],
+        messages=[{"role": "user", "content": "Search twice"}])
+    results = [b for b in message.content if b.type == "web_search_tool_result"]
+    assert [r.url for r in results[0].content] == [f"http://localhost:{web.port}/tools"]
+    assert results[1].content.error_code == "max_uses_exceeded"
+    assert message.usage.server_tool_use.web_search_requests == 1
+    assert searxng.queries == ["one"]
+    blocked = {**WEB_SEARCH_TOOL, "blocked_domains": ["localhost"]}
+    fake_transformers.respond(steps(("search", {"query": "three"}), answer="Found."))
+    message = anthropic_client(search_proxy).messages.create(
+        model="gpt-oss-20b", max_tokens=500, tools=[blocked],
+        messages=[{"role": "user", "content": "Search"}])
+    result = next(b for b in message.content if b.type == "web_search_tool_result")
+    assert [r.url for r in result.content] == [f"{web.url}/harmony"]
+
+
+def test_tool_cap(start_proxy: Callable[..., ProxyProcess], fake_transformers: FakeTransformers,
+                  searxng: FakeSearxng) -> None:
+    """At SERVER_TOOL_MAX_STEPS the model is told to answer without tools; a call after that
+    ends the reply as it stands."""
+    proxy = start_proxy(tool_options(searxng, server_tool_max_steps="2"))
+    fake_transformers.respond(lambda prompt: browser_call("search", {"query": "again"}))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    events = list(client.responses.create(model="gpt-oss-20b", input="Search forever",
+                                          tools=[{"type": "web_search"}], stream=True))
+    assert events[-1].type == "response.completed"
+    calls = [i for i in events[-1].response.output if i.type == "web_search_call"]
+    assert [c.status for c in calls] == ["completed", "completed", "failed"]
+    assert searxng.queries == ["again", "again"]
+    assert len(fake_transformers.prompts) == 4
+    assert "tool limit of this response was reached" in tool_messages(
+        fake_transformers.prompts[-1])[-1]
+
+
+# -- the Groq route: Groq's gpt-oss runs its own browser_search ------------------------------
+
+@pytest.fixture()
+def groq_proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    """Groq's gpt-oss by name (only "harmony" models are local here)."""
+    return start_proxy({"harmony_models": "harmony"}, env={"GROQ_API_KEY": GROQ_KEY})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_groq_messages_web_search(groq_proxy: ProxyProcess, fake_groq: FakeGroq,
+                                  stream: bool) -> None:
+    """Anthropic's web search for Groq's gpt-oss becomes browser_search; Groq's
+    executed_tools come back as server_tool_use + web_search_tool_result."""
+    client = anthropic_client(groq_proxy)
+    request = {"model": "openai/gpt-oss-20b", "max_tokens": 500, "tools": [WEB_SEARCH_TOOL],
+               "messages": [{"role": "user", "content": "news"}]}
+    if stream:
+        with client.messages.stream(**request) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**request)
+    kinds = [b.type for b in message.content]
+    assert kinds == ["thinking", "server_tool_use", "web_search_tool_result", "text"]
+    assert message.content[1].input == {"query": "news"}
+    assert message.content[2].content[0].url == "https://example.com/groq"
+    assert message.usage.server_tool_use.web_search_requests == 1
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["tools"] == [{"type": "browser_search"}]
+
+
+def test_groq_responses_and_chat_web_search(groq_proxy: ProxyProcess,
+                                            fake_groq: FakeGroq) -> None:
+    client = openai.OpenAI(base_url=groq_proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    response = client.responses.create(model="openai/gpt-oss-20b", input="news",
+                                       tools=[{"type": "web_search"}], store=False)
+    call = next(i for i in response.output if i.type == "web_search_call")
+    assert call.action.query == "news" and call.status == "completed"
+    assert json.loads(fake_groq.requests[-1]["raw"])["tools"] == [{"type": "browser_search"}]
+    completion = client.chat.completions.create(
+        model="openai/gpt-oss-20b", messages=[{"role": "user", "content": "news"}],
+        web_search_options={})
+    executed = completion.choices[0].message.model_extra["executed_tools"]
+    assert executed[0]["search_results"]["results"][0]["url"] == "https://example.com/groq"
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["tools"] == [{"type": "browser_search"}] and "web_search_options" not in sent
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_groq_model_without_browser_refused(proxy: ProxyProcess, fake_groq: FakeGroq,
+                                            api: str) -> None:
+    body: dict[str, Any] = {"model": "llama-3.3-70b-versatile"}
+    if api == "chat":
+        path = "/chat/completions"
+        body |= {"messages": [{"role": "user", "content": "x"}],
+                 "tools": [{"type": "browser_search"}]}
+    elif api == "responses":
+        path = "/responses"
+        body |= {"input": "x", "tools": [{"type": "web_search"}]}
+    else:
+        path = "/messages"
+        body |= {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+                 "tools": [WEB_SEARCH_TOOL]}
+    answer = httpx.post(proxy.base_url + path, json=body, timeout=10)
+    assert answer.status_code == 400
+    assert "only the gpt-oss models have a built-in browser" in answer.text
+    assert not fake_groq.requests or json.loads(fake_groq.requests[-1]["raw"])[
+        "model"] != "llama-3.3-70b-versatile"
+
+
+def test_spilled_web_search_keeps_its_behaviour(start_proxy: Callable[..., ProxyProcess],
+                                                fake_groq: FakeGroq) -> None:
+    """A gpt-oss request spilled to Groq's twin (no local server) searches with Groq's
+    browser, and the client sees the same blocks as from the local loop."""
+    proxy = start_proxy({"spillover": "down", "transformers_url": "http://127.0.0.1:9"},
+                        env={"GROQ_API_KEY": GROQ_KEY})
+    with anthropic_client(proxy).messages.stream(
+            model="gpt-oss-20b", max_tokens=500, tools=[WEB_SEARCH_TOOL],
+            messages=[{"role": "user", "content": "news"}]) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content][1:3] == ["server_tool_use",
+                                                      "web_search_tool_result"]
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["model"] == "openai/gpt-oss-20b" and {"type": "browser_search"} in sent["tools"]

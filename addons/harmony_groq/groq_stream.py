@@ -19,6 +19,7 @@ from typing import Any
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .tools.groq_code import executed_step_events
+from .tools.groq_route import executed_steps
 
 
 def reasoning_of(container: dict[str, Any]) -> str:
@@ -77,6 +78,7 @@ class GroqChatReader:
                 events.append(ReasoningDelta(reasoning))
                 self.reasoning.append(reasoning)
             events += executed_step_events(delta.get("executed_tools"), self.executed)
+            events += executed_steps(delta.get("executed_tools"))  # Groq's own browser
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.append(ContentDelta(delta["content"]))
                 self.content.append(delta["content"])

@@ -168,8 +168,10 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What no log may show: the keys and the state store's password."""
+        from .tools.options import ToolOptions  # the tools' API keys (search backends)
+
         keys = tuple(s for s in (self.groq_api_key, self.proxy_api_key) if s)
-        return keys + passwords_of(self.state_store)
+        return keys + passwords_of(self.state_store) + ToolOptions.secrets()
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:

@@ -23,6 +23,7 @@ from .groq import MAX_STOP, groq_chat_request
 from .parse import Event, ToolCall, new_call_id
 from .render import reasoning_of
 from .tools.groq_code import GROQ_CODE_TOOL
+from .tools.groq_route import with_browser_search
 from .tools.python import KIND as CODE_KIND
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "reasoning_details")
@@ -93,7 +94,7 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         if value is not None:
             body[key] = value
     body, names = groq_chat_request(body, twin)
-    return body, names, notes
+    return with_browser_search(body, request.server_tools, twin), names, notes
 
 
 @dataclasses.dataclass

@@ -13,6 +13,7 @@ from ..errors import ProxyError
 from ..groq import groq_chat_request
 from ..settings import Config
 from ..tools.groq_code import with_groq_code_tool
+from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall
 from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
@@ -66,6 +67,7 @@ class MessagesDialect:
         require_max_tokens(body)
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
         request = with_groq_code_tool(request, body, self.name, model)
+        request = with_browser_search(request, server_tools(body), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))
         return GroqCall("/chat/completions", request, reply, names or None)

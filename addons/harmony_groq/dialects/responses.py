@@ -18,6 +18,7 @@ from ..groq import groq_chat_request
 from ..response_store import ResponseStore, StoredResponse
 from ..settings import Config
 from ..tools.groq_code import with_groq_code_tool
+from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall, OpenAIErrors
 from .responses_reply import ResponsesReply
 from .responses_request import (
@@ -25,6 +26,7 @@ from .responses_request import (
     input_items,
     parse_responses_request,
     parse_tools,
+    server_tools,
 )
 
 # Groq's Responses schema (additionalProperties: false), responses-api.md §4: what it takes.
@@ -157,11 +159,13 @@ class ResponsesDialect(OpenAIErrors):
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         parse_tools(body.get("tools"))  # the same 400s as for gpt-oss before deciding
-        if groq_can_take(body):
+        searches = server_tools(body.get("tools"))  # Groq's browser_search, through its chat
+        if not searches and groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
         parsed = self._parse(body, images=True)
         chat_body, names = groq_chat_request(parsed.chat_body, model)
         chat_body = with_groq_code_tool(chat_body, body, self.name, model)
+        chat_body = with_browser_search(chat_body, searches, model)
         return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 
     async def stored(self, method: str, response_id: str) -> dict[str, Any]:
