@@ -94,7 +94,8 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         if value is not None:
             body[key] = value
     body, names = groq_chat_request(body, twin)
-    return with_browser_search(body, request.server_tools, twin), names, notes
+    searches = tuple(spec for spec in request.server_tools if spec.namespace == "browser")
+    return with_browser_search(body, searches, twin), names, notes
 
 
 @dataclasses.dataclass
