@@ -46,6 +46,7 @@ from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
+from tools_bench import tools_section  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
 from fakes import GROQ_KEY  # noqa: E402
@@ -57,10 +58,10 @@ NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
-# Parts on real llama-servers (built once, minutes): their own report sections.
-# and the code-execution sandbox (issue 28), measured in this process.
+# Parts with their own report sections: real llama-servers (built once, minutes), and the
+# server tools' in-process costs (web search; the code-execution sandbox).
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
-                     "code": code_section}
+                     "tools": tools_section, "code": code_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,8 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
                         help="run only this part: groq, oss, stream, store, pool, llamacpp, "
-                             "pool-llamacpp (real llama-servers) or code (the code sandbox; "
-                             "these three not in --quick unless named) "
+                             "pool-llamacpp (real llama-servers), tools (web search) or code "
+                             "(the code sandbox; these four not in --quick unless named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")

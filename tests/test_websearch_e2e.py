@@ -463,3 +463,44 @@ def test_spilled_web_search_keeps_its_behaviour(start_proxy: Callable[..., Proxy
                                                       "web_search_tool_result"]
     sent = json.loads(fake_groq.requests[-1]["raw"])
     assert sent["model"] == "openai/gpt-oss-20b" and {"type": "browser_search"} in sent["tools"]
+
+
+def test_stream_kept_alive_while_searching(start_proxy: Callable[..., ProxyProcess],
+                                           fake_transformers: FakeTransformers,
+                                           searxng: FakeSearxng) -> None:
+    """A slow search: Anthropic pings (and Responses in_progress events) keep flowing between
+    the step's start and its result."""
+    proxy = start_proxy(tool_options(searxng, fetch_timeout="10", keepalive_seconds="1"))
+    searxng.delay = 2.5
+    fake_transformers.respond(steps(("search", {"query": "slow"}), answer="Found."))
+    body = {"model": "gpt-oss-20b", "max_tokens": 500, "stream": True,
+            "tools": [WEB_SEARCH_TOOL], "messages": [{"role": "user", "content": "Search"}]}
+    with httpx.stream("POST", f"{proxy.base_url}/messages", json=body, timeout=30) as answer:
+        frames = [json.loads(line[6:]) for line in answer.iter_lines()
+                  if line.startswith("data: ")]
+    starts = {(f.get("content_block") or {}).get("type"): n for n, f in enumerate(frames)
+              if f["type"] == "content_block_start"}
+    between = [f["type"] for f in frames[starts["server_tool_use"]:
+                                         starts["web_search_tool_result"]]]
+    assert between.count("ping") >= 1
+    assert frames[-1]["type"] == "message_stop"
+
+
+def test_responses_forced_web_search(search_proxy: ProxyProcess,
+                                     fake_transformers: FakeTransformers,
+                                     searxng: FakeSearxng) -> None:
+    """``tool_choice: {"type": "web_search"}``: the browser call's header is written for the
+    model, which writes only the query."""
+    def rule(prompt: str) -> str:
+        if prompt.endswith("to=browser.search<|message|>"):
+            return '{"query": "forced"}<|call|>'
+        return final("Found.")
+    fake_transformers.respond(rule)
+    client = openai.OpenAI(base_url=search_proxy.base_url, api_key="k", max_retries=0,
+                           timeout=30)
+    response = client.responses.create(model="gpt-oss-20b", input="hi",
+                                       tools=[{"type": "web_search"}],
+                                       tool_choice={"type": "web_search"})
+    assert [i.type for i in response.output] == ["web_search_call", "reasoning", "message"]
+    assert response.output[0].action.query == "forced"
+    assert searxng.queries == ["forced"]

@@ -29,15 +29,20 @@ from ..completion import AssembledMessage
 from ..dialects.base import Dialect
 from ..errors import ProxyError
 from ..flows import answer, json_response
+from ..parse import StrippedOutputError
 from ..pool.dispatch import Attempt, Dispatcher
 from ..pool.resume import ContinuedBackend
 from ..records import record_of
 from ..sse import SSEFramer
 from ..state.writes import collect_writes
-from ..streaming import HarmonyStreamTranslator, write_chunk
+from ..streaming import (
+    HarmonyStreamTranslator,
+    can_write_chunks,
+    stripped_error,
+    write_chunk,
+)
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
-from .base import ServerCall, StepEvent
 from .options import ToolOptions
 from .registry import ToolContext, build
 from .session import CitationFilter, ToolSession
@@ -74,9 +79,15 @@ class ToolLoop:
         return session
 
     def attach(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
-        """A gpt-oss stream: it suspends on server-tool calls and its answer is cited."""
+        """A gpt-oss stream: it suspends on server-tool calls and its answer is cited. Only
+        where the loop can write the next steps to the client itself (HTTP/1 in plain text,
+        as for a replica's failover); elsewhere the stream ends where the model called."""
         session = self.session(flow, translator.exchange)
         if session is None:
+            return
+        if not can_write_chunks(flow):
+            record_of(flow)["tool_loop_refused"] = "the client's connection takes no chunks " \
+                "of the proxy's own (TLS or HTTP/2): tool steps run for whole replies only"
             return
         self.streams[flow.id] = translator
         translator.on_server_call = lambda: not session.over_cap()
@@ -106,8 +117,25 @@ class ToolLoop:
                 await self._stream(flow, translator)
                 return False
             return exchange is not None and await self._whole(flow, exchange)
+        except StrippedOutputError as exc:
+            return self._failed(flow, translator, stripped_error(exc))
+        except Exception as exc:  # never a traceback to the client, never a hung stream
+            logger.exception("the tool loop failed")
+            return self._failed(flow, translator, ProxyError(
+                502, f"The tool loop failed ({type(exc).__name__}); see the proxy's log.",
+                code="internal_error"))
         finally:
             self.forget(flow)
+
+    def _failed(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator | None,
+                error: ProxyError) -> bool:
+        """End the reply with ``error`` in the client API's shape."""
+        if translator is None:
+            answer(flow, error, self.dialect_of(flow))
+            return True
+        translator.suspended = False
+        _write(flow, translator, translator.fail_now(error))
+        return False
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -120,7 +148,9 @@ class ToolLoop:
             call = translator.decoder.take_server_call()
             if call is None or pooled is None or pooled.attempt is None:
                 break
-            tool_text = await self._step(flow, translator, session, call)
+            output = await session.step(
+                call, lambda events: _write(flow, translator, translator.emit(events)))
+            tool_text = output.text
             backend = exchange.backend
             prompt = session.next_prompt(
                 prompt, translator.generated_ids[session.generated_ids_mark:],
@@ -145,16 +175,6 @@ class ToolLoop:
             translator.suspended = False
             translator.on_server_call = None
             _write(flow, translator, translator.finish_now())
-
-    async def _step(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
-                    session: ToolSession, call: ServerCall) -> str:
-        """One tool step on a stream: its item started, the tool run (the heartbeat keeps the
-        stream alive meanwhile), its item finished."""
-        step = session.started(call)
-        _write(flow, translator, translator.emit([StepEvent(step, "started")]))
-        output = await session.run(call, step)
-        _write(flow, translator, translator.emit([StepEvent(step, "finished")]))
-        return output.text
 
     async def _relay(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
                      attempt: Attempt, url: str, body: dict[str, Any]) -> bool:
@@ -211,10 +231,7 @@ class ToolLoop:
                 break
             call = decoder.take_server_call()
             assert call is not None
-            step = session.started(call)
-            message.add([StepEvent(step, "started")])
-            tool = await session.run(call, step)
-            message.add([StepEvent(step, "finished")])
+            tool = await session.step(call, message.add)
             prompt = session.next_prompt(prompt, output.token_ids or [], output.text, call,
                                          tool.text, backend.text_transport)
             body = backend.request_body(prompt, exchange.request, False,
