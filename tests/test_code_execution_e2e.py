@@ -149,6 +149,7 @@ def test_messages_whole_and_streamed(code_proxy: ProxyProcess) -> None:
     assert (result.content.stdout, result.content.stderr, result.content.return_code) == (
         "out\n", "err\n", 0)
     assert answer_of(whole.content[4].text) == "out\nerr"
+    assert whole.container.id.startswith("cntr_") and whole.container.expires_at
 
     with client.messages.stream(model="gpt-oss-20b", max_tokens=500, tools=tools,
                                 messages=[{"role": "user", "content": "RUN: 1/0"}]) as stream:
@@ -159,6 +160,8 @@ def test_messages_whole_and_streamed(code_proxy: ProxyProcess) -> None:
     assert streamed.content[1].input == {"code": "1/0"}
     failed = streamed.content[2].content
     assert failed.return_code == 1 and "ZeroDivisionError" in failed.stderr
+    delta = next(e for e in events if e.type == "message_delta")
+    assert delta.delta.container.id.startswith("cntr_")
     starts = [e.index for e in events if e.type == "content_block_start"]
     assert starts == [0, 1, 2, 3, 4]
 
@@ -217,6 +220,10 @@ def test_messages_finds_its_conversation_container_again(code_proxy: ProxyProces
     second = client.messages.create(model="gpt-oss-20b", max_tokens=500, tools=tools,
                                     messages=history)
     assert answer_of(second.content[-1].text) == "42"
+    named = client.messages.create(model="gpt-oss-20b", max_tokens=500, tools=tools,
+                                   container=first.container.id,
+                                   messages=[{"role": "user", "content": "RUN: print(counter)"}])
+    assert answer_of(named.content[-1].text) == "41" and named.container.id == first.container.id
     other = client.messages.create(model="gpt-oss-20b", max_tokens=500, tools=tools,
                                    messages=[{"role": "user", "content": "RUN: print(counter)"}])
     assert "NameError" in answer_of(other.content[-1].text)

@@ -9,6 +9,7 @@ container (``CodeSession``) and its output goes back as the ``python`` tool mess
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,9 @@ class PythonTool:
         step.outputs = [{"type": "logs", "logs": text}]
         step.detail.update(stdout=execution.stdout, stderr=execution.stderr,
                            return_code=execution.return_code, note=execution.note)
+        expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+            seconds=self.session.pool.idle_s)  # idle from now on
+        step.detail["expires_at"] = expires.isoformat(timespec="seconds").replace("+00:00", "Z")
         if execution.timed_out:
             step.error, step.message = "execution_time_exceeded", execution.note
         step.bytes = len(text.encode())
