@@ -38,7 +38,7 @@ _keys = KeyGate(_settings, _state, _gateway.requests.dialects)
 # gateway's reply side wrote; FlowLabels labels what was answered; the flow log, the metrics
 # and the keys' usage read the finished flow once its reply was sent.
 addons = [HarmonyGroq(
-    [_settings, _gateway.tool_options, _state, _keys,
+    [_settings, _gateway.tool_options, _gateway.code, _state, _keys,
      MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway, _gateway.requests,
      _gateway.replies, UpstreamFailures(_settings, _gateway.requests.dialects), _gateway.spill,
      FlowLabels()],

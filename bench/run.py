@@ -25,6 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 
+from code_bench import code_section  # noqa: E402
 from httpclient import Target  # noqa: E402
 from keys_bench import keys_section  # noqa: E402
 from litellm_env import ensure_litellm, start_litellm  # noqa: E402
@@ -60,9 +61,9 @@ PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store":
           "pool": pool_phase}
 # Parts with processes of their own and their own report sections: real llama-servers (built
 # once, minutes), the keys' fair share and check cost (bench/keys_bench.py), and the server
-# tools' in-process costs.
+# tools' in-process costs (web search; the code-execution sandbox).
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
-                     "keys": keys_section, "tools": tools_section}
+                     "keys": keys_section, "tools": tools_section, "code": code_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,8 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
                         help="run only this part: groq, oss, stream, store, pool, llamacpp, "
-                             "pool-llamacpp (real llama-servers) or keys (these three not in "
-                             "--quick unless named) "
+                             "pool-llamacpp (real llama-servers), keys, tools (web search) or "
+                             "code (the code sandbox; these five not in --quick unless named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")

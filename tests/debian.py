@@ -29,3 +29,8 @@ def find_or_install(executable: str, packages: tuple[str, ...]) -> str:
     if not found:
         pytest.skip(f"apt-get installed {executable} but it is not on PATH")
     return found
+
+
+def find_or_install_bwrap() -> str:
+    """bubblewrap, the code-execution sandbox (tools/sandbox.py)."""
+    return find_or_install("bwrap", ("bubblewrap",))

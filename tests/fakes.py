@@ -404,7 +404,7 @@ class _GroqHandler(_Handler):
         reasoning = "Thinking it over." if any(
             family in body["model"] for family in ("gpt-oss", "qwen")) else None
         # Groq's gpt-oss runs its own browser_search and reports it in executed_tools.
-        executed = [{"index": 0, "type": "browser_search",
+        searched = [{"index": 0, "type": "browser_search",
                      "arguments": json.dumps({"query": last_user}),
                      "output": "Groq result (https://example.com/groq)",
                      "search_results": {"results": [
@@ -412,6 +412,7 @@ class _GroqHandler(_Handler):
                           "content": "A result found by Groq.", "score": 0.9}], "images": []}}
                     ] if any(t.get("type") == "browser_search" for t in body.get("tools") or
                              []) else None
+        executed = (searched or []) + (self._executed(body, last_user) or []) or None
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer}
             if reasoning:
@@ -434,9 +435,12 @@ class _GroqHandler(_Handler):
         if reasoning:
             send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
                                         "logprobs": None, "finish_reason": None}]})
-        if executed:
-            send({**chunk, "choices": [{"index": 0, "delta": {"executed_tools": executed},
-                                        "logprobs": None, "finish_reason": None}]})
+        for entry in executed or []:  # a code run streams its call, then its output
+            parts = [{k: v for k, v in entry.items() if k != "output"}] if entry[
+                "type"] == "python" else []
+            for part in [*parts, entry]:
+                send({**chunk, "choices": [{"index": 0, "delta": {"executed_tools": [part]},
+                                            "logprobs": None, "finish_reason": None}]})
         for word in answer.split(" "):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
                                         "logprobs": None, "finish_reason": None}]})
@@ -455,6 +459,19 @@ class _GroqHandler(_Handler):
         self.send_chunk(b"data: [DONE]\n\n")
         self.hold_open(fake.hold)
         self.end_chunks()
+
+    @staticmethod
+    def _executed(body: dict[str, Any], last_user: Any) -> list[dict[str, Any]] | None:
+        """Groq's gpt-oss runs ``code_interpreter`` itself: ``RUN: code`` in the user message
+        comes back as one ``executed_tools`` entry (the fake does not run it)."""
+        if not any(t.get("type") == "code_interpreter" for t in body.get("tools") or []):
+            return None
+        text = last_user if isinstance(last_user, str) else json.dumps(last_user)
+        if "RUN: " not in text:
+            return None
+        code = text.split("RUN: ", 1)[1].split('"', 1)[0]
+        return [{"index": 0, "type": "python", "arguments": json.dumps({"code": code}),
+                 "output": f"groq ran {code}\n"}]
 
     @staticmethod
     def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -564,9 +581,10 @@ class _GroqHandler(_Handler):
         if "web_search_options" in body:
             return "property 'web_search_options' is unsupported"
         for n, tool in enumerate(tools):
-            if isinstance(tool, dict) and tool.get("type") == "browser_search":
-                if "gpt-oss" not in str(body.get("model")):
-                    return f"'tools.{n}' : browser_search is not supported with this model"
+            if isinstance(tool, dict) and tool.get("type") in ("browser_search",
+                                                               "code_interpreter"):
+                if "gpt-oss" not in body.get("model", ""):  # Groq's built-ins: gpt-oss only
+                    return f"'tools.{n}.type' : {tool['type']} is not supported with this model"
                 continue
             function = tool.get("function") if isinstance(tool, dict) else None
             name = function.get("name") if isinstance(function, dict) else None

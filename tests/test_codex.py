@@ -63,8 +63,14 @@ def run_codex(codex: Path, proxy: ProxyProcess, tmp_path: Path, prompt: str,
     work.mkdir(exist_ok=True)
     (codex_home / "config.toml").write_text(CONFIG.format(model=model,
                                                           base_url=proxy.base_url))
+    # Codex's own command sandbox is off: its workspace-write mode wraps every command in the
+    # system's bwrap when bubblewrap is installed (the code-execution tests install it), and
+    # the npm build then fails each command ("bwrap: execvp codex-linux-sandbox: No such file
+    # or directory", exit 1), while without bwrap it uses its Landlock helper and works. These
+    # tests are about the proxy, not Codex's sandbox; the commands are the fake model's own
+    # (cat, apply_patch) in this test's temporary work folder, so they run the same either way.
     done = run_headless(codex, ["exec", "--skip-git-repo-check", "--ephemeral",
-                                "-s", "workspace-write", prompt],
+                                "-s", "danger-full-access", prompt],
                         home=home, cwd=work, timeout=90,
                         env={"CODEX_HOME": str(codex_home), "PROXY_KEY": "sk-codex-client"})
     assert (done.returncode == 0) is succeeds, \

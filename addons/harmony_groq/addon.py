@@ -30,6 +30,7 @@ from .response_store import ResponseStore
 from .settings import Config, Settings
 from .spill import Spillover
 from .state.addon import State
+from .tools.code_addon import CodeExecution
 from .tools.loop import ToolLoop
 from .tools.options import ToolOptions
 from .upstream import ModelServerClient
@@ -57,8 +58,10 @@ class Gateway:
                                sticky=self.state.spill, capacity=PoolCapacity(
                                    self.pools, lambda: self.config.spillover_max_inflight, fair))
         in_flight = InFlight()
+        self.code = CodeExecution()  # harmony's python tool: sandbox and containers
         self.requests = RequestSide(settings, self.state, dialects, self.local, self.pools,
-                                    dispatcher, memory, self.injector, self.spill, in_flight)
+                                    dispatcher, memory, self.injector, self.spill, in_flight,
+                                    self.code)
         self.tool_options = ToolOptions()  # an addon before this one (harmony.py)
         self.tools = ToolLoop(self.tool_options, dispatcher, self.upstream.client,
                               lambda: self.config.upstream_timeout, self.state.settle,

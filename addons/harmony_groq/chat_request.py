@@ -142,6 +142,9 @@ def _effort(body: dict) -> str:
     return EFFORTS[raw.lower()]
 
 
+GROQ_BUILT_IN_TOOLS = ("browser_search", "code_interpreter")
+
+
 def _tools(body: dict) -> list[ToolSpec]:
     tools = body.get("tools")
     if tools is None:
@@ -150,6 +153,8 @@ def _tools(body: dict) -> list[ToolSpec]:
         raise bad_request("'tools' must be an array.", param="tools")
     specs = []
     for index, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") in GROQ_BUILT_IN_TOOLS:
+            continue  # run by the proxy (tools/) for gpt-oss, by Groq on its route
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             raise bad_request(f"tools[{index}] must be {{'type': 'function', 'function': "

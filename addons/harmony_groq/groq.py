@@ -36,7 +36,15 @@ def sanitize_body(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["stop"] = out["stop"][:MAX_STOP]
     messages = []
     for message in body["messages"]:
+        if message.get("server"):  # the proxy's own tool step (tools/): Groq has no such turn
+            continue
         message = dict(message)
+        if message.get("tool_calls"):
+            calls = [c for c in message["tool_calls"] if c.get("type") != "server"]
+            if calls:
+                message["tool_calls"] = calls
+            else:
+                message.pop("tool_calls")
         if message.get("role") == "assistant" and "reasoning" not in message:
             carried = message.get("reasoning_content") or message.get("thinking")
             if isinstance(carried, str) and carried:
@@ -64,7 +72,7 @@ def _safe_name(name: str, taken: dict[str, str]) -> str:
 def groq_tool_names(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """A chat body with tool names Groq cannot take renamed (in ``tools``, the history's
     ``tool_calls`` and ``tool_choice``), and the map Groq-safe name → client name."""
-    names = [t["function"]["name"] for t in body.get("tools") or []] + [
+    names = [t["function"]["name"] for t in body.get("tools") or [] if "function" in t] + [
         c["function"]["name"] for m in body["messages"] for c in m.get("tool_calls") or []]
     unique = list(dict.fromkeys(names))
     taken = {name: name for name in unique if _GROQ_NAME.fullmatch(name)}  # safe → client
@@ -85,7 +93,7 @@ def groq_tool_names(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
         {**m, "tool_calls": [rename(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m
         for m in body["messages"]]}
     if body.get("tools"):
-        out["tools"] = [rename(t) for t in body["tools"]]
+        out["tools"] = [rename(t) if "function" in t else t for t in body["tools"]]
     if isinstance(body.get("tool_choice"), dict):
         out["tool_choice"] = rename(body["tool_choice"])
     return out, {safe: name for name, safe in renamed.items()}

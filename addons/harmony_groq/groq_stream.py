@@ -18,6 +18,7 @@ from typing import Any
 
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
+from .tools.groq_code import executed_step_events
 from .tools.groq_route import executed_steps
 
 
@@ -58,6 +59,7 @@ class GroqChatReader:
     error: Any = None
     first_token_at: float | None = None
     chunks: int = 0
+    executed: set[int] = field(default_factory=set)  # Groq's executed_tools shown, by index
 
     def read(self, chunk: dict[str, Any]) -> list[Event]:
         """One parsed chunk: its reasoning and content deltas, in order."""
@@ -75,6 +77,7 @@ class GroqChatReader:
             if reasoning := reasoning_of(delta):
                 events.append(ReasoningDelta(reasoning))
                 self.reasoning.append(reasoning)
+            events += executed_step_events(delta.get("executed_tools"), self.executed)
             events += executed_steps(delta.get("executed_tools"))  # Groq's own browser
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.append(ContentDelta(delta["content"]))

@@ -19,6 +19,7 @@ from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .state.writes import collect_writes
 from .streaming import HoldEnd, InterruptibleStream
+from .tools.groq_code import executed_step_events
 from .tools.groq_route import executed_steps
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def message_events(message: dict[str, Any], names: dict[str, str] | None) -> lis
     events: list[Event] = []
     if reasoning := reasoning_of(message):
         events.append(ReasoningDelta(reasoning))
+    events += executed_step_events(message.get("executed_tools"), set())  # Groq ran code
     events += executed_steps(message.get("executed_tools"))  # Groq's own browser
     if isinstance(message.get("content"), str) and message["content"]:
         events.append(ContentDelta(message["content"]))

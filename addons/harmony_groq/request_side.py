@@ -44,6 +44,7 @@ from .routing import (
 from .settings import Config, Settings
 from .spill import Spillover
 from .state.addon import State
+from .tools.code_addon import CodeExecution
 from .translate import HarmonyExchange
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class RequestSide:
     def __init__(self, settings: Settings, state: State, dialects: DialectTable,
                  local: LocalEndpoints, pools: Pools, dispatcher: Dispatcher,
                  memory: ReasoningMemory, injector: GroqKeyInjector, spill: Spillover,
-                 in_flight: InFlight) -> None:
+                 in_flight: InFlight, code: CodeExecution) -> None:
         self.settings = settings
         self.state = state
         self.dialects = dialects
@@ -75,6 +76,7 @@ class RequestSide:
         self.injector = injector
         self.spill = spill
         self.in_flight = in_flight
+        self.code = code  # harmony's python tool: declared where a request asks for it
         self.late_key = True  # the injector on the chain's end adds the key (Gateway.running)
 
     @property
@@ -164,7 +166,8 @@ class RequestSide:
         """The model server's cached check and the state store's live one."""
         store = await self.state.health()
         body = {**await self.local.health(), "state_store": store,
-                "replicas": self.pools.health(), "spillover": self.spill.health()}
+                "replicas": self.pools.health(), "spillover": self.spill.health(),
+                "code_execution": self.code.health()}
         if store["status"] != "ok":
             body["status"] = "degraded"
         return body
@@ -209,9 +212,21 @@ class RequestSide:
         if choice.route is Route.GROQ:
             self._to_groq(flow, dialect.groq_call(body, choice.upstream_model, self.config))
         # gpt-oss: the model server, unless spill-over sends it to Groq's twin (spill/)
-        elif call := await self.spill.route(flow, dialect.conversation(body, self.config),
+        elif call := await self.spill.route(flow, self._with_code(flow, dialect, body),
                                             self._to_harmony):
             self._to_groq(flow, call)
+
+    def _with_code(self, flow: http.HTTPFlow, dialect: Dialect, body: dict[str, Any]
+                   ) -> Conversation:
+        """The conversation, with harmony's python tool where the client asked for code
+        execution (tools/code_addon.py); a spilled request asks Groq's twin to run it."""
+        conversation = dialect.conversation(body, self.config)
+        specs = self.code.declare(dialect.name, body, flow.request.headers)
+        if not specs:
+            return conversation
+        chat = conversation.chat
+        return dataclasses.replace(conversation, chat=dataclasses.replace(
+            chat, server_tools=chat.server_tools + specs))
 
     def _to_groq(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         if not self.config.groq_api_key:

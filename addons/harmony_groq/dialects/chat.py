@@ -16,6 +16,7 @@ from ..settings import Config
 from ..sse import DONE, KEEPALIVE, encode_event
 from ..tools.base import Citation, CiteEvent, ServerToolSpec, StepEvent, StepRecord
 from ..tools.browser.browser import browser_spec
+from ..tools.code_history import chat_executed
 from ..tools.groq_route import with_browser_search
 from ..tools.items import chat_mapping
 from .base import Conversation, GroqCall, OpenAIErrors, Outcome
@@ -120,7 +121,10 @@ class ChatDialect(OpenAIErrors):
 
     def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
         functions, tools = split_server_tools(body)
-        request = parse_chat_request(functions)
+        messages = [turn for index, message in enumerate(body["messages"])
+                    for turn in (chat_executed(message, f"messages[{index}]")
+                                 if isinstance(message, dict) else [message])]
+        request = parse_chat_request({**functions, "messages": messages})
         if tools:
             request = dataclasses.replace(request, server_tools=tools)
         return Conversation(request, ChatReply.for_request(request, config.reasoning_field), body)

@@ -12,6 +12,7 @@ from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import ProxyError
 from ..groq import groq_chat_request
 from ..settings import Config
+from ..tools.groq_code import with_groq_code_tool
 from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall
 from .messages_reply import MessagesReply, error_body, error_status
@@ -65,6 +66,7 @@ class MessagesDialect:
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         require_max_tokens(body)
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
+        request = with_groq_code_tool(request, body, self.name, model)
         request = with_browser_search(request, server_tools(body), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))

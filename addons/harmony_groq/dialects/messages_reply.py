@@ -170,7 +170,10 @@ class MessagesReply:
         content += [{"type": "tool_use", "id": call.id, "name": call.name,
                      "input": json.loads(object_json(call.arguments))}
                     for call in message.tool_calls]
-        return self._message(content, self._stop(outcome), self._usage(outcome, uses))
+        body = self._message(content, self._stop(outcome), self._usage(outcome, uses))
+        if container := container_of(message):
+            body["container"] = container
+        return body
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -251,7 +254,10 @@ class MessagesReply:
     def finish(self, message: AssembledMessage, outcome: Outcome) -> list[bytes]:
         out: list[bytes] = []
         self._close(out)
-        out.append(_frame("message_delta", {"delta": self._stop(outcome),
+        delta = self._stop(outcome)
+        if container := container_of(message):
+            delta["container"] = container
+        out.append(_frame("message_delta", {"delta": delta,
                                             "usage": self._usage(outcome, self.server_uses)}))
         out.append(_frame("message_stop", {}))
         return out
@@ -261,6 +267,15 @@ class MessagesReply:
 
     def keepalive(self) -> bytes:
         return PING
+
+
+def container_of(message: AssembledMessage) -> dict[str, Any] | None:
+    """The code container the reply used (Anthropic's ``container``: its id and when it
+    expires), which the client may name in its next request."""
+    for _, step in reversed(message.steps):
+        if step.detail.get("expires_at"):
+            return {"id": step.detail["container_id"], "expires_at": step.detail["expires_at"]}
+    return None
 
 
 def _count(uses: dict[str, int], step: StepRecord) -> None:

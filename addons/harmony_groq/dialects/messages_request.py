@@ -20,6 +20,8 @@ from ..tools.base import ServerToolSpec
 from ..tools.browser.browser import browser_spec
 from ..tools.browser.history import search_results_text, server_call, server_result
 from ..tools.browser.items import decode_encrypted
+from ..tools.code_history import CODE_TOOL_NAME, server_code_call, server_code_result
+from ..tools.code_request import is_code_tool
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 ROLES = ("user", "assistant", "system")
@@ -189,6 +191,15 @@ def _assistant(message: dict[str, Any], where: str, server_steps: bool = True
             thinking.append(_text(block, "thinking", at))
         elif kind == "text":
             texts.append(_text(block, "text", at))
+        elif kind == "server_tool_use" and block.get("name") == CODE_TOOL_NAME:
+            call = server_code_call(block, at)  # the proxy's code execution (tools/)
+            uses[call["id"]] = ("python", {})
+            if server_steps:
+                calls.append(call)
+        elif kind == "code_execution_tool_result":
+            if server_steps:
+                close()
+                out.append(server_code_result(block, at))
         elif kind == "server_tool_use":
             use_id, name = block.get("id"), block.get("name")
             if not isinstance(use_id, str) or not isinstance(name, str):
@@ -325,8 +336,8 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool[
                 "name"]:
             raise bad_request(f"{where} must be an object with a 'name'.", param=where)
-        if is_web_tool(tool.get("type")):
-            continue  # run by the proxy (server_tools)
+        if is_web_tool(tool.get("type")) or is_code_tool("messages", tool):
+            continue  # run by the proxy (server_tools; code: tools/code_request.py)
         if tool.get("type") not in (None, "custom"):
             raise bad_request(f"{where}: Anthropic's server tool {tool['type']!r} is not "
                               "available here; declare it as a custom tool with an "

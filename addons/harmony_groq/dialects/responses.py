@@ -17,6 +17,7 @@ from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..response_store import ResponseStore, StoredResponse
 from ..settings import Config
+from ..tools.groq_code import with_groq_code_tool
 from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall, OpenAIErrors
 from .responses_reply import ResponsesReply
@@ -163,6 +164,7 @@ class ResponsesDialect(OpenAIErrors):
             return GroqCall("/responses", groq_responses_body(body, model))
         parsed = self._parse(body, images=True)
         chat_body, names = groq_chat_request(parsed.chat_body, model)
+        chat_body = with_groq_code_tool(chat_body, body, self.name, model)
         chat_body = with_browser_search(chat_body, searches, model)
         return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 

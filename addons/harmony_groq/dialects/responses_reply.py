@@ -211,9 +211,11 @@ class ResponsesReply:
         mapping = responses_mapping(event.step.kind)
         if mapping is None:
             return
-        step, index = event.step, len(self.output)
+        step = event.step
         if event.phase == "started":
-            self._close(out)
+            self._close(out)  # an open reasoning or message item ends first: index after it
+        index = len(self.output)
+        if event.phase == "started":
             out.append(self._event("response.output_item.added", {
                 "output_index": index, "item": mapping.item(step, "in_progress")}))
         for kind, fields in mapping.progress(step, event.phase):

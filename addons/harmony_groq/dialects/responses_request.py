@@ -22,6 +22,7 @@ from ..render import text_of
 from ..tools.base import ServerToolSpec
 from ..tools.browser.browser import browser_spec
 from ..tools.browser.history import replayed_action, server_call, server_result
+from ..tools.code_history import responses_code_turn
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,11 @@ class _History:
             self._call(item, where, custom=kind == "custom_tool_call")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, where)
+        elif kind == "code_interpreter_call":  # the proxy's own step: the call and its logs
+            call, output = responses_code_turn(item, where)
+            self._open_turn().setdefault("tool_calls", []).append(call)
+            self._close_turn()
+            self.messages.append(output)
         elif kind == "web_search_call":
             self._web_search(item, index)
         elif kind == "item_reference":

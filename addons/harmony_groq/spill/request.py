@@ -22,7 +22,9 @@ from ..errors import ProxyError
 from ..groq import MAX_STOP, groq_chat_request
 from ..parse import Event, ToolCall, new_call_id
 from ..render import reasoning_of
+from ..tools.groq_code import GROQ_CODE_TOOL
 from ..tools.groq_route import with_browser_search
+from ..tools.python import KIND as CODE_KIND
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "reasoning_details")
 
@@ -76,6 +78,8 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         body["parallel_tool_calls"] = request.parallel_tool_calls
     if request.response_format:
         body["response_format"] = request.response_format
+    if any(spec.kind == CODE_KIND for spec in request.server_tools):  # Groq's twin runs it
+        body["tools"] = [*body.get("tools", []), GROQ_CODE_TOOL]
     if request.stop:
         body["stop"] = list(request.stop)
         if len(request.stop) > MAX_STOP:
@@ -90,7 +94,8 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         if value is not None:
             body[key] = value
     body, names = groq_chat_request(body, twin)
-    return with_browser_search(body, request.server_tools, twin), names, notes
+    searches = tuple(spec for spec in request.server_tools if spec.namespace == "browser")
+    return with_browser_search(body, searches, twin), names, notes
 
 
 @dataclasses.dataclass
@@ -117,7 +122,7 @@ class SpillReply:
 
     def _own(self, message: AssembledMessage) -> AssembledMessage:
         calls: list[ToolCall] = [self._call(c) for c in message.tool_calls]  # type: ignore[misc]
-        own = dataclasses.replace(message, tool_calls=calls)
+        own = dataclasses.replace(message, tool_calls=calls)  # steps and citations kept
         self.on_done(own)
         return own
 
