@@ -44,6 +44,7 @@ from .routing import (
 from .settings import Config, Settings
 from .spillover import Spillover
 from .state.addon import State
+from .tools.mcp import secrets as mcp_secrets
 from .translate import HarmonyExchange
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,9 @@ class RequestSide:
         record = record_of(flow)
         record["client_path"] = flow.request.path
         record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
-                                    "body": body}
+                                    "body": mcp_secrets.masked(body)}
+        if secrets := mcp_secrets.values(body):  # MCP credentials: masked in the whole record
+            record["secrets"] = secrets
         model = dialect.model(body, self.config)
         if dialect is self.dialects.responses:  # the stored response it continues (state store)
             dialect = await self.dialects.responses.recall(body)
