@@ -28,6 +28,7 @@ sys.path[:0] = [str(BENCH), str(ROOT / "tests")]
 from httpclient import Target  # noqa: E402
 from litellm_env import ensure_litellm, start_litellm  # noqa: E402
 from llama_server import llamacpp_section  # noqa: E402
+from mcp_bench import mcp_section  # noqa: E402
 from phases import (  # noqa: E402
     FULL,
     QUICK,
@@ -56,8 +57,9 @@ NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
-# Parts on real llama-servers (built once, minutes): their own report sections.
-REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section}
+# Parts on real servers (llama-servers built once, minutes; an MCP server): their own sections.
+REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
+                     "mcp": mcp_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
