@@ -33,6 +33,7 @@ _metrics.registry.register(PoolCollector(_gateway.pools))
 # see the replies the gateway's reply side wrote; FlowLabels labels what was answered; the flow
 # log and the metrics read the finished flow once its reply was sent.
 addons = [HarmonyGroq(
-    [_settings, _state, MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway,
-     _gateway.requests, _gateway.replies, _gateway.spill, FlowLabels()],
+    [_settings, _gateway.tool_options, _state,
+     MetricsEndpoint(_settings, _metrics, _gateway.local.health), _gateway, _gateway.requests,
+     _gateway.replies, _gateway.spill, FlowLabels()],
     bookkeeping=[FlowLog(_settings, _metrics.flow_log_failed), _metrics])]

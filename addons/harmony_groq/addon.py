@@ -29,6 +29,8 @@ from .response_store import ResponseStore
 from .settings import Config, Settings
 from .spillover import Spillover
 from .state.addon import State
+from .tools.loop import ToolLoop
+from .tools.options import ToolOptions
 from .upstream import ModelServerClient
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -54,8 +56,12 @@ class Gateway:
         in_flight = InFlight()
         self.requests = RequestSide(settings, self.state, dialects, self.local, self.pools,
                                     dispatcher, memory, self.injector, self.spill, in_flight)
+        self.tool_options = ToolOptions()  # an addon before this one (harmony.py)
+        self.tools = ToolLoop(self.tool_options, dispatcher, self.upstream.client,
+                              lambda: self.config.upstream_timeout, self.state.settle,
+                              dialects.flow_dialect)
         self.replies = ReplySide(settings, self.state, dialects, dispatcher,
-                                 self.upstream.client, in_flight)
+                                 self.upstream.client, in_flight, self.tools)
         self._startup_check: asyncio.Task | None = None
 
     @property

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import bad_request
+from .tools.base import ServerToolSpec
 
 EFFORTS = {
     "low": "low",
@@ -109,6 +110,7 @@ class ChatRequest:
     seed: int | None = None
     hide_reasoning: bool = False
     parallel_tool_calls: bool = True
+    server_tools: tuple[ServerToolSpec, ...] = ()  # tools the proxy runs (tools/), in system
 
 
 def _number(body: dict, key: str, kind: type, low: float | None = None) -> Any:

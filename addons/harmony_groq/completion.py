@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
+from .tools.base import Citation, CiteEvent, StepEvent, StepRecord
 
 
 def reasoning_keys(setting: str, hidden: bool) -> tuple[str, ...]:
@@ -44,15 +45,37 @@ class AssembledMessage:
     content: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    # Server-tool steps (finished), each after the reasoning pieces before it; citations of
+    # the answer (offsets in the joined content).
+    steps: list[tuple[int, StepRecord]] = field(default_factory=list)
+    citations: list[Citation] = field(default_factory=list)
 
-    def add(self, events: list[Event]) -> None:
+    def add(self, events: list[Event | StepEvent | CiteEvent]) -> None:
         for event in events:
             if isinstance(event, ContentDelta):
                 self.content.append(event.text)
             elif isinstance(event, ReasoningDelta):
                 self.reasoning.append(event.text)
-            else:
+            elif isinstance(event, ToolCall):
                 self.tool_calls.append(event)
+            elif isinstance(event, StepEvent):
+                if event.phase == "finished":
+                    self.steps.append((len(self.reasoning), event.step))
+            else:
+                self.citations.append(event.citation)
+
+    def reasoning_around_steps(self) -> list[str | StepRecord]:
+        """The reasoning texts and the steps in the order they happened."""
+        parts: list[str | StepRecord] = []
+        start = 0
+        for end, step in self.steps:
+            if end > start:
+                parts.append("".join(self.reasoning[start:end]))
+            parts.append(step)
+            start = end
+        if len(self.reasoning) > start:
+            parts.append("".join(self.reasoning[start:]))
+        return parts
 
     def to_message(self, keys: tuple[str, ...]) -> dict[str, Any]:
         content = "".join(self.content)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from openai_harmony import HarmonyEncoding, HarmonyError, Role, StreamableParser, StreamState
 
 from .render import ToolNames
+from .tools.base import ServerCall
 
 START, END, MESSAGE, CHANNEL, CONSTRAIN = 200006, 200007, 200008, 200005, 200003
 RETURN, CALL, ENDOFTEXT = 200002, 200012, 199999
@@ -164,9 +165,10 @@ class StopMatcher:
 
 @dataclass
 class _Message:
-    kind: str  # "reasoning" | "content" | "call"
+    kind: str  # "reasoning" | "content" | "call" | "server" (a server tool's call)
     name: str = ""
     started: bool = False
+    channel: str | None = None
 
 
 @dataclass
@@ -179,6 +181,7 @@ class HarmonyDecoder:
     allow_tool_calls: bool = True
     single_tool_call: bool = False
     stop: tuple[str, ...] = ()
+    server_tools: frozenset[str] = frozenset()  # namespaces the proxy runs (tools/)
 
     def __post_init__(self) -> None:
         self._new_parser(Role.ASSISTANT)
@@ -194,6 +197,7 @@ class HarmonyDecoder:
         self.stop_matcher = StopMatcher(self.stop)
         self.resyncing = False
         self.call_text: list[str] = []
+        self.server_call: ServerCall | None = None  # a call the proxy runs, once it ended
 
     def _new_parser(self, role: Role | None) -> None:
         """A fresh parser; its state is tracked here because openai-harmony's ``state`` and
@@ -316,6 +320,8 @@ class HarmonyDecoder:
         elif before_state == StreamState.CONTENT and self.current is not None:
             if self.current.kind == "call":
                 self._emit_call("".join(self.call_text), events)
+            elif self.current.kind == "server":
+                self._server_call()
             self.current = None
             self.first_message = False
 
@@ -329,9 +335,38 @@ class HarmonyDecoder:
                 f"(output starts {text[:40]!r})"
             )
 
+    def end_server_call(self, truncated: bool) -> bool:
+        """At the end of a generation: whether it stopped on a server-tool call (closing the
+        call when the backend left ``<|call|>`` out of its output)."""
+        if self.server_call is None and not truncated and self.state == StreamState.CONTENT \
+                and self.current is not None and self.current.kind == "server":
+            self._process(CALL, [])
+        return self.server_call is not None
+
+    def take_server_call(self) -> ServerCall | None:
+        """The server-tool call the generation stopped on (once), and the decoder ready for
+        the generation that follows the tool's answer (``<|start|>assistant`` fed)."""
+        call, self.server_call = self.server_call, None
+        if call is not None:
+            for token in (START, ASSISTANT):
+                self._process(token, [])
+        return call
+
+    def _server_namespace(self, recipient: str) -> str | None:
+        """The server tool a recipient addresses: ``browser.search``, ``python``, and the
+        same after a ``functions.`` prefix unless the client declared that function."""
+        name = recipient.removeprefix("functions.")
+        namespace = name.split(".", 1)[0]
+        if namespace in self.server_tools and not (
+                recipient.startswith("functions.") and name in self.declared_tools):
+            return namespace
+        return None
+
     def _classify(self, channel: str | None, recipient: str | None) -> _Message:
         if recipient:
             recipient = recipient.split("<|", 1)[0].strip()
+        if recipient and self.server_tools and self._server_namespace(recipient):
+            return _Message("server", recipient.removeprefix("functions."), channel=channel)
         if recipient and recipient not in ("assistant", "user"):
             name = recipient.removeprefix("functions.")
             if recipient.startswith("functions."):
@@ -358,7 +393,7 @@ class HarmonyDecoder:
     def _delta(self, text: str, events: list[Event]) -> None:
         current = self.current
         assert current is not None
-        if current.kind == "call":
+        if current.kind in ("call", "server"):
             self.call_text.append(text)
             return
         if current.kind == "reasoning":
@@ -374,6 +409,11 @@ class HarmonyDecoder:
         if text:
             self.has_content = True
             events.append(ContentDelta(text))
+
+    def _server_call(self) -> None:
+        assert self.current is not None
+        self.server_call = ServerCall(self.current.name, "".join(self.call_text),
+                                      self.current.channel or "analysis")
 
     def _emit_call(self, raw: str, events: list[Event]) -> None:
         assert self.current is not None
@@ -416,6 +456,10 @@ class HarmonyDecoder:
         if self.current.kind == "call":
             if ended_by == CALL:
                 self._emit_call(body, events)
+        elif self.current.kind == "server":
+            if ended_by == CALL:
+                self.call_text = [body]
+                self._server_call()
         elif body:
             if self.current.kind == "reasoning":
                 self.reasoning_tokens += len(self.header)

@@ -73,6 +73,7 @@ class HarmonyPrompt:
     tool_names: ToolNames
     declared_tools: frozenset[str]
     prefill_ids: tuple[int, ...] = ()  # the start of the reply, written for the model
+    server_tools: frozenset[str] = frozenset()  # namespaces the proxy runs (system message)
 
 
 def neutralize_special_tokens(text: str) -> str:
@@ -166,6 +167,13 @@ class _HistoryBuilder:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise bad_request(f"{where}: tool_calls entries need function.name.", param=where)
+        if call.get("type") == "server":  # a server tool's call (tools/): its own recipient
+            call_id = call.get("id") if isinstance(call.get("id"), str) else None
+            if call_id:
+                self.call_names[call_id] = fn["name"]
+            return call_id, (Message.from_role_and_content(
+                Role.ASSISTANT, self.clean(_arguments_text(fn.get("arguments"))))
+                .with_channel("analysis").with_recipient(fn["name"]))
         safe = self.names.add(fn["name"])
         call_id = call.get("id") if isinstance(call.get("id"), str) else None
         if call_id:
@@ -184,13 +192,16 @@ class _HistoryBuilder:
         call_id = message.get("tool_call_id")
         safe = self.call_names.get(call_id) if isinstance(call_id, str) else None
         if safe is None and isinstance(message.get("name"), str) and message["name"]:
-            safe = self.names.add(message["name"])
+            safe = message["name"] if message.get("server") else self.names.add(message["name"])
         if safe is None:
             safe = self.last_call
         if safe is None:
             raise bad_request(f"{where}: a tool message must answer an earlier tool call "
                               "(tool_call_id).", param=where)
         text = self.clean(text_of(message.get("content"), where))
+        if message.get("server"):  # a server tool's answer: authored by its recipient
+            return (Message.from_author_and_content(Author.new(Role.TOOL, safe), text)
+                    .with_channel("analysis").with_recipient("assistant"))
         return (
             Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{safe}"), text)
             .with_channel("commentary")
@@ -373,6 +384,8 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
         .with_conversation_start_date(date or datetime.datetime.now(datetime.UTC).date()
                                       .isoformat())
     )
+    for spec in request.server_tools:  # built-in tools go in the system message (harmony docs)
+        system = system.with_tools(spec.config)
     messages = request.messages
     lead = 0
     while lead < len(messages) and messages[lead]["role"] in ("system", "developer"):
@@ -404,6 +417,7 @@ def render_prompt(request: ChatRequest, date: str = "", text_transport: bool = T
         tool_names=names,
         declared_tools=frozenset(names.add(t.name) for t in request.tools),
         prefill_ids=prefill_ids,
+        server_tools=frozenset(spec.namespace for spec in request.server_tools),
     )
 
 

@@ -46,6 +46,7 @@ from .streaming import (
     send_last_chunk,
     stripped_error,
 )
+from .tools.loop import ToolLoop
 from .translate import HarmonyExchange, translate_completion
 
 _MASKED_KEY = f"Bearer {REDACTED}".encode()
@@ -55,7 +56,8 @@ class ReplySide:
     """The ``responseheaders``, ``response`` and ``error`` hooks of the gateway."""
 
     def __init__(self, settings: Settings, state: State, dialects: DialectTable,
-                 dispatcher: Dispatcher, client: httpx.AsyncClient, in_flight: InFlight) -> None:
+                 dispatcher: Dispatcher, client: httpx.AsyncClient, in_flight: InFlight,
+                 tools: ToolLoop) -> None:
         self.settings = settings
         self.state = state
         self.dialects = dialects
@@ -66,6 +68,7 @@ class ReplySide:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
+        self.tools = tools  # server tools: a reply stopped on a call is continued there
 
     @property
     def config(self) -> Config:
@@ -114,6 +117,7 @@ class ReplySide:
             exchange, self.config.keepalive_seconds,
             lambda result: record.__setitem__("stream_summary", result.summary()),
             hold_end=self.ends.holder(flow))  # the end waits for the writes the next turn reads
+        self.tools.attach(flow, translator)
         if can_write_chunks(flow):
             with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy
                 self.heartbeats[flow.id] = asyncio.get_running_loop().create_task(
@@ -126,7 +130,18 @@ class ReplySide:
         reply made (the next turn may read them on another proxy)."""
         if self.failover.pending(flow, end_body=False):
             return self._settle(flow, False, self._response)
+        exchange = self.in_flight.exchanges.get(flow.id)
+        if self.tools.pending(flow, exchange):
+            return self._tool_steps(flow, exchange)
         return self._response(flow)
+
+    async def _tool_steps(self, flow: http.HTTPFlow, exchange: HarmonyExchange | None) -> None:
+        """The reply stopped on a server tool's call: the loop continues it (tools/loop.py)."""
+        if await self.tools.settle(flow, exchange):
+            self.in_flight.exchanges.pop(flow.id, None)  # answered whole by the loop
+        waiting = self._response(flow)
+        if waiting is not None:
+            await waiting
 
     async def _settle(self, flow: http.HTTPFlow, end_body: bool,
                       then: Callable[[http.HTTPFlow, bool], Awaitable[None] | None]) -> None:
@@ -197,6 +212,7 @@ class ReplySide:
         if task is not None:
             task.cancel()
         self.failover.forget(flow)
+        self.tools.forget(flow)
         relay = self.relays.pop(flow.id, None)
         if relay is not None:
             record_of(flow)["stream_summary"] = relay.summary()

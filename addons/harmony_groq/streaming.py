@@ -34,7 +34,7 @@ from .completion import AssembledMessage
 from .dialects.base import ReplyWriter
 from .encoding import harmony_encoding
 from .errors import ProxyError
-from .parse import Event, StrippedOutputError
+from .parse import StrippedOutputError
 from .sse import SSEFramer
 from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, feed_output
@@ -133,6 +133,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
 
     on_upstream_failure: Callable[[ProxyError], bool] | None = None
     suspended = False
+    # Set by the tool loop (tools/loop.py): whether a generation that stopped on a server-tool
+    # call is held for the loop to continue, and the filter the answer's events pass (cites).
+    on_server_call: Callable[[], bool] | None = None
+    event_filter: Callable[[list[Any]], list[Any]] | None = None
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
@@ -153,6 +157,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.generated_ids: list[int] = []  # what a continuation's prompt needs (id servers)
         self.clock = clock
         self.last_sent = clock()
+        self.last_output: BackendOutput | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done or self.suspended:
@@ -164,7 +169,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
                                  "finished.", code="upstream_incomplete")
             for payload in self.framer.feed(data):
                 self._event(payload, out)
-                if self.done:
+                if self.done or self.suspended:
                     break
         except ProxyError as exc:
             self._fail(exc, out)
@@ -221,14 +226,43 @@ class HarmonyStreamTranslator(InterruptibleStream):
         if self.decoder.stopped:
             self._finish(output, out)
         elif output.finish_reason is not None:
+            if (self.on_server_call is not None
+                    and self.decoder.end_server_call(output.truncated) and self.on_server_call()):
+                self.suspended = True  # the tool loop runs the call and continues the reply
+                self.last_output = output
+                return
             self._emit(self.decoder.finish(output.truncated), out)
             self._finish(output, out)
 
-    def _emit(self, events: list[Event], out: list[bytes]) -> None:
+    def _emit(self, events: list[Any], out: list[bytes]) -> None:
+        if self.event_filter is not None:
+            events = self.event_filter(events)
         self.result.message.add(events)
         out.extend(self.reply.events(events))
 
+    def emit(self, events: list[Any]) -> list[bytes]:
+        """Events from outside the model's stream (a tool step) into the reply."""
+        out: list[bytes] = []
+        self._emit(events, out)
+        return out
+
+    def finish_now(self) -> list[bytes]:
+        """End the reply where the last generation stopped (the tool loop's cap)."""
+        out: list[bytes] = []
+        self._emit(self.decoder.finish(False), out)
+        self._finish(self.last_output or BackendOutput(text="", finish_reason="stop"), out)
+        return out
+
+    def fail_now(self, error: ProxyError) -> list[bytes]:
+        """End the reply with ``error`` (a tool step's generation failed)."""
+        out: list[bytes] = []
+        self._fail(error, out)
+        return out
+
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:
+        flush = getattr(self.event_filter, "flush", None)
+        if flush is not None:  # a citation marker held back at the very end
+            self._emit(flush(), out)
         message = self.result.message
         outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
         with collect_writes() as writes:

@@ -1,0 +1,2 @@
+"""The server tools this proxy has: importing a tool's module registers it (its factory, its
+options, its step kind's mappings). One line per tool."""
