@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .auth import check_proxy_key
-from .chat_request import check_word_lengths, parse_json_body
+from .chat_request import ChatRequest, check_word_lengths, parse_json_body
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.table import DialectTable
 from .errors import ProxyError
@@ -77,6 +78,8 @@ class RequestSide:
         self.spill = spill
         self.in_flight = in_flight
         self.late_key = True  # the injector on the chain's end adds the key (Gateway.running)
+        # Server tools' work before rendering (tools/loop.py ToolLoop.prepare; Gateway sets it)
+        self.prepare_tools: Callable[[ChatRequest], Awaitable[ChatRequest]] | None = None
 
     @property
     def config(self) -> Config:
@@ -242,6 +245,8 @@ class RequestSide:
         if config.backend == "vllm":  # measured once vLLM is up, for /health (cached after)
             await self.local.context_length()
         request = conversation.chat
+        if request.server_tools and self.prepare_tools is not None:
+            request = await self.prepare_tools(request)
         record = record_of(flow)
         messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued

@@ -10,6 +10,7 @@ outputs ``tool`` messages paired by ``call_id``. Namespace tools are flattened t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from typing import Any
 from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import bad_request
 from ..render import text_of
+from ..tools.base import ServerToolSpec
+from ..tools.mcp.history import ITEMS as MCP_ITEMS
+from ..tools.mcp.history import McpHistory
+from ..tools.mcp.spec import responses_mcp_tool
+from ..tools.mcp.tool import mcp_spec
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +117,8 @@ def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:
                     raise bad_request(f"{where}.tools[{n}] must be a function or custom tool.",
                                       param=where)
                 chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
+        elif kind == "mcp":
+            continue  # run by the proxy (mcp_tools)
         elif isinstance(kind, str):
             hosted.append(kind)
         else:
@@ -177,6 +185,7 @@ class _History:
         self.reasoning = ""
         self.calls: set[str] = set()
         self.ignored: list[str] = []
+        self.mcp = McpHistory()
 
     def _open_turn(self) -> dict[str, Any]:
         if self.turn is None:
@@ -206,6 +215,8 @@ class _History:
             self._call(item, where, custom=kind == "custom_tool_call")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, where)
+        elif kind in MCP_ITEMS:
+            self._mcp(item, kind, where)
         elif kind == "item_reference":
             raise bad_request(f"{where}: item references are not supported; send the item "
                               "itself or use previous_response_id.", param=where)
@@ -255,6 +266,17 @@ class _History:
             "id": call_id, "type": "function",
             "function": {"name": _flat_name(name, namespace), "arguments": arguments}})
         self.calls.add(call_id)
+
+    def _mcp(self, item: dict[str, Any], kind: str, where: str) -> None:
+        """MCP items: past calls join the history (gpt-oss), listings and approvals are
+        remembered for ``mcp_tools``; Groq's chat API has no use for them."""
+        if self.images:
+            self.ignored.append(kind)
+            return
+        messages = self.mcp.add(kind, item, where)
+        if messages:
+            self._close_turn()
+            self.messages += messages
 
     def _output(self, item: dict[str, Any], where: str) -> None:
         call_id = item.get("call_id")
@@ -334,4 +356,24 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
     if builder.ignored:
         logger.info("Responses request: items gpt-oss has no use for dropped: %s",
                     ", ".join(builder.ignored))
-    return ResponsesConversation(parse_chat_request(chat_body), chat_body, kinds, items)
+    chat = parse_chat_request(chat_body)
+    if not images:
+        chat = dataclasses.replace(chat, server_tools=chat.server_tools + mcp_tools(
+            body.get("tools"), builder.mcp))
+    return ResponsesConversation(chat, chat_body, kinds, items)
+
+
+def mcp_tools(tools: Any, history: McpHistory) -> tuple[ServerToolSpec, ...]:
+    """The request's ``mcp`` tools for the proxy to run, with what the conversation already
+    holds: each server's listing (not listed again) and the approvals since the last turn."""
+    if not isinstance(tools, list):
+        return ()
+    seen: set[str] = set()
+    pending = history.pending()
+    specs = []
+    for index, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            spec = responses_mcp_tool(tool, f"tools[{index}]", seen)
+            specs.append(mcp_spec(spec, history.listed.get(spec.label),
+                                  [a for a in pending if a.label == spec.label]))
+    return tuple(specs)

@@ -25,6 +25,7 @@ import httpx
 from mitmproxy import http
 
 from ..backends import Backend, BackendFormatError, BackendOutput, upstream_refusal
+from ..chat_request import ChatRequest
 from ..completion import AssembledMessage
 from ..dialects.base import Dialect
 from ..errors import ProxyError
@@ -37,10 +38,10 @@ from ..state.writes import collect_writes
 from ..streaming import HarmonyStreamTranslator, write_chunk
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
-from .base import ServerCall, StepEvent
+from .base import ServerCall, StepEvent, ToolOutput
 from .options import ToolOptions
-from .registry import ToolContext, build
-from .session import CitationFilter, ToolSession
+from .registry import ToolContext, build, prepare
+from .session import CitationFilter, OpeningSteps, ToolSession
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
@@ -62,6 +63,13 @@ class ToolLoop:
         self.sessions: dict[str, ToolSession] = {}
         self.streams: dict[str, HarmonyStreamTranslator] = {}
 
+    async def prepare(self, request: ChatRequest) -> ChatRequest:
+        """Before the prompt is rendered: what the request's server tools need first (an MCP
+        server's tools listed, approved calls run)."""
+        if not request.server_tools or self.options.config is None:
+            return request
+        return await prepare(request, ToolContext(self.options.config, self.client()))
+
     def session(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> ToolSession | None:
         """The flow's session, made on first use; None for a request without server tools."""
         if not exchange.request.server_tools or self.options.config is None:
@@ -80,7 +88,7 @@ class ToolLoop:
             return
         self.streams[flow.id] = translator
         translator.on_server_call = lambda: not session.over_cap()
-        translator.event_filter = CitationFilter(session.cite)
+        translator.event_filter = OpeningSteps(session.opening, CitationFilter(session.cite))
 
     def pending(self, flow: http.HTTPFlow, exchange: HarmonyExchange | None) -> bool:
         """Whether the flow's last hook has tool steps to run (cheap for other flows)."""
@@ -120,7 +128,10 @@ class ToolLoop:
             call = translator.decoder.take_server_call()
             if call is None or pooled is None or pooled.attempt is None:
                 break
-            tool_text = await self._step(flow, translator, session, call)
+            output = await self._step(flow, translator, session, call)
+            if output.ends_reply:
+                break
+            tool_text = output.text
             backend = exchange.backend
             prompt = session.next_prompt(
                 prompt, translator.generated_ids[session.generated_ids_mark:],
@@ -141,20 +152,20 @@ class ToolLoop:
                                      replica.url + backend.completions_path, body)
             if gone:
                 return
-        if translator.suspended and not translator.done:  # the cap: end as the model left it
+        if translator.suspended and not translator.done:  # the cap, or a step that ends it
             translator.suspended = False
             translator.on_server_call = None
             _write(flow, translator, translator.finish_now())
 
     async def _step(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
-                    session: ToolSession, call: ServerCall) -> str:
+                    session: ToolSession, call: ServerCall) -> ToolOutput:
         """One tool step on a stream: its item started, the tool run (the heartbeat keeps the
         stream alive meanwhile), its item finished."""
         step = session.started(call)
         _write(flow, translator, translator.emit([StepEvent(step, "started")]))
         output = await session.run(call, step)
         _write(flow, translator, translator.emit([StepEvent(step, "finished")]))
-        return output.text
+        return output
 
     async def _relay(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
                      attempt: Attempt, url: str, body: dict[str, Any]) -> bool:
@@ -198,7 +209,7 @@ class ToolLoop:
         session = self.sessions.get(flow.id) or self.session(flow, exchange)
         assert session is not None
         decoder = exchange.new_decoder()
-        cites = CitationFilter(session.cite)
+        cites = OpeningSteps(session.opening, CitationFilter(session.cite))
         message = AssembledMessage()
         prompt, backend = exchange.prompt, exchange.backend
         url = record.get("upstream_request", {}).get("url", "")
@@ -215,6 +226,8 @@ class ToolLoop:
             message.add([StepEvent(step, "started")])
             tool = await session.run(call, step)
             message.add([StepEvent(step, "finished")])
+            if tool.ends_reply:
+                break
             prompt = session.next_prompt(prompt, output.token_ids or [], output.text, call,
                                          tool.text, backend.text_transport)
             body = backend.request_body(prompt, exchange.request, False,

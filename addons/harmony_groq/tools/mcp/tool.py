@@ -21,11 +21,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ...chat_request import ChatRequest
 from ...errors import ProxyError
+from ...settings import OptionSpec
 from ..base import ServerCall, ServerToolSpec, StepRecord, ToolOutput, new_step_id
+from ..items import register
+from ..options import ToolConfig, declare
+from ..registry import ToolContext, register_preparer, register_tool
 from ..urls import UnsafeUrl, UrlPolicy
-from .client import McpError, McpServer, McpSessions, McpTool
+from .client import McpError, McpLimits, McpServer, McpSessions, McpTool
 from .history import Approved, server_call
-from .items import APPROVAL, CALL, LISTING
+from .items import (
+    APPROVAL,
+    CALL,
+    LISTING,
+    ApprovalResponses,
+    CallResponses,
+    ListingResponses,
+)
 from .spec import Declared, McpToolSpec, declaration, safe_name
 
 KIND = "mcp"
@@ -183,7 +194,8 @@ def opening_steps(request: ChatRequest) -> list[StepRecord]:
 
 
 class McpServerTool:
-    """One MCP server's namespace in a response's tool session."""
+    """One MCP server's namespace in a response's tool session; ``opening``: the steps
+    ``prepare`` ran for it (its listing, approved calls), which the reply shows first."""
 
     kind = KIND
 
@@ -193,6 +205,7 @@ class McpServerTool:
         assert isinstance(plan, McpPlan) and plan.declared is not None
         self.spec = plan.spec
         self.declared = plan.declared
+        self.opening = plan.opening
         self.sessions = sessions
 
     def started(self, call: ServerCall) -> StepRecord:
@@ -212,3 +225,34 @@ class McpServerTool:
             step.status = "completed"
             return ToolOutput("", step, ends_reply=True)
         return ToolOutput(await call_tool(self.spec, self.sessions, step), step)
+
+
+SESSIONS = McpSessions()  # the proxy's MCP sessions, shared by every response
+
+
+def _limits(config: ToolConfig) -> None:
+    SESSIONS.configure(McpLimits(timeout=float(config["mcp_timeout"]),
+                                 session_ttl=float(config["mcp_session_ttl"]),
+                                 max_result_bytes=config["mcp_max_result_bytes"]))
+
+
+declare(
+    OptionSpec("mcp_timeout", "MCP_TIMEOUT", int, 30,
+               "Seconds an MCP server may take to connect and list its tools, and per call; "
+               "past it the model and the client are told."),
+    OptionSpec("mcp_session_ttl", "MCP_SESSION_TTL", int, 60,
+               "Seconds an idle MCP session (per server URL and headers) stays open for reuse."),
+    OptionSpec("mcp_max_result_bytes", "MCP_MAX_RESULT_BYTES", int, 64 * 1024,
+               "Largest MCP tool result passed to the model, in bytes (more is cut)."),
+    check=_limits)
+
+
+async def _prepare(request: ChatRequest, context: ToolContext) -> ChatRequest:
+    return await prepare(request, SESSIONS, context.config.policy)
+
+
+register_tool(KIND, lambda spec, context: McpServerTool(spec, SESSIONS))
+register_preparer(KIND, _prepare)
+register(CALL, responses=CallResponses())
+register(LISTING, responses=ListingResponses())
+register(APPROVAL, responses=ApprovalResponses())
