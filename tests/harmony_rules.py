@@ -65,3 +65,12 @@ def tool_call(name: str, arguments: dict[str, Any], thinking: str = "Using a too
     return (f"<|channel|>analysis<|message|>{thinking}<|end|><|start|>assistant"
             f"<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
             f"{json.dumps(arguments)}<|call|>")
+
+
+def mcp_call(recipient: str, arguments: dict[str, Any], thinking: str = "Asking the server."
+             ) -> str:
+    """A completion that reasons, then calls an MCP server's tool (``LABEL.TOOL``), as gpt-oss
+    calls a namespace declared in the system message."""
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|><|start|>assistant"
+            f"<|channel|>commentary to={recipient} <|constrain|>json<|message|>"
+            f"{json.dumps(arguments)}<|call|>")

@@ -173,7 +173,7 @@ class _HistoryBuilder:
                 self.call_names[call_id] = fn["name"]
             return call_id, (Message.from_role_and_content(
                 Role.ASSISTANT, self.clean(_arguments_text(fn.get("arguments"))))
-                .with_channel("analysis").with_recipient(fn["name"]))
+                .with_channel(call.get("channel") or "analysis").with_recipient(fn["name"]))
         safe = self.names.add(fn["name"])
         call_id = call.get("id") if isinstance(call.get("id"), str) else None
         if call_id:
@@ -201,7 +201,8 @@ class _HistoryBuilder:
         text = self.clean(text_of(message.get("content"), where))
         if message.get("server"):  # a server tool's answer: authored by its recipient
             return (Message.from_author_and_content(Author.new(Role.TOOL, safe), text)
-                    .with_channel("analysis").with_recipient("assistant"))
+                    .with_channel(message.get("channel") or "analysis")
+                    .with_recipient("assistant"))
         return (
             Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{safe}"), text)
             .with_channel("commentary")

@@ -19,6 +19,8 @@ from typing import Any
 from ..completion import AssembledMessage
 from ..errors import ProxyError
 from ..parse import Event, ReasoningDelta, ToolCall
+from ..tools.base import Citation, CiteEvent, StepEvent, StepRecord
+from ..tools.items import responses_mapping
 from ..tools.mcp.secrets import public_tools
 from .base import Outcome
 from .responses_request import ToolKind
@@ -43,10 +45,24 @@ def reasoning_item(item_id: str, text: str) -> dict[str, Any]:
             "content": [{"type": "reasoning_text", "text": text}], "encrypted_content": None}
 
 
-def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+def message_item(item_id: str, text: str, status: str = "completed",
+                 annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    content = [{"type": "output_text", "text": text, "annotations": annotations or [],
+                "logprobs": []}]
     return {"type": "message", "id": item_id, "role": "assistant", "status": status,
             "content": content if status == "completed" else []}
+
+
+def url_citation(citation: Citation, base: int = 0) -> dict[str, Any]:
+    """An ``output_text`` annotation; ``base``: where the item's text starts in the answer."""
+    return {"type": "url_citation", "start_index": max(citation.start_index - base, 0),
+            "end_index": max(citation.end_index - base, 0), "title": citation.title,
+            "url": citation.url}
+
+
+def step_item(step: StepRecord) -> dict[str, Any] | None:
+    mapping = responses_mapping(step.kind)
+    return mapping.item(step, step.status) if mapping is not None else None
 
 
 def call_item(call: ToolCall, kind: ToolKind | None, status: str = "completed"
@@ -100,6 +116,9 @@ class ResponsesReply:
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.open_text: list[str] = []
         self.delta_template: tuple[bytes, tuple[bytes, bytes]] = (b"", (b"", b""))
+        self.annotations: list[dict[str, Any]] = []  # the open message's
+        self.answered = 0  # characters of answer text sent (citations count from here)
+        self.item_base = 0  # where the open message's text starts in the answer
 
     # -- the response object ---------------------------------------------------------------
 
@@ -136,10 +155,14 @@ class ResponsesReply:
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
         output = []
-        if message.reasoning:
-            output.append(reasoning_item(new_id("rs"), "".join(message.reasoning)))
+        for part in message.reasoning_around_steps():
+            if isinstance(part, str):
+                output.append(reasoning_item(new_id("rs"), part))
+            elif (item := step_item(part)) is not None:
+                output.append(item)
         if message.content:
-            output.append(message_item(new_id("msg"), "".join(message.content)))
+            output.append(message_item(new_id("msg"), "".join(message.content), "completed",
+                                       [url_citation(c) for c in message.citations]))
         output += [call_item(call, self.tools.get(call.name)) for call in message.tool_calls]
         return self._complete(output, outcome)
 
@@ -161,20 +184,55 @@ class ResponsesReply:
         return self._event("response.in_progress",
                            {"response": self.response("in_progress", list(self.output))})
 
-    def events(self, events: list[Event]) -> list[bytes]:
+    def events(self, events: list[Event | StepEvent | CiteEvent]) -> list[bytes]:
         out: list[bytes] = []
         for event in events:
             if isinstance(event, ToolCall):
                 self._close(out)
                 self._call(event, out)
                 continue
+            if isinstance(event, StepEvent):
+                self._step(event, out)
+                continue
+            if isinstance(event, CiteEvent):
+                self._cite(event, out)
+                continue
             kind = "reasoning" if isinstance(event, ReasoningDelta) else "message"
             if self.open is None or self.open["type"] != kind:
                 self._close(out)
                 self._open(kind, out)
+            if kind == "message":
+                self.answered += len(event.text)
             self.open_text.append(event.text)
             out.append(self._delta(event.text))
         return out
+
+    def _step(self, event: StepEvent, out: list[bytes]) -> None:
+        """A tool step's item: added with its progress events before the tool runs, its
+        last progress event and ``output_item.done`` after."""
+        mapping = responses_mapping(event.step.kind)
+        if mapping is None:
+            return
+        step = event.step
+        if event.phase == "started":
+            self._close(out)  # before the index: the open item takes the one it had
+        index = len(self.output)
+        if event.phase == "started":
+            out.append(self._event("response.output_item.added", {
+                "output_index": index, "item": mapping.item(step, "in_progress")}))
+        for kind, fields in mapping.progress(step, event.phase):
+            out.append(self._event(kind, {"item_id": step.id, "output_index": index, **fields}))
+        if event.phase == "finished":
+            self._done(mapping.item(step, step.status), out)
+
+    def _cite(self, event: CiteEvent, out: list[bytes]) -> None:
+        if self.open is None or self.open["type"] != "message":
+            return
+        annotation = url_citation(event.citation, self.item_base)
+        out.append(self._event("response.output_text.annotation.added", {
+            "item_id": self.open["id"], "output_index": len(self.output), "content_index": 0,
+            "annotation_index": len(self.annotations), "annotation": annotation}))
+        self.annotations.append(annotation)
 
     def _delta(self, text: str) -> bytes:
         """A text delta event, from a template made when its item opened (the hot path: one
@@ -192,6 +250,7 @@ class ResponsesReply:
         else:
             self.open = message_item(new_id("msg"), "", "in_progress")
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            self.annotations, self.item_base = [], self.answered
         self.open_text = []
         index = len(self.output)
         delta = f"response.{'reasoning_text' if kind == 'reasoning' else 'output_text'}.delta"
@@ -215,7 +274,7 @@ class ResponsesReply:
             item = reasoning_item(item_id, text)
             out.append(self._event("response.reasoning_text.done", {**where, "text": text}))
         else:
-            item = message_item(item_id, text)
+            item = message_item(item_id, text, "completed", self.annotations)
             out.append(self._event("response.output_text.done",
                                    {**where, "text": text, "logprobs": []}))
         out.append(self._event("response.content_part.done",

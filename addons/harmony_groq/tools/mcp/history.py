@@ -35,12 +35,14 @@ ITEMS = ("mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_res
 
 def server_call(call_id: str, recipient: str, arguments: str, output: str
                 ) -> list[dict[str, Any]]:
-    """A server-tool call and its answer in the chat form the renderer takes."""
+    """An MCP call and its answer in the chat form the renderer takes: on the commentary
+    channel, where gpt-oss calls tools a developer declared (and where the cookbook's rule of
+    dropping past analysis leaves them)."""
     return [{"role": "assistant", "content": "", "tool_calls": [
-                {"id": call_id, "type": "server",
+                {"id": call_id, "type": "server", "channel": "commentary",
                  "function": {"name": recipient, "arguments": arguments}}]},
-            {"role": "tool", "server": True, "tool_call_id": call_id, "name": recipient,
-             "content": output}]
+            {"role": "tool", "server": True, "channel": "commentary", "tool_call_id": call_id,
+             "name": recipient, "content": output}]
 
 
 def _tools(item: dict[str, Any], where: str) -> list[McpTool]:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ...chat_request import ChatRequest
 from ...errors import ProxyError
+from ...render import neutralize_special_tokens
 from ...settings import OptionSpec
 from ..base import ServerCall, ServerToolSpec, StepRecord, ToolOutput, new_step_id
 from ..items import register
@@ -160,8 +161,9 @@ async def prepare(request: ChatRequest, sessions: McpSessions, policy: UrlPolicy
         config = plan.declared.config()
         failed = plan.opening and plan.opening[-1].status == "failed"
         if failed:
-            config = dataclasses.replace(config, description=UNREACHABLE.format(
-                reason=plan.opening[-1].message))
+            reason = neutralize_special_tokens(plan.opening[-1].message or "")
+            config = config.model_copy(update={"description": UNREACHABLE.format(
+                reason=reason)})
         specs.append(dataclasses.replace(server_tool, config=config))
         plans.append(plan)
     messages = list(request.messages)
