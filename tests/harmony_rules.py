@@ -67,6 +67,20 @@ def tool_call(name: str, arguments: dict[str, Any], thinking: str = "Using a too
             f"{json.dumps(arguments)}<|call|>")
 
 
+def browser_call(action: str, arguments: dict[str, Any], thinking: str = "Let me look.") -> str:
+    """A completion that reasons, then calls harmony's built-in browser (``browser.search``,
+    ``browser.open``, ``browser.find``) on the analysis channel, as gpt-oss does."""
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|><|start|>assistant"
+            f"<|channel|>analysis to=browser.{action} code<|message|>"
+            f"{json.dumps(arguments)}<|call|>")
+
+
+def browser_declared(prompt: str) -> bool:
+    """The system message declares harmony's browser (built-in tools live there)."""
+    system = prompt.split("<|end|>", 1)[0]
+    return "## browser" in system and "namespace browser {" in system
+
+
 def mcp_call(recipient: str, arguments: dict[str, Any], thinking: str = "Asking the server."
              ) -> str:
     """A completion that reasons, then calls an MCP server's tool (``LABEL.TOOL``), as gpt-oss

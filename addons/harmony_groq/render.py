@@ -167,13 +167,15 @@ class _HistoryBuilder:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise bad_request(f"{where}: tool_calls entries need function.name.", param=where)
-        if call.get("type") == "server":  # a server tool's call (tools/): its own recipient
+        # A server tool's past call (tools/): its own recipient, on commentary so the CoT drop
+        # before the last final keeps it with its result (harmony allows built-in calls there).
+        if call.get("type") == "server":
             call_id = call.get("id") if isinstance(call.get("id"), str) else None
             if call_id:
                 self.call_names[call_id] = fn["name"]
             return call_id, (Message.from_role_and_content(
                 Role.ASSISTANT, self.clean(_arguments_text(fn.get("arguments"))))
-                .with_channel(call.get("channel") or "analysis").with_recipient(fn["name"]))
+                .with_channel("commentary").with_recipient(fn["name"]))
         safe = self.names.add(fn["name"])
         call_id = call.get("id") if isinstance(call.get("id"), str) else None
         if call_id:
@@ -201,8 +203,7 @@ class _HistoryBuilder:
         text = self.clean(text_of(message.get("content"), where))
         if message.get("server"):  # a server tool's answer: authored by its recipient
             return (Message.from_author_and_content(Author.new(Role.TOOL, safe), text)
-                    .with_channel(message.get("channel") or "analysis")
-                    .with_recipient("assistant"))
+                    .with_channel("commentary").with_recipient("assistant"))
         return (
             Message.from_author_and_content(Author.new(Role.TOOL, f"functions.{safe}"), text)
             .with_channel("commentary")
@@ -426,6 +427,9 @@ def forced_call_prefill(request: ChatRequest, names: ToolNames) -> str:
     """The reply's header when ``tool_choice`` demands a call: a text backend has no grammar,
     so the call's header is written for the model (it skips its reasoning), which then only
     chooses the arguments (named) or the function and the arguments (``required``)."""
+    if request.tool_choice == "named" and request.forced_tool and any(
+            request.forced_tool.startswith(spec.namespace + ".") for spec in request.server_tools):
+        return f"<|channel|>analysis to={request.forced_tool}<|message|>"  # a server tool
     if request.tool_choice == "named" and request.forced_tool:
         return (f"<|channel|>commentary to=functions.{names.add(request.forced_tool)} "
                 "<|constrain|>json<|message|>")

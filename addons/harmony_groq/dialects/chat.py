@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,38 @@ from ..groq import sanitize_body
 from ..parse import Event
 from ..settings import Config
 from ..sse import DONE, KEEPALIVE, encode_event
+from ..tools.base import Citation, CiteEvent, ServerToolSpec, StepEvent, StepRecord
+from ..tools.browser.browser import browser_spec
+from ..tools.items import chat_mapping
 from .base import Conversation, GroqCall, OpenAIErrors, Outcome
+
+
+def split_server_tools(body: dict[str, Any]) -> tuple[dict[str, Any], tuple[ServerToolSpec, ...]]:
+    """Groq's ``{"type": "browser_search"}`` tool and OpenAI's ``web_search_options``: web
+    search the proxy runs (harmony's browser); the body without them for the chat parser."""
+    tools = body.get("tools")
+    searches = [t for t in tools if isinstance(t, dict) and t.get("type") == "browser_search"] \
+        if isinstance(tools, list) else []
+    if not searches and not isinstance(body.get("web_search_options"), dict):
+        return body, ()
+    rest = {**body}
+    if isinstance(tools, list):
+        functions = [t for t in tools if t not in searches]
+        rest["tools"] = functions or None
+        if not functions:
+            rest.pop("tool_choice", None)  # "required" meant the search
+    return rest, (browser_spec(),)
+
+
+def executed_tool(step: StepRecord, index: int) -> dict[str, Any] | None:
+    mapping = chat_mapping(step.kind)
+    return mapping.executed_tool(step, index) if mapping is not None else None
+
+
+def url_citation(citation: Citation) -> dict[str, Any]:
+    return {"type": "url_citation", "url_citation": {
+        "start_index": citation.start_index, "end_index": citation.end_index,
+        "title": citation.title, "url": citation.url}}
 
 
 @dataclass
@@ -27,6 +59,7 @@ class ChatReply:
 
     def __post_init__(self) -> None:
         self.builder = ChunkBuilder(self.completion_id, self.model, self.keys)
+        self.steps = 0  # executed_tools entries sent
 
     @classmethod
     def for_request(cls, request: ChatRequest, reasoning_field: str) -> ChatReply:
@@ -35,15 +68,34 @@ class ChatReply:
                    request.include_usage)
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
-        return completion_dict(self.completion_id, self.model, message.to_message(self.keys),
-                               outcome.finish, outcome.usage())
+        reply = message.to_message(self.keys)
+        executed = [entry for n, (_, step) in enumerate(message.steps)
+                    if (entry := executed_tool(step, n)) is not None]
+        if executed:
+            reply["executed_tools"] = executed
+        if message.citations:
+            reply["annotations"] = [url_citation(c) for c in message.citations]
+        return completion_dict(self.completion_id, self.model, reply, outcome.finish,
+                               outcome.usage())
 
     def start(self, prompt_tokens: int = 0) -> list[bytes]:
         return [encode_event(self.builder.first())]
 
-    def events(self, events: list[Event]) -> list[bytes]:
-        return [encode_event(chunk) for event in events
-                if (chunk := self.builder.for_event(event)) is not None]
+    def events(self, events: list[Event | StepEvent | CiteEvent]) -> list[bytes]:
+        out = []
+        for event in events:
+            if isinstance(event, StepEvent):  # Groq's shape: the tool once it ran
+                entry = executed_tool(event.step, self.steps) if event.phase == "finished" \
+                    else None
+                if entry is not None:
+                    self.steps += 1
+                    out.append(encode_event(self.builder.chunk({"executed_tools": [entry]})))
+            elif isinstance(event, CiteEvent):
+                out.append(encode_event(self.builder.chunk(
+                    {"annotations": [url_citation(event.citation)]})))
+            elif (chunk := self.builder.for_event(event)) is not None:
+                out.append(encode_event(chunk))
+        return out
 
     def finish(self, message: AssembledMessage, outcome: Outcome) -> list[bytes]:
         out = [encode_event(self.builder.last(outcome.finish))]
@@ -66,7 +118,10 @@ class ChatDialect(OpenAIErrors):
         return require_model_and_messages(body)
 
     def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
-        request = parse_chat_request(body)
+        functions, tools = split_server_tools(body)
+        request = parse_chat_request(functions)
+        if tools:
+            request = dataclasses.replace(request, server_tools=tools)
         return Conversation(request, ChatReply.for_request(request, config.reasoning_field), body)
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:

@@ -4,6 +4,7 @@ Anthropic's shapes (``shared/reference/anthropic-messages.md``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -16,9 +17,11 @@ from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
     Images,
     chat_body,
+    forced_server_tool,
     require_max_tokens,
     require_model_and_roles,
     resolve_model,
+    server_tools,
     thinking_hidden,
 )
 
@@ -44,7 +47,13 @@ class MessagesDialect:
              ) -> ChatRequest:
         """The request in the chat form the renderer takes (``images="placeholder"``: to
         estimate a Groq request's size in tokens)."""
-        return parse_chat_request(chat_body(body, self.model(body, config), images))
+        request = parse_chat_request(chat_body(body, self.model(body, config), images))
+        tools = server_tools(body)
+        if not tools:
+            return request
+        forced = forced_server_tool(body)
+        return dataclasses.replace(request, server_tools=tools, **(
+            {"tool_choice": "named", "forced_tool": forced} if forced else {}))
 
     def conversation(self, body: dict[str, Any], config: Config) -> Conversation:
         request = self.chat(body, config)

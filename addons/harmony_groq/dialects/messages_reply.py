@@ -9,6 +9,7 @@ the usage, then ``message_stop``. Errors are ``{"type": "error", "error": {type,
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -18,6 +19,8 @@ from typing import Any
 from ..completion import AssembledMessage
 from ..errors import ProxyError
 from ..parse import ContentDelta, Event, ReasoningDelta, ToolCall
+from ..tools.base import Citation, CiteEvent, StepEvent, StepRecord
+from ..tools.items import messages_mapping
 from .base import Outcome
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -59,6 +62,44 @@ def object_json(arguments: str) -> str:
     return arguments if isinstance(value, dict) else "{}"
 
 
+def tool_use_id(step: StepRecord) -> str:
+    return "srvtoolu_" + step.id.split("_", 1)[-1]
+
+
+def step_blocks(step: StepRecord) -> list[dict[str, Any]]:
+    """A server tool step's ``server_tool_use`` block and its result block (none when the
+    step is not one this API shows)."""
+    mapping = messages_mapping(step.kind)
+    if mapping is None or (tool_input := mapping.use_input(step)) is None:
+        return []
+    use_id = tool_use_id(step)
+    return [{"type": "server_tool_use", "id": use_id, "name": mapping.name,
+             "input": tool_input}, mapping.result(step, use_id)]
+
+
+def location(citation: Citation) -> dict[str, Any]:
+    return {"type": "web_search_result_location", "url": citation.url,
+            "title": citation.title, "cited_text": citation.cited_text[:150],
+            "encrypted_index": base64.b64encode(citation.url.encode()).decode()}
+
+
+def text_blocks(text: str, citations: list[Citation]) -> list[dict[str, Any]]:
+    """The answer as text blocks, each cited passage a block with its citation."""
+    blocks: list[dict[str, Any]] = []
+    start = 0
+    for citation in sorted(citations, key=lambda c: c.end_index):
+        end = max(citation.end_index, start)
+        if end > start:
+            blocks.append({"type": "text", "text": text[start:end],
+                           "citations": [location(citation)]})
+        elif blocks and blocks[-1].get("citations"):
+            blocks[-1]["citations"].append(location(citation))
+        start = end
+    if start < len(text) or not blocks:
+        blocks.append({"type": "text", "text": text[start:]})
+    return blocks
+
+
 def _frame(kind: str, payload: dict[str, Any]) -> bytes:
     return (b"event: " + kind.encode() + b"\ndata: "
             + json.dumps({"type": kind, **payload}, ensure_ascii=False).encode() + b"\n\n")
@@ -86,13 +127,19 @@ class MessagesReply:
         self.index = -1
         self.open: str | None = None  # the kind of the block being streamed
         self.thinking: Any = None  # the open thinking block's running hash
+        self.server_uses: dict[str, int] = {}  # usage.server_tool_use's counters
 
-    def _usage(self, outcome: Outcome) -> dict[str, Any]:
+    def _usage(self, outcome: Outcome, server_uses: dict[str, int] | None = None
+               ) -> dict[str, Any]:
         # Anthropic counts cache reads apart: input_tokens is the part not read from a cache.
         cached = outcome.cached_tokens or 0
-        return {"input_tokens": outcome.prompt_tokens - cached,
-                "output_tokens": outcome.completion_tokens,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+        usage: dict[str, Any] = {"input_tokens": outcome.prompt_tokens - cached,
+                                 "output_tokens": outcome.completion_tokens,
+                                 "cache_creation_input_tokens": 0,
+                                 "cache_read_input_tokens": cached}
+        if server_uses:
+            usage["server_tool_use"] = dict(server_uses)
+        return usage
 
     def _stop(self, outcome: Outcome) -> dict[str, Any]:
         if outcome.stopped:
@@ -109,16 +156,21 @@ class MessagesReply:
 
     def whole(self, message: AssembledMessage, outcome: Outcome) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
-        thinking = "".join(message.reasoning)
-        if thinking and self.show_thinking:
-            content.append({"type": "thinking", "thinking": thinking,
-                            "signature": signature(thinking)})
+        uses: dict[str, int] = {}
+        for part in message.reasoning_around_steps():
+            if isinstance(part, str):
+                if self.show_thinking:
+                    content.append({"type": "thinking", "thinking": part,
+                                    "signature": signature(part)})
+            elif blocks := step_blocks(part):
+                content += blocks
+                _count(uses, part)
         if message.content:
-            content.append({"type": "text", "text": "".join(message.content)})
+            content += text_blocks("".join(message.content), message.citations)
         content += [{"type": "tool_use", "id": call.id, "name": call.name,
                      "input": json.loads(object_json(call.arguments))}
                     for call in message.tool_calls]
-        return self._message(content, self._stop(outcome), self._usage(outcome))
+        return self._message(content, self._stop(outcome), self._usage(outcome, uses))
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -160,9 +212,35 @@ class MessagesReply:
                 if self.open != "text":
                     self._open("text", {"text": ""}, out)
                 out.append(_delta(self.index, "text_delta", "text", event.text))
+            elif isinstance(event, StepEvent):
+                self._step(event, out)
+            elif isinstance(event, CiteEvent):
+                if self.open == "text":  # the cited passage ends here: its block closes
+                    out.append(_frame("content_block_delta", {"index": self.index, "delta": {
+                        "type": "citations_delta", "citation": location(event.citation)}}))
+                    self._close(out)
             else:
                 self._tool_use(event, out)
         return out
+
+    def _step(self, event: StepEvent, out: list[bytes]) -> None:
+        """``server_tool_use`` (its input as ``input_json_delta``) before the tool runs; the
+        complete result block after, as Anthropic streams them."""
+        blocks = step_blocks(event.step)
+        if not blocks:
+            return
+        use, result = blocks
+        if event.phase == "started":
+            self._open("server_tool_use", {"id": use["id"], "name": use["name"], "input": {}},
+                       out)
+            out.append(_delta(self.index, "input_json_delta", "partial_json",
+                              json.dumps(use["input"], ensure_ascii=False)))
+            self._close(out)
+            return
+        kind = result.pop("type")
+        self._open(kind, result, out)
+        self._close(out)
+        _count(self.server_uses, event.step)
 
     def _tool_use(self, call: ToolCall, out: list[bytes]) -> None:
         self._open("tool_use", {"id": call.id, "name": call.name, "input": {}}, out)
@@ -174,7 +252,7 @@ class MessagesReply:
         out: list[bytes] = []
         self._close(out)
         out.append(_frame("message_delta", {"delta": self._stop(outcome),
-                                            "usage": self._usage(outcome)}))
+                                            "usage": self._usage(outcome, self.server_uses)}))
         out.append(_frame("message_stop", {}))
         return out
 
@@ -183,3 +261,9 @@ class MessagesReply:
 
     def keepalive(self) -> bytes:
         return PING
+
+
+def _count(uses: dict[str, int], step: StepRecord) -> None:
+    mapping = messages_mapping(step.kind)
+    if mapping is not None and step.error != "max_uses_exceeded":
+        uses[mapping.usage_key] = uses.get(mapping.usage_key, 0) + 1

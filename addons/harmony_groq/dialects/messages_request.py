@@ -16,6 +16,10 @@ from typing import Any, Literal
 
 from ..chat_request import require_messages, require_model
 from ..errors import bad_request
+from ..tools.base import ServerToolSpec
+from ..tools.browser.browser import browser_spec
+from ..tools.browser.history import search_results_text, server_call, server_result
+from ..tools.browser.items import decode_encrypted
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 ROLES = ("user", "assistant", "system")
@@ -160,14 +164,49 @@ def _user(message: dict[str, Any], where: str, images: Images) -> list[dict[str,
     return [*results, {"role": "user", "content": parts}]
 
 
-def _assistant(message: dict[str, Any], where: str) -> dict[str, Any]:
+def _assistant(message: dict[str, Any], where: str, server_steps: bool = True
+               ) -> list[dict[str, Any]]:
+    """One assistant message as chat turns: a new turn after each server tool's result (the
+    text after it answers from it), the results as server ``tool`` messages between."""
+    out: list[dict[str, Any]] = []
     thinking, texts, calls = [], [], []
+    uses: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def close() -> None:
+        if not (thinking or texts or calls):
+            return
+        turn: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+        if thinking:
+            turn["reasoning"] = "\n".join(thinking)
+        if calls:
+            turn["tool_calls"] = list(calls)
+        out.append(turn)
+        thinking.clear(), texts.clear(), calls.clear()
+
     for n, block in enumerate(_blocks(message.get("content"), where)):
         at, kind = f"{where}.content[{n}]", block["type"]
         if kind == "thinking":  # the signature is ours or foreign: either way not checked
             thinking.append(_text(block, "thinking", at))
         elif kind == "text":
             texts.append(_text(block, "text", at))
+        elif kind == "server_tool_use":
+            use_id, name = block.get("id"), block.get("name")
+            if not isinstance(use_id, str) or not isinstance(name, str):
+                raise bad_request(f"{at}: a server_tool_use needs an 'id' and a 'name'.",
+                                  param=at)
+            arguments = block.get("input") if isinstance(block.get("input"), dict) else {}
+            uses[use_id] = (SERVER_RECIPIENTS.get(name, f"browser.{name}"), arguments)
+            if server_steps:
+                calls.append(server_call(use_id, *uses[use_id]))
+        elif kind.endswith("_tool_result") and kind != "tool_result":
+            use_id = block.get("tool_use_id")
+            if not isinstance(use_id, str) or use_id not in uses:
+                raise bad_request(f"{at}: a {kind} must follow its server_tool_use.", param=at)
+            if server_steps:
+                close()
+                recipient, arguments = uses[use_id]
+                out.append(server_result(use_id, recipient,
+                                         server_result_text(block, arguments)))
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise bad_request(f"{at}: a tool_use needs an 'id' and a 'name'.", param=at)
@@ -178,12 +217,66 @@ def _assistant(message: dict[str, Any], where: str) -> dict[str, Any]:
         elif kind != "redacted_thinking":
             raise bad_request(f"{at}: content block type {kind!r} is not supported in an "
                               "assistant message.", param=at, code="unsupported_content_type")
-    turn: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
-    if thinking:
-        turn["reasoning"] = "\n".join(thinking)
-    if calls:
-        turn["tool_calls"] = calls
-    return turn
+    close()
+    return out or [{"role": "assistant", "content": ""}]
+
+
+SERVER_RECIPIENTS = {"web_search": "browser.search", "web_fetch": "browser.open"}
+
+
+def server_result_text(block: dict[str, Any], arguments: dict[str, Any]) -> str:
+    """What a returned result block told the model: the search's links (read back from
+    ``encrypted_content``), or its error."""
+    content = block.get("content")
+    if isinstance(content, dict):
+        return f"Error: {content.get('error_code') or 'unavailable'}"
+    results = []
+    for item in content if isinstance(content, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("url"), str):
+            kept = decode_encrypted(item.get("encrypted_content"))
+            results.append({"url": item["url"], "title": item.get("title") or kept.get("title"),
+                            "snippet": kept.get("snippet", "")})
+    return search_results_text(str(arguments.get("query", "")), results)
+
+
+def server_tools(body: dict[str, Any]) -> tuple[ServerToolSpec, ...]:
+    """Anthropic's web search and web fetch, run by the proxy as harmony's browser:
+    ``max_uses`` (searches), ``allowed_domains`` / ``blocked_domains``."""
+    tools = body.get("tools")
+    declared = [t for t in tools if isinstance(t, dict) and is_web_tool(t.get("type"))] \
+        if isinstance(tools, list) else []
+    if not declared:
+        return ()
+    options: dict[str, Any] = {}
+    for tool in declared:
+        if tool.get("allowed_domains") and tool.get("blocked_domains"):
+            raise bad_request("allowed_domains and blocked_domains cannot both be set.",
+                              param="tools")
+        if str(tool.get("type")).startswith("web_search") and isinstance(
+                tool.get("max_uses"), int):
+            options["max_uses"] = tool["max_uses"]
+        for key in ("allowed_domains", "blocked_domains"):
+            if tool.get(key):
+                options[key] = tool[key]
+    return (browser_spec(options),)
+
+
+def is_web_tool(kind: Any) -> bool:
+    return isinstance(kind, str) and kind.startswith(("web_search_", "web_fetch_"))
+
+
+def forced_server_tool(body: dict[str, Any]) -> str | None:
+    """The server tool ``tool_choice`` forces (Claude Code's WebSearch side request forces
+    ``web_search``), as its harmony recipient."""
+    choice = body.get("tool_choice")
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else []
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    for tool in tools:
+        if isinstance(tool, dict) and is_web_tool(tool.get("type")) and tool.get(
+                "name") == choice.get("name"):
+            return SERVER_RECIPIENTS.get(tool["name"], "browser.search")
+    return None
 
 
 def chat_messages(body: dict[str, Any], images: Images) -> list[dict[str, Any]]:
@@ -196,7 +289,7 @@ def chat_messages(body: dict[str, Any], images: Images) -> list[dict[str, Any]]:
         if message["role"] == "user":
             out += _user(message, where, images)
         elif message["role"] == "assistant":
-            out.append(_assistant(message, where))
+            out += _assistant(message, where, images != "pass")
     return out
 
 
@@ -232,6 +325,8 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool[
                 "name"]:
             raise bad_request(f"{where} must be an object with a 'name'.", param=where)
+        if is_web_tool(tool.get("type")):
+            continue  # run by the proxy (server_tools)
         if tool.get("type") not in (None, "custom"):
             raise bad_request(f"{where}: Anthropic's server tool {tool['type']!r} is not "
                               "available here; declare it as a custom tool with an "
@@ -259,6 +354,8 @@ def _tool_choice(choice: Any, functions: list[dict[str, Any]]) -> tuple[Any, boo
     if kind == "any":
         return "required", parallel
     if kind == "tool" and isinstance(choice.get("name"), str):
+        if choice["name"] in SERVER_RECIPIENTS:  # a server tool: forced in the prompt instead
+            return "auto", parallel
         if not any(f["function"]["name"] == choice["name"] for f in functions):
             raise bad_request("tool_choice names a tool that is not in 'tools'.",
                               param="tool_choice")

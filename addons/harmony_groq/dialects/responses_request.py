@@ -20,6 +20,8 @@ from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import bad_request
 from ..render import text_of
 from ..tools.base import ServerToolSpec
+from ..tools.browser.browser import browser_spec
+from ..tools.browser.history import replayed_action, server_call, server_result
 from ..tools.mcp.history import ITEMS as MCP_ITEMS
 from ..tools.mcp.history import McpHistory
 from ..tools.mcp.spec import responses_mcp_tool
@@ -28,7 +30,7 @@ from ..tools.mcp.tool import mcp_spec
 logger = logging.getLogger(__name__)
 
 NAMESPACE_SEPARATOR = "__"
-IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output", "web_search_call",
+IGNORED_ITEMS = ("local_shell_call", "local_shell_call_output",
                  "tool_search_call", "tool_search_output", "image_generation_call",
                  "compaction", "compaction_summary", "ghost_snapshot")
 CUSTOM_INPUT_SCHEMA = {
@@ -37,6 +39,28 @@ CUSTOM_INPUT_SCHEMA = {
                              "description": "The raw text input, not JSON-encoded."}},
     "required": ["input"],
 }
+
+
+WEB_SEARCH = ("web_search", "web_search_preview", "browser_search")
+
+
+def is_web_search(kind: Any) -> bool:
+    """``web_search``, ``web_search_preview``, their dated variants, gpt-oss's
+    ``browser_search``."""
+    return isinstance(kind, str) and (kind in WEB_SEARCH or kind.startswith(
+        ("web_search_2", "web_search_preview_2")))
+
+
+def server_tools(tools: Any) -> tuple[ServerToolSpec, ...]:
+    """The hosted tools the proxy runs for gpt-oss (tools/): web search as harmony's browser,
+    with ``filters.allowed_domains``."""
+    if not isinstance(tools, list):
+        return ()
+    for tool in tools:
+        if isinstance(tool, dict) and is_web_search(tool.get("type")):
+            filters = tool.get("filters") if isinstance(tool.get("filters"), dict) else {}
+            return (browser_spec({"allowed_domains": filters.get("allowed_domains")}),)
+    return ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,8 @@ def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:
                     raise bad_request(f"{where}.tools[{n}] must be a function or custom tool.",
                                       param=where)
                 chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
+        elif is_web_search(kind):
+            continue  # run by the proxy (server_tools)
         elif kind == "mcp":
             continue  # run by the proxy (mcp_tools)
         elif isinstance(kind, str):
@@ -179,6 +205,7 @@ class _History:
 
     def __init__(self, kinds: dict[str, ToolKind], images: bool) -> None:
         self.kinds = kinds
+        self.server_steps = not images  # gpt-oss: past web searches rendered as browser calls
         self.images = images  # pass user images on (a Groq vision model) instead of a 400
         self.messages: list[dict[str, Any]] = []
         self.turn: dict[str, Any] | None = None  # the open assistant turn
@@ -215,6 +242,8 @@ class _History:
             self._call(item, where, custom=kind == "custom_tool_call")
         elif kind in ("function_call_output", "custom_tool_call_output"):
             self._output(item, where)
+        elif kind == "web_search_call":
+            self._web_search(item, index)
         elif kind in MCP_ITEMS:
             self._mcp(item, kind, where)
         elif kind == "item_reference":
@@ -266,6 +295,20 @@ class _History:
             "id": call_id, "type": "function",
             "function": {"name": _flat_name(name, namespace), "arguments": arguments}})
         self.calls.add(call_id)
+
+    def _web_search(self, item: dict[str, Any], index: int) -> None:
+        """A past web search (Codex resends them without ids): the browser call and what it
+        answered, for gpt-oss; nothing for Groq."""
+        replayed = replayed_action(item.get("action")) if self.server_steps else None
+        if replayed is None:
+            self.ignored.append("web_search_call")
+            return
+        recipient, arguments, text = replayed
+        call_id = item.get("id") if isinstance(item.get("id"), str) else f"ws_replay_{index}"
+        turn = self._open_turn()
+        turn.setdefault("tool_calls", []).append(server_call(call_id, recipient, arguments))
+        self._close_turn()
+        self.messages.append(server_result(call_id, recipient, text))
 
     def _mcp(self, item: dict[str, Any], kind: str, where: str) -> None:
         """MCP items: past calls join the history (gpt-oss), listings and approvals are
@@ -358,8 +401,8 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
                     ", ".join(builder.ignored))
     chat = parse_chat_request(chat_body)
     if not images:
-        chat = dataclasses.replace(chat, server_tools=chat.server_tools + mcp_tools(
-            body.get("tools"), builder.mcp))
+        specs = server_tools(body.get("tools")) + mcp_tools(body.get("tools"), builder.mcp)
+        chat = dataclasses.replace(chat, server_tools=specs)
     return ResponsesConversation(chat, chat_body, kinds, items)
 
 

@@ -33,7 +33,9 @@ class MessagesMapping(Protocol):
     name: str  # the server_tool_use name ("web_search")
     usage_key: str  # usage.server_tool_use's counter ("web_search_requests")
 
-    def use_input(self, step: StepRecord) -> dict[str, Any]: ...
+    def use_input(self, step: StepRecord) -> dict[str, Any] | None:
+        """The ``server_tool_use`` input; None: the step is not shown in this API."""
+        ...
 
     def result(self, step: StepRecord, tool_use_id: str) -> dict[str, Any]: ...
 

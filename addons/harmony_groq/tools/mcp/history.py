@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import bad_request
+from ..browser.history import server_result
 from .client import McpTool
 from .spec import safe_name
 
@@ -35,14 +36,12 @@ ITEMS = ("mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_res
 
 def server_call(call_id: str, recipient: str, arguments: str, output: str
                 ) -> list[dict[str, Any]]:
-    """An MCP call and its answer in the chat form the renderer takes: on the commentary
-    channel, where gpt-oss calls tools a developer declared (and where the cookbook's rule of
-    dropping past analysis leaves them)."""
+    """An MCP call and its answer in the chat form the renderer takes (the arguments as the
+    model wrote them: the prompt stays the one a backend's prefix cache holds)."""
     return [{"role": "assistant", "content": "", "tool_calls": [
-                {"id": call_id, "type": "server", "channel": "commentary",
+                {"id": call_id, "type": "server",
                  "function": {"name": recipient, "arguments": arguments}}]},
-            {"role": "tool", "server": True, "channel": "commentary", "tool_call_id": call_id,
-             "name": recipient, "content": output}]
+            server_result(call_id, recipient, output)]
 
 
 def _tools(item: dict[str, Any], where: str) -> list[McpTool]:
