@@ -9,9 +9,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
+import httpx2
 import pytest
 
+from anthropic_stream import RecordingTransport, check_stream
 from conftest import default_options
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from harmony_rules import final, last_message, mcp_call
@@ -278,3 +281,79 @@ def test_not_a_5xx_when_the_model_calls_an_unknown_tool(
     response = post(mcp_proxy, {"input": "x", "tools": [calc(mcp_server)]})
     call = next(i for i in response["output"] if i["type"] == "mcp_call")
     assert call["status"] == "failed" and "not a tool of this server" in call["error"]
+
+
+# -- Messages: mcp_servers (Anthropic's MCP connector) ----------------------------------------
+
+def claude(proxy: ProxyProcess) -> tuple[anthropic.Anthropic, RecordingTransport]:
+    transport = RecordingTransport()
+    return anthropic.Anthropic(base_url=proxy.root_url, api_key="sk-ant-client-000", timeout=30,
+                               max_retries=0, http_client=httpx2.Client(transport=transport)
+                               ), transport
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_mcp_servers_whole_and_streamed(
+        mcp_proxy: ProxyProcess, mcp_server: McpProcess, fake_transformers: FakeTransformers,
+        stream: bool) -> None:
+    fake_transformers.respond(call_then_answer("calc.seen_headers", {}))
+    client, transport = claude(mcp_proxy)
+    request: dict[str, Any] = {
+        "model": MODEL, "max_tokens": 1024, "betas": ["mcp-client-2025-04-04"],
+        "messages": [{"role": "user", "content": "Which headers?"}],
+        "mcp_servers": [{"type": "url", "url": mcp_server.url, "name": "calc",
+                         "authorization_token": "anthropic-mcp-token-31",
+                         "tool_configuration": {"allowed_tools": ["seen_headers", "add"]}}]}
+    if stream:
+        with client.beta.messages.stream(**request) as events:
+            message = events.get_final_message().model_dump()
+        checked = check_stream(transport.last())
+        assert [b["type"] for b in checked["content"]] == [
+            b["type"] for b in message["content"]]
+    else:
+        message = client.beta.messages.create(**request).model_dump()
+    kinds = [block["type"] for block in message["content"]]
+    assert kinds == ["thinking", "mcp_tool_use", "mcp_tool_result", "thinking", "text"]
+    use, result = message["content"][1], message["content"][2]
+    assert use["name"] == "seen_headers" and use["server_name"] == "calc"
+    assert use["input"] == {} and use["id"].startswith("mcptoolu_")
+    assert result["tool_use_id"] == use["id"] and result["is_error"] is False
+    seen = json.loads(result["content"][0]["text"])
+    assert seen["authorization"] == "Bearer anthropic-mcp-token-31"
+    assert message["stop_reason"] == "end_turn"
+    system = fake_transformers.prompts[-2].split("<|end|>", 1)[0]
+    assert "type seen_headers = " in system and "type add = " in system
+    assert "type slow = " not in system
+    record = mcp_proxy.last_record("mcp_" + use["id"].removeprefix("mcptoolu_"))
+    assert [step["kind"] for step in record["tool_steps"]] == ["mcp_list_tools", "mcp"]
+    assert "anthropic-mcp-token-31" not in json.dumps(record)
+
+
+def test_messages_history_with_mcp_blocks(mcp_proxy: ProxyProcess, mcp_server: McpProcess,
+                                          fake_transformers: FakeTransformers) -> None:
+    fake_transformers.respond(lambda prompt: final("Done."))
+    client, _ = claude(mcp_proxy)
+    client.beta.messages.create(
+        model=MODEL, max_tokens=256, betas=["mcp-client-2025-04-04"],
+        mcp_servers=[{"type": "url", "url": mcp_server.url, "name": "calc"}],
+        messages=[{"role": "user", "content": "2 + 3?"},
+                  {"role": "assistant", "content": [
+                      {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "add",
+                       "server_name": "calc", "input": {"a": 2, "b": 3}},
+                      {"type": "mcp_tool_result", "tool_use_id": "mcptoolu_1",
+                       "is_error": False, "content": [{"type": "text", "text": "5"}]},
+                      {"type": "text", "text": "It is 5."}]},
+                  {"role": "user", "content": "Thanks"}])
+    prompt = fake_transformers.prompts[-1]
+    assert ('<|start|>assistant to=calc.add<|channel|>commentary<|message|>{"a": 2, "b": 3}'
+            '<|call|><|start|>calc.add to=assistant<|channel|>commentary<|message|>5<|end|>'
+            ) in prompt
+
+
+def test_messages_mcp_servers_for_a_groq_model_is_a_400(proxy: ProxyProcess) -> None:
+    response = httpx.post(f"{proxy.root_url}/v1/messages", timeout=10, json={
+        "model": "llama-3.3-70b-versatile", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "mcp_servers": [{"type": "url", "url": "https://mcp.example/mcp", "name": "x"}]})
+    assert response.status_code == 400
+    assert "mcp_servers" in response.json()["error"]["message"]

@@ -9,7 +9,7 @@ import datetime
 from typing import Any
 
 from ..chat_request import ChatRequest, parse_chat_request
-from ..errors import ProxyError
+from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..settings import Config
 from .base import Conversation, GroqCall
@@ -63,6 +63,10 @@ class MessagesDialect:
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         require_max_tokens(body)
+        if body.get("mcp_servers"):
+            raise bad_request("mcp_servers is served for gpt-oss models here; for a Groq model "
+                              "use the Responses API's mcp tool (Groq runs it).",
+                              param="mcp_servers", code="unsupported_parameter")
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))

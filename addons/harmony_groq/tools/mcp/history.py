@@ -118,3 +118,25 @@ class McpHistory:
     def pending(self) -> list[Approved]:
         """The approval answers whose call has not run yet."""
         return [answer for answer in self.answers if answer.request_id not in self.ran]
+
+
+def mcp_use(block: dict[str, Any], where: str) -> tuple[str, str, dict[str, Any]]:
+    """A Messages ``mcp_tool_use`` block: its id, the harmony recipient, its input."""
+    use_id, name, server = block.get("id"), block.get("name"), block.get("server_name")
+    if not all(isinstance(v, str) and v for v in (use_id, name, server)):
+        raise bad_request(f"{where}: an mcp_tool_use needs 'id', 'name' and 'server_name'.",
+                          param=where)
+    arguments = block.get("input") if isinstance(block.get("input"), dict) else {}
+    return str(use_id), f"{safe_name(str(server))}.{safe_name(str(name))}", arguments
+
+
+def mcp_result_text(block: dict[str, Any]) -> str:
+    """What a Messages ``mcp_tool_result`` told the model: its text, or its error."""
+    content = block.get("content")
+    if isinstance(content, str):
+        text = content
+    else:
+        text = "\n".join(part["text"] for part in content if isinstance(part, dict)
+                         and isinstance(part.get("text"), str)) if isinstance(content,
+                                                                            list) else ""
+    return f"Error: {text}" if block.get("is_error") is True else text

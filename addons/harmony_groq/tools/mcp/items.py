@@ -4,13 +4,15 @@ Responses (``shared/reference/server-tools.md`` §3): ``mcp_list_tools`` (``mcpl
 the model was shown, ``error`` when listing failed), ``mcp_call`` (``mcp_…``; ``arguments`` a
 JSON string, ``output``, ``error``, ``status``) with ``response.mcp_call_arguments.delta/.done``
 and ``response.mcp_call.in_progress/.completed/.failed``, and ``mcp_approval_request``
-(``mcpr_…``). Messages (the MCP connector): ``mcp_tool_use`` and ``mcp_tool_result`` blocks.
+(``mcpr_…``). Messages (the MCP connector): ``mcp_tool_use`` and ``mcp_tool_result`` blocks,
+whole and streamed (the use's input as ``input_json_delta``, the result whole).
 Each is a ``StepRecord`` whose ``detail`` holds ``server_label``, ``name``, ``arguments``,
 ``output`` (and ``tools`` for a listing).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..base import StepRecord
@@ -80,16 +82,41 @@ class ApprovalResponses:
         return []
 
 
-def tool_use_block(step: StepRecord, tool_use_id: str) -> dict[str, Any]:
-    """Messages' ``mcp_tool_use``: the call as the model made it."""
-    return {"type": "mcp_tool_use", "id": tool_use_id, "name": step.detail.get("name"),
-            "server_name": step.detail.get("server_label"),
-            "input": step.detail.get("input", {})}
+class CallMessages:
+    """Messages (the MCP connector): ``mcp_tool_use`` and ``mcp_tool_result``; not counted in
+    ``usage.server_tool_use``."""
+
+    name = "mcp"
+    usage_key = ""
+
+    def use_input(self, step: StepRecord) -> dict[str, Any] | None:
+        try:
+            value = json.loads(step.detail.get("arguments") or "{}")
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def use_block(self, step: StepRecord, tool_input: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "mcp_tool_use", "id": "mcptoolu_" + step.id.split("_", 1)[-1],
+                "name": step.detail.get("name"), "server_name": step.detail.get("server_label"),
+                "input": tool_input}
+
+    def result(self, step: StepRecord, tool_use_id: str) -> dict[str, Any]:
+        failed = step.status == "failed"
+        text = (step.message or "The call failed.") if failed else (
+            step.detail.get("output") or "")
+        return {"type": "mcp_tool_result", "tool_use_id": tool_use_id, "is_error": failed,
+                "content": [{"type": "text", "text": text}]}
 
 
-def tool_result_block(step: StepRecord, tool_use_id: str) -> dict[str, Any]:
-    """Messages' ``mcp_tool_result``: the server's answer, or the failure, as text."""
-    failed = step.status == "failed"
-    text = (step.message or "The call failed.") if failed else (step.detail.get("output") or "")
-    return {"type": "mcp_tool_result", "tool_use_id": tool_use_id, "is_error": failed,
-            "content": [{"type": "text", "text": text}]}
+class HiddenMessages:
+    """A listing is not a block in Messages (Anthropic shows none)."""
+
+    name = "mcp"
+    usage_key = ""
+
+    def use_input(self, step: StepRecord) -> dict[str, Any] | None:
+        return None
+
+    def result(self, step: StepRecord, tool_use_id: str) -> dict[str, Any]:
+        return {}

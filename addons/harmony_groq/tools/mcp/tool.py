@@ -35,7 +35,9 @@ from .items import (
     CALL,
     LISTING,
     ApprovalResponses,
+    CallMessages,
     CallResponses,
+    HiddenMessages,
     ListingResponses,
 )
 from .spec import Declared, McpToolSpec, declaration, safe_name
@@ -255,6 +257,6 @@ async def _prepare(request: ChatRequest, context: ToolContext) -> ChatRequest:
 
 register_tool(KIND, lambda spec, context: McpServerTool(spec, SESSIONS))
 register_preparer(KIND, _prepare)
-register(CALL, responses=CallResponses())
-register(LISTING, responses=ListingResponses())
+register(CALL, responses=CallResponses(), messages=CallMessages())
+register(LISTING, responses=ListingResponses(), messages=HiddenMessages())
 register(APPROVAL, responses=ApprovalResponses())
