@@ -6,7 +6,10 @@ own items, whole and streamed, approvals included."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -20,9 +23,11 @@ from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from harmony_rules import final, last_message, mcp_call
 from mcp_servers import McpProcess
 from proxy_process import ProxyProcess
+from redis_server import RedisServer
 from responses_grammar import check_grammar, parse_sse
 
 SECRET = "x-mcp-secret-value-7781"
+AGENTS_DRIVER = Path(__file__).parent / "sdk_drivers" / "agents_hosted_mcp.py"
 MODEL = "gpt-oss-20b"
 
 
@@ -357,3 +362,60 @@ def test_messages_mcp_servers_for_a_groq_model_is_a_400(proxy: ProxyProcess) -> 
         "mcp_servers": [{"type": "url", "url": "https://mcp.example/mcp", "name": "x"}]})
     assert response.status_code == 400
     assert "mcp_servers" in response.json()["error"]["message"]
+
+
+# -- The OpenAI Agents SDK's HostedMCPTool -----------------------------------------------------
+
+def run_agents(args: list[str], cwd: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(AGENTS_DRIVER), *args], capture_output=True,
+                          text=True, timeout=120, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_agents_sdk_hosted_mcp_tool(mcp_proxy: ProxyProcess, mcp_server: McpProcess,
+                                    fake_transformers: FakeTransformers, tmp_path: Path,
+                                    stream: bool) -> None:
+    fake_transformers.respond(call_then_answer("calc.add", {"a": 2, "b": 40}))
+    result = run_agents([MODEL, mcp_server.url, "never", mcp_proxy.base_url,
+                         *(["--stream"] if stream else [])], tmp_path)
+    assert result["final_output"] == "The tool said: 42"
+    raws = [item["raw"] for item in result["items"]]
+    assert "mcp_list_tools" in raws and "mcp_call" in raws
+    assert [s["status"] for s in result["sent"]] == [200]
+
+
+def test_agents_sdk_approval_across_two_proxies_sharing_redis(
+        start_proxy: Callable[..., ProxyProcess], redis_server: RedisServer,
+        mcp_server: McpProcess, fake_transformers: FakeTransformers, tmp_path: Path) -> None:
+    """The SDK approves through ``on_approval_request``, continuing with
+    ``previous_response_id`` on the other proxy, which reads the approval request from Redis."""
+    env = {"STATE_STORE": redis_server.url, "GROQ_API_KEY": GROQ_KEY}
+    options = {"state_store_timeout_ms": "1000", "allow_private_urls": "127.0.0.1"}
+    proxies = [start_proxy(options=options, env=env) for _ in range(2)]
+    fake_transformers.respond(call_then_answer("calc.add", {"a": 2, "b": 40}))
+    result = run_agents([MODEL, mcp_server.url, "approve",
+                         *(p.base_url for p in proxies), "--chain"], tmp_path)
+    assert result["asked"] == ["add"]
+    assert result["final_output"] == "The tool said: 42"
+    sent = result["sent"]
+    assert [s["port"] for s in sent] == [proxies[0].port, proxies[1].port]
+    assert [s["status"] for s in sent] == [200, 200]
+    assert sent[1]["previous_response_id"] and "mcp_approval_response" in sent[1][
+        "input_types"]
+    raws = [item["raw"] for item in result["items"]]
+    assert raws.count("mcp_approval_request") == 1 and raws.count("mcp_call") == 1
+
+
+def test_agents_sdk_rejection(mcp_proxy: ProxyProcess, mcp_server: McpProcess,
+                              fake_transformers: FakeTransformers, tmp_path: Path) -> None:
+    def rule(prompt: str) -> str:
+        if "The user declined this call (test decision)" in prompt:
+            return final("I will not call it.")
+        return mcp_call("calc.add", {"a": 2, "b": 40})
+    fake_transformers.respond(rule)
+    result = run_agents([MODEL, mcp_server.url, "reject", mcp_proxy.base_url], tmp_path)
+    assert result["asked"] == ["add"]
+    assert result["final_output"] == "I will not call it."
+    assert "mcp_call" not in [item["raw"] for item in result["items"]]
