@@ -403,10 +403,21 @@ class _GroqHandler(_Handler):
         # Reasoning models answer with Groq's own field name, `reasoning`.
         reasoning = "Thinking it over." if any(
             family in body["model"] for family in ("gpt-oss", "qwen")) else None
+        # Groq's gpt-oss runs its own browser_search and reports it in executed_tools.
+        executed = [{"index": 0, "type": "browser_search",
+                     "arguments": json.dumps({"query": last_user}),
+                     "output": "Groq result (https://example.com/groq)",
+                     "search_results": {"results": [
+                         {"title": "Groq result", "url": "https://example.com/groq",
+                          "content": "A result found by Groq.", "score": 0.9}], "images": []}}
+                    ] if any(t.get("type") == "browser_search" for t in body.get("tools") or
+                             []) else None
         if not body.get("stream"):
             message = {"role": "assistant", "content": answer}
             if reasoning:
                 message["reasoning"] = reasoning
+            if executed:
+                message["executed_tools"] = executed
             self.send_json(200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
                 "usage": usage, "x_groq": {"id": "req_01fake"}}, fake.rate_headers())
@@ -422,6 +433,9 @@ class _GroqHandler(_Handler):
               "x_groq": {"id": "req_01fake"}})
         if reasoning:
             send({**chunk, "choices": [{"index": 0, "delta": {"reasoning": reasoning},
+                                        "logprobs": None, "finish_reason": None}]})
+        if executed:
+            send({**chunk, "choices": [{"index": 0, "delta": {"executed_tools": executed},
                                         "logprobs": None, "finish_reason": None}]})
         for word in answer.split(" "):
             send({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "},
@@ -446,7 +460,7 @@ class _GroqHandler(_Handler):
     def _tool_calls(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The model calls a tool when ``tool_choice`` demands one (``required`` or named:
         FORCED_ARGUMENTS), or when the user says ``call NAME {json}`` and NAME is declared."""
-        declared = [t["function"]["name"] for t in body.get("tools") or []]
+        declared = [t["function"]["name"] for t in body.get("tools") or [] if "function" in t]
         choice = body.get("tool_choice")
         last = body["messages"][-1] if body["messages"] else {}
         text = last.get("content") if last.get("role") == "user" else None
@@ -554,7 +568,13 @@ class _GroqHandler(_Handler):
         tools = body.get("tools") or []
         if not isinstance(tools, list):
             return "'tools' : value must be an array"
+        if "web_search_options" in body:
+            return "property 'web_search_options' is unsupported"
         for n, tool in enumerate(tools):
+            if isinstance(tool, dict) and tool.get("type") == "browser_search":
+                if "gpt-oss" not in str(body.get("model")):
+                    return f"'tools.{n}' : browser_search is not supported with this model"
+                continue
             function = tool.get("function") if isinstance(tool, dict) else None
             name = function.get("name") if isinstance(function, dict) else None
             if not isinstance(name, str) or not GROQ_TOOL_NAME.fullmatch(name):

@@ -257,7 +257,7 @@ def test_groq_responses_passthrough_sanitised(proxy: ProxyProcess, fake_groq: Fa
     body = {"model": "llama-3.3-70b-versatile", "store": False, "stream": stream,
             "instructions": "Be brief.", "include": ["reasoning.encrypted_content"],
             "prompt_cache_key": "k", "reasoning": {"effort": "xhigh", "summary": "auto"},
-            "text": {"verbosity": "low"}, "tools": [SHELL, {"type": "web_search"}],
+            "text": {"verbosity": "low"}, "tools": [SHELL, {"type": "image_generation"}],
             "input": [{"role": "user", "content": [{"type": "input_text", "text": "hello"}]},
                       {"type": "message", "role": "assistant",
                        "content": [{"type": "output_text", "text": "hi"}]},

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
-from fakes import FakeTransformers
+from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_web import FakeSearxng, FakeWeb
 from harmony_rules import browser_call, browser_declared, final, messages
 from proxy_process import ProxyProcess
@@ -353,3 +354,88 @@ def test_tool_cap(start_proxy: Callable[..., ProxyProcess], fake_transformers: F
     assert len(fake_transformers.prompts) == 4
     assert "tool limit of this response was reached" in tool_messages(
         fake_transformers.prompts[-1])[-1]
+
+
+# -- the Groq route: Groq's gpt-oss runs its own browser_search ------------------------------
+
+@pytest.fixture()
+def groq_proxy(start_proxy: Callable[..., ProxyProcess]) -> ProxyProcess:
+    """Groq's gpt-oss by name (only "harmony" models are local here)."""
+    return start_proxy({"harmony_models": "harmony"}, env={"GROQ_API_KEY": GROQ_KEY})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_groq_messages_web_search(groq_proxy: ProxyProcess, fake_groq: FakeGroq,
+                                  stream: bool) -> None:
+    """Anthropic's web search for Groq's gpt-oss becomes browser_search; Groq's
+    executed_tools come back as server_tool_use + web_search_tool_result."""
+    client = anthropic_client(groq_proxy)
+    request = {"model": "openai/gpt-oss-20b", "max_tokens": 500, "tools": [WEB_SEARCH_TOOL],
+               "messages": [{"role": "user", "content": "news"}]}
+    if stream:
+        with client.messages.stream(**request) as events:
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**request)
+    kinds = [b.type for b in message.content]
+    assert kinds == ["thinking", "server_tool_use", "web_search_tool_result", "text"]
+    assert message.content[1].input == {"query": "news"}
+    assert message.content[2].content[0].url == "https://example.com/groq"
+    assert message.usage.server_tool_use.web_search_requests == 1
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["tools"] == [{"type": "browser_search"}]
+
+
+def test_groq_responses_and_chat_web_search(groq_proxy: ProxyProcess,
+                                            fake_groq: FakeGroq) -> None:
+    client = openai.OpenAI(base_url=groq_proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    response = client.responses.create(model="openai/gpt-oss-20b", input="news",
+                                       tools=[{"type": "web_search"}], store=False)
+    call = next(i for i in response.output if i.type == "web_search_call")
+    assert call.action.query == "news" and call.status == "completed"
+    assert json.loads(fake_groq.requests[-1]["raw"])["tools"] == [{"type": "browser_search"}]
+    completion = client.chat.completions.create(
+        model="openai/gpt-oss-20b", messages=[{"role": "user", "content": "news"}],
+        web_search_options={})
+    executed = completion.choices[0].message.model_extra["executed_tools"]
+    assert executed[0]["search_results"]["results"][0]["url"] == "https://example.com/groq"
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["tools"] == [{"type": "browser_search"}] and "web_search_options" not in sent
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_groq_model_without_browser_refused(proxy: ProxyProcess, fake_groq: FakeGroq,
+                                            api: str) -> None:
+    body: dict[str, Any] = {"model": "llama-3.3-70b-versatile"}
+    if api == "chat":
+        path = "/chat/completions"
+        body |= {"messages": [{"role": "user", "content": "x"}],
+                 "tools": [{"type": "browser_search"}]}
+    elif api == "responses":
+        path = "/responses"
+        body |= {"input": "x", "tools": [{"type": "web_search"}]}
+    else:
+        path = "/messages"
+        body |= {"max_tokens": 10, "messages": [{"role": "user", "content": "x"}],
+                 "tools": [WEB_SEARCH_TOOL]}
+    answer = httpx.post(proxy.base_url + path, json=body, timeout=10)
+    assert answer.status_code == 400
+    assert "only the gpt-oss models have a built-in browser" in answer.text
+    assert not fake_groq.requests or json.loads(fake_groq.requests[-1]["raw"])[
+        "model"] != "llama-3.3-70b-versatile"
+
+
+def test_spilled_web_search_keeps_its_behaviour(start_proxy: Callable[..., ProxyProcess],
+                                                fake_groq: FakeGroq) -> None:
+    """A gpt-oss request spilled to Groq's twin (no local server) searches with Groq's
+    browser, and the client sees the same blocks as from the local loop."""
+    proxy = start_proxy({"spillover": "down", "transformers_url": "http://127.0.0.1:9"},
+                        env={"GROQ_API_KEY": GROQ_KEY})
+    with anthropic_client(proxy).messages.stream(
+            model="gpt-oss-20b", max_tokens=500, tools=[WEB_SEARCH_TOOL],
+            messages=[{"role": "user", "content": "news"}]) as stream:
+        message = stream.get_final_message()
+    assert [b.type for b in message.content][1:3] == ["server_tool_use",
+                                                      "web_search_tool_result"]
+    sent = json.loads(fake_groq.requests[-1]["raw"])
+    assert sent["model"] == "openai/gpt-oss-20b" and {"type": "browser_search"} in sent["tools"]

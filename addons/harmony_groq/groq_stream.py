@@ -18,6 +18,7 @@ from typing import Any
 
 from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
+from .tools.groq_route import executed_steps
 
 
 def reasoning_of(container: dict[str, Any]) -> str:
@@ -74,6 +75,7 @@ class GroqChatReader:
             if reasoning := reasoning_of(delta):
                 events.append(ReasoningDelta(reasoning))
                 self.reasoning.append(reasoning)
+            events += executed_steps(delta.get("executed_tools"))  # Groq's own browser
             if isinstance(delta.get("content"), str) and delta["content"]:
                 events.append(ContentDelta(delta["content"]))
                 self.content.append(delta["content"])

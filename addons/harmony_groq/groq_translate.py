@@ -19,15 +19,17 @@ from .parse import ContentDelta, Event, ReasoningDelta, ToolCall
 from .sse import SSEFramer
 from .state.writes import collect_writes
 from .streaming import HoldEnd, InterruptibleStream
+from .tools.groq_route import executed_steps
 
 logger = logging.getLogger(__name__)
 
 
-def message_events(message: dict[str, Any], names: dict[str, str] | None) -> list[Event]:
+def message_events(message: dict[str, Any], names: dict[str, str] | None) -> list[Any]:
     """A whole Groq assistant message as events: reasoning, content, then the calls."""
     events: list[Event] = []
     if reasoning := reasoning_of(message):
         events.append(ReasoningDelta(reasoning))
+    events += executed_steps(message.get("executed_tools"))  # Groq's own browser
     if isinstance(message.get("content"), str) and message["content"]:
         events.append(ContentDelta(message["content"]))
     for index, call in enumerate(message.get("tool_calls") or []):

@@ -22,6 +22,7 @@ from .errors import ProxyError
 from .groq import MAX_STOP, groq_chat_request
 from .parse import Event, ToolCall, new_call_id
 from .render import reasoning_of
+from .tools.groq_route import with_browser_search
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "thinking", "reasoning_details")
 
@@ -89,7 +90,7 @@ def spill_body(request: ChatRequest, twin: str, max_completion: int | None
         if value is not None:
             body[key] = value
     body, names = groq_chat_request(body, twin)
-    return body, names, notes
+    return with_browser_search(body, request.server_tools, twin), names, notes
 
 
 @dataclasses.dataclass
@@ -116,7 +117,7 @@ class SpillReply:
 
     def _own(self, message: AssembledMessage) -> AssembledMessage:
         calls: list[ToolCall] = [self._call(c) for c in message.tool_calls]  # type: ignore[misc]
-        own = AssembledMessage(message.content, message.reasoning, calls)
+        own = dataclasses.replace(message, tool_calls=calls)
         self.on_done(own)
         return own
 

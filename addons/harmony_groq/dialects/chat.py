@@ -16,6 +16,7 @@ from ..settings import Config
 from ..sse import DONE, KEEPALIVE, encode_event
 from ..tools.base import Citation, CiteEvent, ServerToolSpec, StepEvent, StepRecord
 from ..tools.browser.browser import browser_spec
+from ..tools.groq_route import with_browser_search
 from ..tools.items import chat_mapping
 from .base import Conversation, GroqCall, OpenAIErrors, Outcome
 
@@ -125,4 +126,6 @@ class ChatDialect(OpenAIErrors):
         return Conversation(request, ChatReply.for_request(request, config.reasoning_field), body)
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
-        return GroqCall("/chat/completions", sanitize_body(body, model))
+        functions, searches = split_server_tools(body)
+        return GroqCall("/chat/completions",
+                        with_browser_search(sanitize_body(functions, model), searches, model))

@@ -12,6 +12,7 @@ from ..chat_request import ChatRequest, parse_chat_request
 from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..settings import Config
+from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall
 from .messages_reply import MessagesReply, error_body, error_status
 from .messages_request import (
@@ -68,6 +69,7 @@ class MessagesDialect:
                               "use the Responses API's mcp tool (Groq runs it).",
                               param="mcp_servers", code="unsupported_parameter")
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
+        request = with_browser_search(request, server_tools(body), model)
         reply = MessagesReply(self.model(body, config), tuple(request.get("stop") or ()),
                               not thinking_hidden(body))
         return GroqCall("/chat/completions", request, reply, names or None)

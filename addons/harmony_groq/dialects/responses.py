@@ -17,6 +17,7 @@ from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..response_store import ResponseStore, StoredResponse
 from ..settings import Config
+from ..tools.groq_route import with_browser_search
 from .base import Conversation, GroqCall, OpenAIErrors
 from .responses_reply import ResponsesReply
 from .responses_request import (
@@ -24,6 +25,7 @@ from .responses_request import (
     input_items,
     parse_responses_request,
     parse_tools,
+    server_tools,
 )
 
 # Groq's Responses schema (additionalProperties: false), responses-api.md §4: what it takes.
@@ -183,7 +185,8 @@ class ResponsesDialect(OpenAIErrors):
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         parse_tools(body.get("tools"))  # the same 400s as for gpt-oss before deciding
-        if groq_can_take(body):
+        searches = server_tools(body.get("tools"))  # Groq's browser_search, through its chat
+        if not searches and groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
         if has_mcp(body):
             raise bad_request("An mcp tool for a Groq model goes to Groq's Responses API, "
@@ -193,6 +196,7 @@ class ResponsesDialect(OpenAIErrors):
                               code="unsupported_parameter")
         parsed = self._parse(body, images=True)
         chat_body, names = groq_chat_request(parsed.chat_body, model)
+        chat_body = with_browser_search(chat_body, searches, model)
         return GroqCall("/chat/completions", chat_body, self._reply(body, parsed), names or None)
 
     async def stored(self, method: str, response_id: str) -> dict[str, Any]:
