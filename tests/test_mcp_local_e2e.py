@@ -419,3 +419,17 @@ def test_agents_sdk_rejection(mcp_proxy: ProxyProcess, mcp_server: McpProcess,
     assert result["asked"] == ["add"]
     assert result["final_output"] == "I will not call it."
     assert "mcp_call" not in [item["raw"] for item in result["items"]]
+
+
+def test_a_server_by_name_is_reached_at_the_checked_address(
+        mcp_proxy: ProxyProcess, mcp_server: McpProcess,
+        fake_transformers: FakeTransformers) -> None:
+    """``localhost`` (allowed because it resolves to 127.0.0.1, which ALLOW_PRIVATE_URLS
+    lists) is reached at the checked address, its name kept in ``Host``."""
+    fake_transformers.respond(call_then_answer("calc.seen_headers", {}))
+    url = mcp_server.url.replace("127.0.0.1", "localhost")
+    response = post(mcp_proxy, {"input": "headers?", "tools": [calc(mcp_server,
+                                                                    server_url=url)]})
+    call = next(i for i in response["output"] if i["type"] == "mcp_call")
+    assert call["status"] == "completed", call
+    assert json.loads(call["output"])["host"] == f"localhost:{mcp_server.port}"
