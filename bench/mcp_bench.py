@@ -1,12 +1,12 @@
 """MCP part (``--only mcp``): what the proxy's MCP layer adds to a call on a warm session.
 
 The suite's MCP server (tests/mcp_servers.py, the ``mcp`` SDK's MCPServer over streamable
-HTTP) on 127.0.0.1 answers ``add``. Three ways to call it, in turn, call by call (so a busy
-machine slows all alike): a bare JSON-RPC ``tools/call`` POST on a kept-alive connection (the
-server's own time plus HTTP: the floor), the SDK's ``Client.call_tool`` on an open session, and
-the proxy's ``McpSessions.call`` (session lookup by URL and headers, the session's task, the
-timeout, the result turned into bounded text). Reported: p50/p99 of each, and the proxy's p50
-minus the floor's.
+HTTP) on 127.0.0.1 answers ``add``. Three ways to call it, call by call, each way first in
+turn (so a busy machine slows all alike): a bare JSON-RPC ``tools/call`` POST on a kept-alive
+connection (the server's own time plus HTTP: the floor), the SDK's ``Client.call_tool`` on an
+open session, and the proxy's ``McpSessions.call`` (session lookup by URL and headers, the
+session's task, the timeout, the result turned into bounded text). Reported: p50/p99 of each,
+and each p50 minus the floor's.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ async def _measure(url: str, calls: int) -> dict[str, list[float]]:
         for _, call in ways:  # warm: sessions open, connections kept alive
             for _ in range(5):
                 await call()
-        for _ in range(calls):
-            for name, call in ways:
+        for n in range(calls):
+            for name, call in ways[n % 3:] + ways[:n % 3]:  # each way first in turn
                 started = time.perf_counter()
                 await call()
                 times[name].append((time.perf_counter() - started) * 1000)

@@ -16,10 +16,8 @@ from mcp_servers import McpProcess
 
 
 @pytest.fixture(scope="module")
-def http_server() -> Iterator[McpProcess]:
-    server = McpProcess.fixture("http")
-    yield server
-    server.close()
+def http_server(mcp_server: McpProcess) -> McpProcess:
+    return mcp_server
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ loopback (this suite's MCPServer, npm's server-everything)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -17,13 +16,6 @@ from responses_grammar import parse_sse
 
 SECRET_HEADER = "x-mcp-secret-value-0042"
 SECRET_TOKEN = "oauth-token-value-0099"
-
-
-@pytest.fixture(scope="module")
-def mcp_server() -> Iterator[McpProcess]:
-    server = McpProcess.fixture("http")
-    yield server
-    server.close()
 
 
 def _mcp_tool(server: McpProcess, **extra) -> dict:  # noqa: ANN003

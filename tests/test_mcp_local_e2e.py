@@ -32,13 +32,6 @@ MODEL = "gpt-oss-20b"
 
 
 @pytest.fixture(scope="module")
-def mcp_server() -> Iterator[McpProcess]:
-    server = McpProcess.fixture("http")
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def mcp_proxy(tmp_path_factory: pytest.TempPathFactory, transformers_server: FakeTransformers,
               groq_server: FakeGroq) -> Iterator[ProxyProcess]:
     """A proxy that may reach MCP servers on 127.0.0.1 (ALLOW_PRIVATE_URLS) and gives up on

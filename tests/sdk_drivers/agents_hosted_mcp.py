@@ -17,26 +17,10 @@ import sys
 from typing import Any
 
 import httpx
+from agents_chain import RoundRobin  # the round-robin balancer (this folder is on sys.path)
 from openai import AsyncOpenAI
 
 from agents import Agent, HostedMCPTool, OpenAIResponsesModel, Runner, set_tracing_disabled
-
-
-class RoundRobin(httpx.AsyncBaseTransport):
-    def __init__(self, ports: list[int]) -> None:
-        self.ports, self.sent = ports, []
-        self.inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        port = self.ports[len(self.sent) % len(self.ports)]
-        request.url = request.url.copy_with(port=port)
-        body = json.loads(request.content or b"{}")
-        response = await self.inner.handle_async_request(request)
-        self.sent.append({"port": port, "previous_response_id": body.get("previous_response_id"),
-                          "input_types": [item.get("type", "message") for item in
-                                          body.get("input") or [] if isinstance(item, dict)],
-                          "status": response.status_code})
-        return response
 
 
 async def main(model: str, server_url: str, approval: str, urls: list[str], stream: bool,
