@@ -46,6 +46,7 @@ from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
+from tools_bench import tools_section  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
 from fakes import GROQ_KEY  # noqa: E402
@@ -57,9 +58,10 @@ NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
-# Parts on real servers (llama-servers built once, minutes; an MCP server): their own sections.
+# Parts with their own report sections: real llama-servers (built once, minutes), the server
+# tools' in-process costs, and MCP calls on a real MCP server.
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
-                     "mcp": mcp_section}
+                     "tools": tools_section, "mcp": mcp_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

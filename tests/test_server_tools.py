@@ -179,3 +179,16 @@ def test_decoder_server_calls() -> None:
                              declared_tools=frozenset({"browser.search"}))
     decoder.feed_text("<|channel|>commentary to=functions.browser.search<|message|>{}<|call|>")
     assert decoder.server_call is None
+
+
+def test_harmony_view_lists_tool_steps() -> None:
+    from harmony_groq.views import render_response
+
+    shown = render_response(b"{}", {"status": 200, "upstream_response": {
+        "text": "<|channel|>final<|message|>Hi", "finish_reason": "stop"},
+        "tool_steps": [{"kind": "web_search", "action": "search", "query": "harmony",
+                        "status": "completed", "backend": "searxng", "duration_ms": 12.5,
+                        "bytes": 900, "results": 2}]})
+    assert "SERVER TOOL STEPS (1, run by the proxy)" in shown
+    assert ("1. web_search.search 'harmony' via searxng: completed, 2 results, 12.5 ms, "
+            "900 bytes") in shown

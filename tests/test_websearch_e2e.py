@@ -111,6 +111,30 @@ def test_responses_whole(search_proxy: ProxyProcess, fake_transformers: FakeTran
         ("url_citation", f"{web.url}/harmony", 0, 31)]
     assert searxng.queries == ["harmony format"]
     check_prompts(fake_transformers, web)
+    record = search_proxy.last_record('"tool_steps"')
+    search_step, open_step = record["tool_steps"]
+    assert (search_step["action"], search_step["backend"], search_step["results"]) == (
+        "search", "searxng", 2)
+    assert open_step["url"] == f"{web.url}/harmony" and open_step["bytes"] > 400
+    metrics = httpx.get(f"{search_proxy.root_url}/metrics", timeout=10).text
+    assert ('harmony_groq_tool_steps_total{action="open_page",backend="fetch",kind="web_search",'
+            'outcome="ok"} 1.0') in metrics
+    assert 'harmony_groq_tool_step_seconds_count{action="search",kind="web_search"} 1.0' \
+        in metrics
+
+
+def test_search_key_never_logged(start_proxy: Callable[..., ProxyProcess],
+                                 fake_transformers: FakeTransformers,
+                                 searxng: FakeSearxng) -> None:
+    """A search backend's key (here one the client quotes back) is redacted from the log."""
+    key = "tvly-secret-key-0123456789abcdef"
+    proxy = start_proxy(tool_options(searxng), env={"TAVILY_API_KEY": key})
+    fake_transformers.respond(steps(("search", {"query": key}), answer=f"The key is {key}"))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0, timeout=30)
+    client.responses.create(model="gpt-oss-20b", input="hi", tools=[{"type": "web_search"}])
+    proxy.last_record('"tool_steps"')
+    assert key not in proxy.log_path.read_text()
+    assert key not in httpx.get(f"{proxy.root_url}/metrics", timeout=10).text
 
 
 def test_responses_streamed(search_proxy: ProxyProcess, fake_transformers: FakeTransformers,
@@ -439,3 +463,24 @@ def test_spilled_web_search_keeps_its_behaviour(start_proxy: Callable[..., Proxy
                                                       "web_search_tool_result"]
     sent = json.loads(fake_groq.requests[-1]["raw"])
     assert sent["model"] == "openai/gpt-oss-20b" and {"type": "browser_search"} in sent["tools"]
+
+
+def test_stream_kept_alive_while_searching(start_proxy: Callable[..., ProxyProcess],
+                                           fake_transformers: FakeTransformers,
+                                           searxng: FakeSearxng) -> None:
+    """A slow search: Anthropic pings (and Responses in_progress events) keep flowing between
+    the step's start and its result."""
+    proxy = start_proxy(tool_options(searxng, fetch_timeout="10", keepalive_seconds="1"))
+    searxng.delay = 2.5
+    fake_transformers.respond(steps(("search", {"query": "slow"}), answer="Found."))
+    body = {"model": "gpt-oss-20b", "max_tokens": 500, "stream": True,
+            "tools": [WEB_SEARCH_TOOL], "messages": [{"role": "user", "content": "Search"}]}
+    with httpx.stream("POST", f"{proxy.base_url}/messages", json=body, timeout=30) as answer:
+        frames = [json.loads(line[6:]) for line in answer.iter_lines()
+                  if line.startswith("data: ")]
+    starts = {(f.get("content_block") or {}).get("type"): n for n, f in enumerate(frames)
+              if f["type"] == "content_block_start"}
+    between = [f["type"] for f in frames[starts["server_tool_use"]:
+                                         starts["web_search_tool_result"]]]
+    assert between.count("ping") >= 1
+    assert frames[-1]["type"] == "message_stop"

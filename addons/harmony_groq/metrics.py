@@ -206,6 +206,17 @@ class Metrics:
             "(kind limit: SPILLOVER_BUDGET_TOKENS, 0 = none; spent: settled usage; reserved: "
             "requests at Groq now; left: -1 without a budget).", ["kind"], registry=registry)
         self.spill_status: Callable[[], dict[str, Any]] | None = None  # Spillover.status
+        self.tool_steps = Series(Counter(
+            "harmony_groq_tool_steps", "Server-tool steps the proxy ran for gpt-oss (tools/) by "
+            "kind (web_search…), action (search, open_page…), backend and outcome (ok, or the "
+            "error code).", ["kind", "action", "backend", "outcome"], registry=registry))
+        self.tool_seconds = Series(Histogram(
+            "harmony_groq_tool_step_seconds", "How long a server-tool step took (the search or "
+            "fetch included).", ["kind", "action"], buckets=LATENCY_BUCKETS,
+            registry=registry))
+        self.tool_bytes = Series(Counter(
+            "harmony_groq_tool_step_bytes", "Bytes server-tool steps fetched.", ["kind"],
+            registry=registry))
 
     def configure(self, updated: set[str]) -> None:
         config = self.settings.config
@@ -268,8 +279,17 @@ class Metrics:
             self.groq_headers = response.headers
         if record.get("served_by"):
             self._served(record, dialect, model)
+        for step in record.get("tool_steps") or ():
+            self._tool_step(step)
         if upstream and status == 200:
             self._reply(flow, route, model, summary)
+
+    def _tool_step(self, step: dict[str, Any]) -> None:
+        kind, action = str(step.get("kind")), str(step.get("action"))
+        outcome = self.codes.label(str(step.get("error") or "ok"))
+        self.tool_steps(kind, action, str(step.get("backend") or "none"), outcome).inc()
+        self.tool_seconds(kind, action).observe((step.get("duration_ms") or 0) / 1000)
+        self.tool_bytes(kind).inc(step.get("bytes") or 0)
 
     def _served(self, record: dict[str, Any], dialect: str, model: str) -> None:
         spill = record.get("spill") or {}

@@ -168,8 +168,10 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What no log may show: the keys and the state store's password."""
+        from .tools.options import ToolOptions  # the tools' API keys (search backends)
+
         keys = tuple(s for s in (self.groq_api_key, self.proxy_api_key) if s)
-        return keys + passwords_of(self.state_store)
+        return keys + passwords_of(self.state_store) + ToolOptions.secrets()
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:
@@ -219,9 +221,23 @@ def _model_map(value: str) -> tuple[tuple[str, str], ...]:
     return _pairs("claude_model_map", value, "PATTERN=MODEL (e.g. claude-*haiku*=gpt-oss-20b)")
 
 
-def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
-    """Validate option values; raise ``OptionsError`` with one clear line on a bad one."""
-    for spec in OPTIONS:
+def add_options(loader: Any, specs: tuple[OptionSpec, ...] | list[OptionSpec],
+                errors: list[str]) -> None:
+    """Declare ``specs`` as mitmproxy options, defaults from the environment (a bad one goes
+    to ``errors`` and its default is used)."""
+    for spec in specs:
+        try:
+            default = env_default(spec, os.environ)
+        except exceptions.OptionsError as exc:
+            errors.append(str(exc))
+            default = spec.default
+        loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+
+
+def check_choices(specs: tuple[OptionSpec, ...] | list[OptionSpec],
+                  values: Mapping[str, Any]) -> None:
+    """Choices and integer minimums; ``OptionsError`` with one clear line on a bad value."""
+    for spec in specs:
         if spec.choices and values[spec.name] not in spec.choices:
             raise exceptions.OptionsError(
                 f"{spec.name}={values[spec.name]!r}: choose one of {', '.join(spec.choices)}"
@@ -230,6 +246,11 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
             raise exceptions.OptionsError(f"{spec.name} must be a positive integer" if
                                           spec.minimum == 1 else
                                           f"{spec.name} must be at least {spec.minimum}")
+
+
+def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Config:
+    """Validate option values; raise ``OptionsError`` with one clear line on a bad one."""
+    check_choices(OPTIONS, values)
     date = values["harmony_date"]
     if date:
         try:
@@ -300,13 +321,7 @@ class Settings:
         self.env_errors: list[str] = []
 
     def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
-        for spec in OPTIONS:
-            try:
-                default = env_default(spec, os.environ)
-            except exceptions.OptionsError as exc:
-                self.env_errors.append(str(exc))
-                default = spec.default
-            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+        add_options(loader, OPTIONS, self.env_errors)
 
     def configure(self, updated: set[str]) -> None:
         try:

@@ -256,7 +256,8 @@ class HarmonyStreamTranslator(InterruptibleStream):
     def fail_now(self, error: ProxyError) -> list[bytes]:
         """End the reply with ``error`` (a tool step's generation failed)."""
         out: list[bytes] = []
-        self._fail(error, out)
+        if not self.done:
+            self._fail(error, out)
         return out
 
     def _finish(self, output: BackendOutput, out: list[bytes]) -> None:

@@ -193,10 +193,23 @@ def render_response(data: bytes, summary: dict[str, Any]) -> str:
     elif upstream.get("status") is not None:
         sections.append([f"MODEL SERVER ANSWERED {upstream['status']}",
                          _indent(str(upstream.get("body", "")))])
+    steps = summary.get("tool_steps") or []
+    if steps:
+        sections.append([f"SERVER TOOL STEPS ({len(steps)}, run by the proxy)"]
+                        + [f"   {n}. {_step_line(step)}" for n, step in enumerate(steps, 1)])
     sections.append(_client_response(data, summary))
     if summary.get("error"):
         sections.append([f"ERROR: {summary['error']}"])
     return "\n\n".join("\n".join(section) for section in sections)
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    """One tool step: what it did, on what, how it went, how long and how much."""
+    target = step.get("query") or step.get("url") or step.get("pattern") or ""
+    outcome = step.get("error") or step.get("status")
+    return (f"{step.get('kind')}.{step.get('action')} {target!r} via {step.get('backend')}: "
+            f"{outcome}, {step.get('results', 0)} results, {step.get('duration_ms')} ms, "
+            f"{step.get('bytes', 0)} bytes")
 
 
 def _client_response(data: bytes, summary: dict[str, Any]) -> list[str]:

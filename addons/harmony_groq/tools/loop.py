@@ -30,15 +30,15 @@ from ..completion import AssembledMessage
 from ..dialects.base import Dialect
 from ..errors import ProxyError
 from ..flows import answer, json_response
+from ..parse import StrippedOutputError
 from ..pool.dispatch import Attempt, Dispatcher
 from ..pool.resume import ContinuedBackend
 from ..records import record_of
 from ..sse import SSEFramer
 from ..state.writes import collect_writes
-from ..streaming import HarmonyStreamTranslator, write_chunk
+from ..streaming import HarmonyStreamTranslator, stripped_error, write_chunk
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
-from .base import ServerCall, StepEvent, ToolOutput
 from .options import ToolOptions
 from .registry import ToolContext, build, prepare
 from .session import CitationFilter, OpeningSteps, ToolSession
@@ -114,8 +114,25 @@ class ToolLoop:
                 await self._stream(flow, translator)
                 return False
             return exchange is not None and await self._whole(flow, exchange)
+        except StrippedOutputError as exc:
+            return self._failed(flow, translator, stripped_error(exc))
+        except Exception as exc:  # never a traceback to the client, never a hung stream
+            logger.exception("the tool loop failed")
+            return self._failed(flow, translator, ProxyError(
+                502, f"The tool loop failed ({type(exc).__name__}); see the proxy's log.",
+                code="internal_error"))
         finally:
             self.forget(flow)
+
+    def _failed(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator | None,
+                error: ProxyError) -> bool:
+        """End the reply with ``error`` in the client API's shape."""
+        if translator is None:
+            answer(flow, error, self.dialect_of(flow))
+            return True
+        translator.suspended = False
+        _write(flow, translator, translator.fail_now(error))
+        return False
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -128,8 +145,9 @@ class ToolLoop:
             call = translator.decoder.take_server_call()
             if call is None or pooled is None or pooled.attempt is None:
                 break
-            output = await self._step(flow, translator, session, call)
-            if output.ends_reply:
+            output = await session.step(
+                call, lambda events: _write(flow, translator, translator.emit(events)))
+            if output.ends_reply:  # e.g. a call waiting for the client's approval
                 break
             tool_text = output.text
             backend = exchange.backend
@@ -156,16 +174,6 @@ class ToolLoop:
             translator.suspended = False
             translator.on_server_call = None
             _write(flow, translator, translator.finish_now())
-
-    async def _step(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
-                    session: ToolSession, call: ServerCall) -> ToolOutput:
-        """One tool step on a stream: its item started, the tool run (the heartbeat keeps the
-        stream alive meanwhile), its item finished."""
-        step = session.started(call)
-        _write(flow, translator, translator.emit([StepEvent(step, "started")]))
-        output = await session.run(call, step)
-        _write(flow, translator, translator.emit([StepEvent(step, "finished")]))
-        return output
 
     async def _relay(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator,
                      attempt: Attempt, url: str, body: dict[str, Any]) -> bool:
@@ -222,10 +230,7 @@ class ToolLoop:
                 break
             call = decoder.take_server_call()
             assert call is not None
-            step = session.started(call)
-            message.add([StepEvent(step, "started")])
-            tool = await session.run(call, step)
-            message.add([StepEvent(step, "finished")])
+            tool = await session.step(call, message.add)
             if tool.ends_reply:
                 break
             prompt = session.next_prompt(prompt, output.token_ids or [], output.text, call,

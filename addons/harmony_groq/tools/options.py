@@ -10,7 +10,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from ..settings import OptionSpec, env_default
+from ..settings import OptionSpec, add_options, check_choices
 from .urls import UrlPolicy
 
 _OPTIONS: list[OptionSpec] = []
@@ -55,12 +55,7 @@ class ToolConfig:
 
 
 def build_tool_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> ToolConfig:
-    for spec in _OPTIONS:
-        if spec.choices and values[spec.name] not in spec.choices:
-            raise exceptions.OptionsError(f"{spec.name}={values[spec.name]!r}: choose one of "
-                                          f"{', '.join(spec.choices)}")
-        if spec.type is int and values[spec.name] < spec.minimum:
-            raise exceptions.OptionsError(f"{spec.name} must be at least {spec.minimum}")
+    check_choices(_OPTIONS, values)
     try:
         policy = UrlPolicy.parse(values["allow_private_urls"],
                                  max_bytes=values["fetch_max_bytes"],
@@ -81,13 +76,7 @@ class ToolOptions:
         self.errors: list[str] = []
 
     def load(self, loader) -> None:  # noqa: ANN001 - mitmproxy's Loader
-        for spec in _OPTIONS:
-            try:
-                default = env_default(spec, os.environ)
-            except exceptions.OptionsError as exc:
-                self.errors.append(str(exc))
-                default = spec.default
-            loader.add_option(spec.name, spec.type, default, spec.help, spec.choices)
+        add_options(loader, _OPTIONS, self.errors)
 
     def configure(self, updated: set[str]) -> None:
         if self.errors:

@@ -5,6 +5,7 @@ it along a stream or a whole reply."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -33,6 +34,14 @@ CAP_TEXT = ("The tool limit of this response was reached ({n} tool calls). Answe
             "you have, without calling any tool.")
 _MARKER = re.compile(r"【([^【】]{1,40})】")
 _MAX_MARKER = 42
+
+
+@functools.cache
+def _control_ids() -> tuple[list[int], list[int]]:
+    """``<|call|>`` and ``<|start|>assistant`` as ids (each encode call costs ~250 µs)."""
+    encoding = harmony_encoding()
+    return (encoding.encode(CALL_TEXT, allowed_special="all"),
+            encoding.encode(NEXT_TURN, allowed_special="all"))
 
 
 class ToolSession:
@@ -64,6 +73,15 @@ class ToolSession:
         if tool is None or self.used() >= self.max_steps:
             return StepRecord(kind=tool.kind if tool else "tool", action=call.action)
         return tool.started(call)
+
+    async def step(self, call: ServerCall, emit: Callable[[list[StepEvent]], object]
+                   ) -> ToolOutput:
+        """One step: its item started (``emit``), the tool run, its item finished."""
+        step = self.started(call)
+        emit([StepEvent(step, "started")])
+        output = await self.run(call, step)
+        emit([StepEvent(step, "finished")])
+        return output
 
     async def run(self, call: ServerCall, step: StepRecord) -> ToolOutput:
         """Run ``call`` (or refuse it at the cap); the step records its time."""
@@ -99,8 +117,7 @@ class ToolSession:
                                                    neutralize_special_tokens(tool_text))
                    .with_channel(call.channel).with_recipient("assistant"))
         tool_ids = encoding.render(message)
-        call_token = encoding.encode(CALL_TEXT, allowed_special="all")
-        next_ids = encoding.encode(NEXT_TURN, allowed_special="all")
+        call_token, next_ids = _control_ids()
         if not text_transport:
             ids = list(generated_ids)
             if not ids or ids[-1] != call_token[0]:

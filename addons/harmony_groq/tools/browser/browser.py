@@ -96,8 +96,8 @@ class Browser:
         if action == "find":
             page = self._page_or_none(args.get("cursor", -1))
             return StepRecord(KIND, "find_in_page", pattern=str(args.get("pattern", "")),
-                              url=page.url if page else None)
-        return StepRecord(KIND, "open_page", url=self._target_or_none(args))
+                              url=page.url if page else None, backend="page")
+        return StepRecord(KIND, "open_page", url=self._target_or_none(args), backend="fetch")
 
     # -- running ----------------------------------------------------------------------------
 
