@@ -114,9 +114,6 @@ class McpProcess:
         self.close()
         raise RuntimeError(f"MCP server {self.command} did not listen within 30 s")
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
