@@ -426,3 +426,17 @@ def test_a_server_by_name_is_reached_at_the_checked_address(
     call = next(i for i in response["output"] if i["type"] == "mcp_call")
     assert call["status"] == "completed", call
     assert json.loads(call["output"])["host"] == f"localhost:{mcp_server.port}"
+
+
+def test_an_sse_server(mcp_proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    """A URL whose path ends in /sse: the older HTTP+SSE transport."""
+    sse = McpProcess.fixture("sse")
+    try:
+        fake_transformers.respond(call_then_answer("calc.add", {"a": 3, "b": 4}))
+        response = post(mcp_proxy, {"stream": True, "input": "3 + 4?",
+                                    "tools": [calc(sse)]})
+    finally:
+        sse.close()
+    assert sse.url.endswith("/sse")
+    call = next(i for i in response["output"] if i["type"] == "mcp_call")
+    assert call["output"] == "7" and call["status"] == "completed"
