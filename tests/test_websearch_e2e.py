@@ -484,3 +484,23 @@ def test_stream_kept_alive_while_searching(start_proxy: Callable[..., ProxyProce
                                          starts["web_search_tool_result"]]]
     assert between.count("ping") >= 1
     assert frames[-1]["type"] == "message_stop"
+
+
+def test_responses_forced_web_search(search_proxy: ProxyProcess,
+                                     fake_transformers: FakeTransformers,
+                                     searxng: FakeSearxng) -> None:
+    """``tool_choice: {"type": "web_search"}``: the browser call's header is written for the
+    model, which writes only the query."""
+    def rule(prompt: str) -> str:
+        if prompt.endswith("to=browser.search<|message|>"):
+            return '{"query": "forced"}<|call|>'
+        return final("Found.")
+    fake_transformers.respond(rule)
+    client = openai.OpenAI(base_url=search_proxy.base_url, api_key="k", max_retries=0,
+                           timeout=30)
+    response = client.responses.create(model="gpt-oss-20b", input="hi",
+                                       tools=[{"type": "web_search"}],
+                                       tool_choice={"type": "web_search"})
+    assert [i.type for i in response.output] == ["web_search_call", "reasoning", "message"]
+    assert response.output[0].action.query == "forced"
+    assert searxng.queries == ["forced"]

@@ -335,6 +335,8 @@ class _History:
 def _tool_choice(choice: Any, kinds: dict[str, ToolKind]) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
+    if isinstance(choice, dict) and is_web_search(choice.get("type")):
+        return "auto"  # the search is forced in the prompt (parse_responses_request)
     if isinstance(choice, dict) and isinstance(choice.get("name"), str):
         flat = _flat_name(choice["name"], choice.get("namespace"))
         if flat not in kinds:
@@ -400,9 +402,14 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
         logger.info("Responses request: items gpt-oss has no use for dropped: %s",
                     ", ".join(builder.ignored))
     chat = parse_chat_request(chat_body)
-    if not images:
-        specs = server_tools(body.get("tools")) + mcp_tools(body.get("tools"), builder.mcp)
-        chat = dataclasses.replace(chat, server_tools=specs)
+    searches = () if images else server_tools(body.get("tools"))
+    if searches:
+        choice = body.get("tool_choice")
+        forced = isinstance(choice, dict) and is_web_search(choice.get("type"))
+        chat = dataclasses.replace(chat, server_tools=searches, **(
+            {"tool_choice": "named", "forced_tool": "browser.search"} if forced else {}))
+    if not images and (mcp := mcp_tools(body.get("tools"), builder.mcp)):
+        chat = dataclasses.replace(chat, server_tools=chat.server_tools + mcp)
     return ResponsesConversation(chat, chat_body, kinds, items)
 
 

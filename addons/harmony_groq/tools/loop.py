@@ -36,7 +36,12 @@ from ..pool.resume import ContinuedBackend
 from ..records import record_of
 from ..sse import SSEFramer
 from ..state.writes import collect_writes
-from ..streaming import HarmonyStreamTranslator, stripped_error, write_chunk
+from ..streaming import (
+    HarmonyStreamTranslator,
+    can_write_chunks,
+    stripped_error,
+    write_chunk,
+)
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
 from .options import ToolOptions
@@ -82,9 +87,15 @@ class ToolLoop:
         return session
 
     def attach(self, flow: http.HTTPFlow, translator: HarmonyStreamTranslator) -> None:
-        """A gpt-oss stream: it suspends on server-tool calls and its answer is cited."""
+        """A gpt-oss stream: it suspends on server-tool calls and its answer is cited. Only
+        where the loop can write the next steps to the client itself (HTTP/1 in plain text,
+        as for a replica's failover); elsewhere the stream ends where the model called."""
         session = self.session(flow, translator.exchange)
         if session is None:
+            return
+        if not can_write_chunks(flow):
+            record_of(flow)["tool_loop_refused"] = "the client's connection takes no chunks " \
+                "of the proxy's own (TLS or HTTP/2): tool steps run for whole replies only"
             return
         self.streams[flow.id] = translator
         translator.on_server_call = lambda: not session.over_cap()
