@@ -20,7 +20,8 @@ def _secret_fields(body: Any) -> list[tuple[dict[str, Any], str]]:
     found: list[tuple[dict[str, Any], str]] = []
     if not isinstance(body, dict):
         return found
-    for tool in body.get("tools") or []:
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
         if isinstance(tool, dict) and tool.get("type") == "mcp":
             if isinstance(tool.get("headers"), dict):
                 found += [(tool["headers"], name) for name in tool["headers"]]
