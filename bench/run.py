@@ -30,6 +30,7 @@ from httpclient import Target  # noqa: E402
 from keys_bench import keys_section  # noqa: E402
 from litellm_env import ensure_litellm, start_litellm  # noqa: E402
 from llama_server import llamacpp_section  # noqa: E402
+from mcp_bench import mcp_section  # noqa: E402
 from phases import (  # noqa: E402
     FULL,
     QUICK,
@@ -60,10 +61,11 @@ CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "http
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
 # Parts with processes of their own and their own report sections: real llama-servers (built
-# once, minutes), the keys' fair share and check cost (bench/keys_bench.py), and the server
-# tools' in-process costs (web search; the code-execution sandbox).
+# once, minutes), the keys' fair share and check cost (bench/keys_bench.py), the server tools'
+# in-process costs (web search; the code-execution sandbox) and MCP calls on a real MCP server.
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
-                     "keys": keys_section, "tools": tools_section, "code": code_section}
+                     "keys": keys_section, "tools": tools_section, "code": code_section,
+                     "mcp": mcp_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,8 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
                         help="run only this part: groq, oss, stream, store, pool, llamacpp, "
-                             "pool-llamacpp (real llama-servers), keys, tools (web search) or "
-                             "code (the code sandbox; these five not in --quick unless named) "
+                             "pool-llamacpp (real llama-servers), keys, tools (web search), "
+                             "code (the code sandbox) or mcp (these six not in --quick unless "
+                             "named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")

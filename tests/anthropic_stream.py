@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx2
 
-DELTAS = {"text": "text_delta", "thinking": "thinking_delta", "tool_use": "input_json_delta"}
+DELTAS = {"text": "text_delta", "thinking": "thinking_delta", "tool_use": "input_json_delta",
+          "mcp_tool_use": "input_json_delta", "mcp_tool_result": None}
+USES = ("tool_use", "mcp_tool_use")  # blocks whose input streams as JSON
 DELTA_FIELDS = {"text_delta": "text", "thinking_delta": "thinking",
                 "input_json_delta": "partial_json"}
 STOP_REASONS = ("end_turn", "tool_use", "max_tokens", "stop_sequence")
@@ -62,7 +64,7 @@ def check_stream(raw: bytes) -> dict[str, Any]:
             assert data["index"] == len(blocks)
             block = data["content_block"]
             assert block["type"] in DELTAS, block
-            if block["type"] == "tool_use":
+            if block["type"] in USES:
                 assert block["input"] == {} and block["id"] and block["name"]
             blocks.append(dict(block))
             open_index, partial = data["index"], []
@@ -76,14 +78,14 @@ def check_stream(raw: bytes) -> dict[str, Any]:
             assert delta["type"] == DELTAS[block["type"]], (block["type"], delta)
             assert block.get("signature", "") == "", "thinking after the signature"
             text = delta[DELTA_FIELDS[delta["type"]]]
-            if block["type"] == "tool_use":
+            if block["type"] in USES:
                 partial.append(text)
             else:
                 block[block["type"]] += text
         elif kind == "content_block_stop":
             assert data["index"] == open_index
             block = blocks[-1]
-            if block["type"] == "tool_use":
+            if block["type"] in USES:
                 block["input"] = json.loads("".join(partial))
                 assert isinstance(block["input"], dict)
             if block["type"] == "thinking":

@@ -12,6 +12,7 @@ import pytest
 import agents
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_backends import FakeLlamaCpp, FakeVllm
+from mcp_servers import McpProcess
 from proxy_process import ProxyProcess
 from redis_server import RedisServer, find_or_install_redis
 
@@ -28,6 +29,14 @@ def transformers_server() -> Iterator[FakeTransformers]:
 @pytest.fixture(scope="session")
 def groq_server() -> Iterator[FakeGroq]:
     server = FakeGroq()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def mcp_server() -> Iterator[McpProcess]:
+    """This suite's MCP server (tests/mcp_servers.py) over streamable HTTP on loopback."""
+    server = McpProcess.fixture("http")
     yield server
     server.close()
 

@@ -536,6 +536,9 @@ class _GroqHandler(_Handler):
         if isinstance(last, list):
             last = " ".join(p.get("text", "") for p in last)
         text = f"groq responses says: {last}"
+        mcp_items = groq_remote_mcp(body, last)
+        if mcp_items and mcp_items[-1]["type"] == "mcp_call":
+            text = f"the tool said: {mcp_items[-1]['output'] or mcp_items[-1]['error']}"
         message = {"type": "message", "id": "msg_groq1", "role": "assistant",
                    "status": "completed",
                    "content": [{"type": "output_text", "text": text, "annotations": []}]}
@@ -543,20 +546,24 @@ class _GroqHandler(_Handler):
                  "output_tokens": 6, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": 17}
         response = {"id": "resp_groq1", "object": "response", "created_at": int(time.time()),
-                    "status": "completed", "model": body["model"], "output": [message],
+                    "status": "completed", "model": body["model"],
+                    "output": [*mcp_items, message], "tools": body.get("tools") or [],
                     "previous_response_id": None, "usage": usage}
         if not body.get("stream"):
             self.send_json(200, response, RATE_HEADERS)
             return
         self.start_sse(RATE_HEADERS)
+        n = len(mcp_items)
         events = [("response.created", {"response": {**response, "status": "in_progress",
                                                       "output": [], "usage": None}}),
-                  ("response.output_item.added", {"output_index": 0, "item": {
+                  *((kind, {"output_index": i, "item": item}) for i, item in enumerate(mcp_items)
+                    for kind in ("response.output_item.added", "response.output_item.done")),
+                  ("response.output_item.added", {"output_index": n, "item": {
                       **message, "status": "in_progress", "content": []}}),
-                  *(("response.output_text.delta", {"item_id": "msg_groq1", "output_index": 0,
+                  *(("response.output_text.delta", {"item_id": "msg_groq1", "output_index": n,
                                                     "content_index": 0, "delta": text[i:i + 6]})
                     for i in range(0, len(text), 6)),
-                  ("response.output_item.done", {"output_index": 0, "item": message}),
+                  ("response.output_item.done", {"output_index": n, "item": message}),
                   ("response.completed", {"response": response})]
         for n, (kind, payload) in enumerate(events):
             data = json.dumps({"type": kind, "sequence_number": n, **payload})
@@ -619,6 +626,53 @@ GROQ_RESPONSES_FIELDS = {
 }
 
 
+GROQ_MCP_FIELDS = {"type", "server_label", "server_url", "headers", "allowed_tools",
+                   "require_approval", "server_description"}
+
+
+def groq_remote_mcp(body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
+    """What Groq does with ``mcp`` tools: list each server's tools (``mcp_list_tools``) and,
+    scripted here, call the first allowed tool the user's message names, with the JSON object
+    after its name as arguments (``mcp_call``)."""
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def run(tool: dict[str, Any]) -> list[dict[str, Any]]:
+        http = httpx2.AsyncClient(headers=tool.get("headers") or {})
+        async with http, Client(streamable_http_client(tool["server_url"], http_client=http),
+                                cache=None) as client:
+            listed = (await client.list_tools()).tools
+            allowed = tool.get("allowed_tools")
+            listed = [t for t in listed if allowed is None or t.name in allowed]
+            out: list[dict[str, Any]] = [{
+                "type": "mcp_list_tools", "id": f"mcpl_groq{len(listed)}",
+                "server_label": tool["server_label"], "error": None,
+                "tools": [{"name": t.name, "description": t.description,
+                           "input_schema": t.input_schema, "annotations": None}
+                          for t in listed]}]
+            named = next((t for t in listed if t.name in prompt.split()), None)
+            if named is not None:
+                after = prompt.split(named.name, 1)[1].strip()
+                arguments = after if after.startswith("{") else "{}"
+                result = await client.call_tool(named.name, json.loads(arguments))
+                output = "\n".join(c.text for c in result.content if hasattr(c, "text"))
+                out.append({"type": "mcp_call", "id": "mcp_groq1",
+                            "server_label": tool["server_label"], "name": named.name,
+                            "arguments": arguments, "output": None if result.is_error
+                            else output, "error": output if result.is_error else None,
+                            "status": "completed"})
+            return out
+
+    items: list[dict[str, Any]] = []
+    for tool in body.get("tools") or []:
+        if tool.get("type") == "mcp":
+            items += asyncio.run(run(tool))
+    return items
+
+
 def _responses_problem(body: Any) -> str | None:
     if not isinstance(body, dict):
         return "invalid JSON"
@@ -637,7 +691,11 @@ def _responses_problem(body: Any) -> str | None:
     if set(body.get("text") or {}) - {"format"}:
         return "'text' : property 'verbosity' is unsupported"
     for tool in body.get("tools") or []:
-        if tool.get("type") != "function":
+        if tool.get("type") == "mcp":
+            if set(tool) - GROQ_MCP_FIELDS or not tool.get("server_label") or not (
+                    tool.get("server_url")):
+                return "'tools' : an mcp tool needs server_label and server_url"
+        elif tool.get("type") != "function":
             return f"'tools' : type {tool.get('type')!r} is not supported"
     items = body.get("input")
     if not isinstance(items, str | list):
@@ -645,7 +703,8 @@ def _responses_problem(body: Any) -> str | None:
     for n, item in enumerate(items if isinstance(items, list) else []):
         kind = item.get("type")
         if kind not in (None, "message", "function_call", "function_call_output",
-                        "item_reference"):
+                        "item_reference", "mcp_list_tools", "mcp_call",
+                        "mcp_approval_request", "mcp_approval_response"):
             return f"'input.{n}' : type {kind!r} is not supported"
         if kind == "message" and item.get("role") == "assistant":
             return f"'input.{n}' : assistant role is not supported with explicit type"

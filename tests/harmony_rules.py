@@ -79,3 +79,12 @@ def browser_declared(prompt: str) -> bool:
     """The system message declares harmony's browser (built-in tools live there)."""
     system = prompt.split("<|end|>", 1)[0]
     return "## browser" in system and "namespace browser {" in system
+
+
+def mcp_call(recipient: str, arguments: dict[str, Any], thinking: str = "Asking the server."
+             ) -> str:
+    """A completion that reasons, then calls an MCP server's tool (``LABEL.TOOL``), as gpt-oss
+    calls a namespace declared in the system message."""
+    return (f"<|channel|>analysis<|message|>{thinking}<|end|><|start|>assistant"
+            f"<|channel|>commentary to={recipient} <|constrain|>json<|message|>"
+            f"{json.dumps(arguments)}<|call|>")

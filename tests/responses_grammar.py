@@ -11,6 +11,7 @@ DELTAS = {
     "response.reasoning_text.delta": "reasoning",
     "response.function_call_arguments.delta": "function_call",
     "response.custom_tool_call_input.delta": "custom_tool_call",
+    "response.mcp_call_arguments.delta": "mcp_call",
 }
 
 
@@ -61,6 +62,8 @@ def check_grammar(events: list[dict[str, Any]]) -> dict[str, Any]:
                 assert item["arguments"] == streamed
             elif item["type"] == "custom_tool_call":
                 assert item["input"] == streamed
+            elif item["type"] == "mcp_call":
+                assert item["arguments"] == streamed
             done.append(item)
         else:
             assert kind.startswith("response."), kind

@@ -420,3 +420,17 @@ def test_settings_from_the_environment(tmp_path: Path, local: Local,
         assert len(groq_chats(groq_server)) == 1
     finally:
         proxy.stop()
+
+
+def test_a_request_with_mcp_servers_is_not_spilled(down_proxy: ProxyProcess, local: Local,
+                                                   fake_groq: FakeGroq) -> None:
+    """The proxy runs MCP servers for the local model only: Groq's chat API cannot."""
+    local.down()
+    before = len(groq_chats(fake_groq))
+    response = httpx.post(f"{down_proxy.base_url}/responses", timeout=30, json={
+        "model": MODEL, "input": unique("with tools"), "tools": [{
+            "type": "mcp", "server_label": "calc", "server_url": "https://mcp.example/mcp",
+            "require_approval": "never"}]})
+    assert response.status_code == 503
+    assert "MCP servers" in response.json()["error"]["message"]
+    assert len(groq_chats(fake_groq)) == before

@@ -66,6 +66,7 @@ class Gateway:
         self.tools = ToolLoop(self.tool_options, dispatcher, self.upstream.client,
                               lambda: self.config.upstream_timeout, self.state.settle,
                               dialects.flow_dialect)
+        self.requests.prepare_tools = self.tools.prepare
         self.replies = ReplySide(settings, self.state, dialects, dispatcher,
                                  self.upstream.client, in_flight, self.tools)
         self._startup_check: asyncio.Task | None = None

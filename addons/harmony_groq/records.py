@@ -16,7 +16,7 @@ from typing import Any
 from mitmproxy import http
 
 from .flowlog import FlowLogWriter
-from .redact import redact_headers
+from .redact import redact_headers, redact_value
 from .settings import OPTIONS, Settings
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
     record["total_ms"] = round((ended - started) * 1000, 1)
     record.pop("response_headers_at", None)
     record.pop("ended_before_error", None)
-    return record
+    secrets = record.pop("secrets", None)  # the request's own (MCP credentials): masked
+    return redact_value(record, secrets) if secrets else record
 
 
 class _LastReply:

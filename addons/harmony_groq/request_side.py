@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from .auth import check_proxy_key
-from .chat_request import check_word_lengths, parse_json_body
+from .chat_request import ChatRequest, check_word_lengths, parse_json_body
 from .dialects.base import Conversation, Dialect, GroqCall
 from .dialects.table import DialectTable
 from .errors import ProxyError
@@ -45,6 +46,7 @@ from .settings import Config, Settings
 from .spill import Spillover
 from .state.addon import State
 from .tools.code_addon import CodeExecution
+from .tools.mcp import secrets as mcp_secrets
 from .translate import HarmonyExchange
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class RequestSide:
         self.in_flight = in_flight
         self.code = code  # harmony's python tool: declared where a request asks for it
         self.late_key = True  # the injector on the chain's end adds the key (Gateway.running)
+        # Server tools' work before rendering (tools/loop.py ToolLoop.prepare; Gateway sets it)
+        self.prepare_tools: Callable[[ChatRequest], Awaitable[ChatRequest]] | None = None
 
     @property
     def config(self) -> Config:
@@ -201,7 +205,9 @@ class RequestSide:
         record = record_of(flow)
         record["client_path"] = flow.request.path
         record["client_request"] = {"headers": redact_headers(header_pairs(flow.request)),
-                                    "body": body}
+                                    "body": mcp_secrets.masked(body)}
+        if secrets := mcp_secrets.values(body):  # MCP credentials: masked in the whole record
+            record["secrets"] = secrets
         model = dialect.model(body, self.config)
         if dialect is self.dialects.responses:  # the stored response it continues (state store)
             dialect = await self.dialects.responses.recall(body)
@@ -254,6 +260,8 @@ class RequestSide:
         if config.backend == "vllm":  # measured once vLLM is up, for /health (cached after)
             await self.local.context_length()
         request = conversation.chat
+        if request.server_tools and self.prepare_tools is not None:
+            request = await self.prepare_tools(request)
         record = record_of(flow)
         messages, restored = await self.memory.restore(request.messages)
         if restored:  # the client dropped the analysis before calls the proxy issued

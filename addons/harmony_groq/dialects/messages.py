@@ -9,7 +9,7 @@ import datetime
 from typing import Any
 
 from ..chat_request import ChatRequest, parse_chat_request
-from ..errors import ProxyError
+from ..errors import ProxyError, bad_request
 from ..groq import groq_chat_request
 from ..settings import Config
 from ..tools.groq_code import with_groq_code_tool
@@ -65,6 +65,10 @@ class MessagesDialect:
 
     def groq_call(self, body: dict[str, Any], model: str, config: Config) -> GroqCall:
         require_max_tokens(body)
+        if body.get("mcp_servers"):
+            raise bad_request("mcp_servers is served for gpt-oss models here; for a Groq model "
+                              "use the Responses API's mcp tool (Groq runs it).",
+                              param="mcp_servers", code="unsupported_parameter")
         request, names = groq_chat_request(chat_body(body, model, "pass"), model)
         request = with_groq_code_tool(request, body, self.name, model)
         request = with_browser_search(request, server_tools(body), model)

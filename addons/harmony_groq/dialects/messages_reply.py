@@ -72,9 +72,11 @@ def step_blocks(step: StepRecord) -> list[dict[str, Any]]:
     mapping = messages_mapping(step.kind)
     if mapping is None or (tool_input := mapping.use_input(step)) is None:
         return []
-    use_id = tool_use_id(step)
-    return [{"type": "server_tool_use", "id": use_id, "name": mapping.name,
-             "input": tool_input}, mapping.result(step, use_id)]
+    use_block = getattr(mapping, "use_block", None)  # a kind with its own block (mcp_tool_use)
+    use = use_block(step, tool_input) if use_block is not None else {
+        "type": "server_tool_use", "id": tool_use_id(step), "name": mapping.name,
+        "input": tool_input}
+    return [use, mapping.result(step, use["id"])]
 
 
 def location(citation: Citation) -> dict[str, Any]:
@@ -234,8 +236,8 @@ class MessagesReply:
             return
         use, result = blocks
         if event.phase == "started":
-            self._open("server_tool_use", {"id": use["id"], "name": use["name"], "input": {}},
-                       out)
+            kind = use.pop("type")
+            self._open(kind, {**use, "input": {}}, out)
             out.append(_delta(self.index, "input_json_delta", "partial_json",
                               json.dumps(use["input"], ensure_ascii=False)))
             self._close(out)
@@ -280,5 +282,5 @@ def container_of(message: AssembledMessage) -> dict[str, Any] | None:
 
 def _count(uses: dict[str, int], step: StepRecord) -> None:
     mapping = messages_mapping(step.kind)
-    if mapping is not None and step.error != "max_uses_exceeded":
+    if mapping is not None and mapping.usage_key and step.error != "max_uses_exceeded":
         uses[mapping.usage_key] = uses.get(mapping.usage_key, 0) + 1

@@ -22,6 +22,9 @@ from ..tools.browser.history import search_results_text, server_call, server_res
 from ..tools.browser.items import decode_encrypted
 from ..tools.code_history import CODE_TOOL_NAME, server_code_call, server_code_result
 from ..tools.code_request import is_code_tool
+from ..tools.mcp.history import mcp_result_text, mcp_use
+from ..tools.mcp.spec import messages_mcp_servers
+from ..tools.mcp.tool import mcp_spec
 
 BILLING_PREFIX = "x-anthropic-billing-header:"
 ROLES = ("user", "assistant", "system")
@@ -209,6 +212,11 @@ def _assistant(message: dict[str, Any], where: str, server_steps: bool = True
             uses[use_id] = (SERVER_RECIPIENTS.get(name, f"browser.{name}"), arguments)
             if server_steps:
                 calls.append(server_call(use_id, *uses[use_id]))
+        elif kind == "mcp_tool_use":
+            use_id, recipient, arguments = mcp_use(block, at)
+            uses[use_id] = (recipient, arguments)
+            if server_steps:
+                calls.append(server_call(use_id, recipient, arguments))
         elif kind.endswith("_tool_result") and kind != "tool_result":
             use_id = block.get("tool_use_id")
             if not isinstance(use_id, str) or use_id not in uses:
@@ -216,8 +224,9 @@ def _assistant(message: dict[str, Any], where: str, server_steps: bool = True
             if server_steps:
                 close()
                 recipient, arguments = uses[use_id]
-                out.append(server_result(use_id, recipient,
-                                         server_result_text(block, arguments)))
+                text = mcp_result_text(block) if kind == "mcp_tool_result" else (
+                    server_result_text(block, arguments))
+                out.append(server_result(use_id, recipient, text))
         elif kind == "tool_use":
             if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
                 raise bad_request(f"{at}: a tool_use needs an 'id' and a 'name'.", param=at)
@@ -251,8 +260,15 @@ def server_result_text(block: dict[str, Any], arguments: dict[str, Any]) -> str:
 
 
 def server_tools(body: dict[str, Any]) -> tuple[ServerToolSpec, ...]:
-    """Anthropic's web search and web fetch, run by the proxy as harmony's browser:
-    ``max_uses`` (searches), ``allowed_domains`` / ``blocked_domains``."""
+    """The tools the proxy runs: the MCP connector's ``mcp_servers``, and Anthropic's web
+    search and web fetch as harmony's browser."""
+    mcp = tuple(mcp_spec(spec) for spec in messages_mcp_servers(body.get("mcp_servers")))
+    return web_tools(body) + mcp
+
+
+def web_tools(body: dict[str, Any]) -> tuple[ServerToolSpec, ...]:
+    """Web search and web fetch as harmony's browser: ``max_uses`` (searches),
+    ``allowed_domains`` / ``blocked_domains``."""
     tools = body.get("tools")
     declared = [t for t in tools if isinstance(t, dict) and is_web_tool(t.get("type"))] \
         if isinstance(tools, list) else []
@@ -336,8 +352,10 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool[
                 "name"]:
             raise bad_request(f"{where} must be an object with a 'name'.", param=where)
-        if is_web_tool(tool.get("type")) or is_code_tool("messages", tool):
-            continue  # run by the proxy (server_tools; code: tools/code_request.py)
+        if (is_web_tool(tool.get("type")) or is_code_tool("messages", tool)
+                or tool.get("type") == "mcp_toolset"):
+            continue  # run by the proxy (server_tools; code: tools/code_request.py; an MCP
+            # toolset is its mcp_servers)
         if tool.get("type") not in (None, "custom"):
             raise bad_request(f"{where}: Anthropic's server tool {tool['type']!r} is not "
                               "available here; declare it as a custom tool with an "

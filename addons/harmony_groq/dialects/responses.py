@@ -36,18 +36,30 @@ GROQ_FIELDS = ("model", "input", "instructions", "max_output_tokens", "temperatu
 GROQ_SERVICE_TIERS = ("auto", "default", "flex")
 GROQ_ITEMS = ("message", "function_call", "function_call_output")
 GROQ_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
+# Groq runs remote MCP itself (console.groq.com/docs/tool-use/remote-mcp): the tool and its
+# items pass through; the server must be reachable from Groq.
+MCP_ITEMS = ("mcp_list_tools", "mcp_call", "mcp_approval_request", "mcp_approval_response")
+
+
+def has_mcp(body: dict[str, Any]) -> bool:
+    tools = body.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(t, dict) and t.get("type") == "mcp" for t in tools)
 
 
 def groq_can_take(body: dict[str, Any]) -> bool:
-    """Whether Groq's Responses endpoint can serve the request as it is (after sanitising)."""
-    if body.get("store") is not False or body.get("previous_response_id"):
+    """Whether Groq's Responses endpoint can serve the request as it is (after sanitising).
+    With an ``mcp`` tool only Groq's Responses API can (not stored here, then)."""
+    mcp = has_mcp(body)
+    if (body.get("store") is not False and not mcp) or body.get("previous_response_id"):
         return False  # kept here, so it must be answered here
     tools = body.get("tools") or []
     if any(isinstance(t, dict) and t.get("type") in ("custom", "namespace") for t in tools):
         return False
+    items = GROQ_ITEMS + MCP_ITEMS if mcp else GROQ_ITEMS
     for item in input_items(body):
         kind = item.get("type", "message") if isinstance(item, dict) else "message"
-        if kind not in GROQ_ITEMS:
+        if kind not in items:
             return False
         content = item.get("content") if isinstance(item, dict) else None
         if isinstance(content, list) and any(
@@ -68,6 +80,8 @@ def _groq_item(item: Any) -> Any:
     if not isinstance(item, dict):
         return item
     kind = item.get("type", "message")
+    if kind in MCP_ITEMS:
+        return item
     if kind == "function_call":
         return {k: item[k] for k in ("type", "call_id", "name", "arguments") if k in item}
     if kind == "function_call_output":
@@ -81,6 +95,18 @@ def _groq_item(item: Any) -> Any:
     if isinstance(content, list):
         content = [{"type": "input_text", "text": t} for t in _texts(content)]
     return {"type": "message", "role": item.get("role"), "content": content}
+
+
+def _groq_mcp_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """An ``mcp`` tool as Groq documents it: OpenAI's ``authorization`` goes as the
+    ``Authorization`` header Groq sends the server."""
+    tool = dict(tool)
+    token = tool.pop("authorization", None)
+    if isinstance(token, str) and token:
+        headers = {k: v for k, v in (tool.get("headers") or {}).items()
+                   if k.lower() != "authorization"}
+        tool["headers"] = {**headers, "Authorization": f"Bearer {token}"}
+    return tool
 
 
 def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -100,8 +126,9 @@ def groq_responses_body(body: dict[str, Any], model: str) -> dict[str, Any]:
         out["text"] = {"format": text["format"]}
     if out.get("service_tier") not in GROQ_SERVICE_TIERS:
         out.pop("service_tier", None)
-    tools = [{k: t[k] for k in GROQ_TOOL_FIELDS if k in t} for t in out.pop("tools", [])
-             if isinstance(t, dict) and t.get("type") == "function"]
+    tools = [{k: t[k] for k in GROQ_TOOL_FIELDS if k in t} if t.get("type") == "function"
+             else _groq_mcp_tool(t) for t in out.pop("tools", [])
+             if isinstance(t, dict) and t.get("type") in ("function", "mcp")]
     if tools:
         out["tools"] = tools
     else:
@@ -162,6 +189,12 @@ class ResponsesDialect(OpenAIErrors):
         searches = server_tools(body.get("tools"))  # Groq's browser_search, through its chat
         if not searches and groq_can_take(body):
             return GroqCall("/responses", groq_responses_body(body, model))
+        if has_mcp(body):
+            raise bad_request("An mcp tool for a Groq model goes to Groq's Responses API, "
+                              "which is stateless and takes function and mcp tools only: send "
+                              "the full history in 'input' (no previous_response_id) without "
+                              "custom or namespace tools.", param="tools",
+                              code="unsupported_parameter")
         parsed = self._parse(body, images=True)
         chat_body, names = groq_chat_request(parsed.chat_body, model)
         chat_body = with_groq_code_tool(chat_body, body, self.name, model)

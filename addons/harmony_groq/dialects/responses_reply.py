@@ -21,6 +21,7 @@ from ..errors import ProxyError
 from ..parse import Event, ReasoningDelta, ToolCall
 from ..tools.base import Citation, CiteEvent, StepEvent, StepRecord
 from ..tools.items import responses_mapping
+from ..tools.mcp.secrets import public_tools
 from .base import Outcome
 from .responses_request import ToolKind
 
@@ -139,7 +140,8 @@ class ResponsesReply:
             "store": body.get("store") is not False,
             "temperature": body.get("temperature"), "top_p": body.get("top_p"),
             "text": body.get("text") or {"format": {"type": "text"}},
-            "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
+            "tool_choice": body.get("tool_choice") or "auto",
+            "tools": public_tools(body.get("tools") or []),
             "truncation": "disabled", "metadata": body.get("metadata") or {},
             "usage": usage_of(outcome) if outcome else None,
         }

@@ -23,6 +23,10 @@ from ..tools.base import ServerToolSpec
 from ..tools.browser.browser import browser_spec
 from ..tools.browser.history import replayed_action, server_call, server_result
 from ..tools.code_history import responses_code_turn
+from ..tools.mcp.history import ITEMS as MCP_ITEMS
+from ..tools.mcp.history import McpHistory
+from ..tools.mcp.spec import responses_mcp_tool
+from ..tools.mcp.tool import mcp_spec
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +144,8 @@ def parse_tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, ToolKind]]:
                 chat_tools.append(_tool_entry(member, f"{where}.tools[{n}]", namespace, kinds))
         elif is_web_search(kind):
             continue  # run by the proxy (server_tools)
+        elif kind == "mcp":
+            continue  # run by the proxy (mcp_tools)
         elif isinstance(kind, str):
             hosted.append(kind)
         else:
@@ -207,6 +213,7 @@ class _History:
         self.reasoning = ""
         self.calls: set[str] = set()
         self.ignored: list[str] = []
+        self.mcp = McpHistory()
 
     def _open_turn(self) -> dict[str, Any]:
         if self.turn is None:
@@ -243,6 +250,8 @@ class _History:
             self.messages.append(output)
         elif kind == "web_search_call":
             self._web_search(item, index)
+        elif kind in MCP_ITEMS:
+            self._mcp(item, kind, where)
         elif kind == "item_reference":
             raise bad_request(f"{where}: item references are not supported; send the item "
                               "itself or use previous_response_id.", param=where)
@@ -306,6 +315,17 @@ class _History:
         turn.setdefault("tool_calls", []).append(server_call(call_id, recipient, arguments))
         self._close_turn()
         self.messages.append(server_result(call_id, recipient, text))
+
+    def _mcp(self, item: dict[str, Any], kind: str, where: str) -> None:
+        """MCP items: past calls join the history (gpt-oss), listings and approvals are
+        remembered for ``mcp_tools``; Groq's chat API has no use for them."""
+        if self.images:
+            self.ignored.append(kind)
+            return
+        messages = self.mcp.add(kind, item, where)
+        if messages:
+            self._close_turn()
+            self.messages += messages
 
     def _output(self, item: dict[str, Any], where: str) -> None:
         call_id = item.get("call_id")
@@ -394,4 +414,22 @@ def parse_responses_request(body: dict[str, Any], history: list[dict[str, Any]],
         forced = isinstance(choice, dict) and is_web_search(choice.get("type"))
         chat = dataclasses.replace(chat, server_tools=searches, **(
             {"tool_choice": "named", "forced_tool": "browser.search"} if forced else {}))
+    if not images and (mcp := mcp_tools(body.get("tools"), builder.mcp)):
+        chat = dataclasses.replace(chat, server_tools=chat.server_tools + mcp)
     return ResponsesConversation(chat, chat_body, kinds, items)
+
+
+def mcp_tools(tools: Any, history: McpHistory) -> tuple[ServerToolSpec, ...]:
+    """The request's ``mcp`` tools for the proxy to run, with what the conversation already
+    holds: each server's listing (not listed again) and the approvals since the last turn."""
+    if not isinstance(tools, list):
+        return ()
+    seen: set[str] = set()
+    pending = history.pending()
+    specs = []
+    for index, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            spec = responses_mcp_tool(tool, f"tools[{index}]", seen)
+            specs.append(mcp_spec(spec, history.listed.get(spec.label),
+                                  [a for a in pending if a.label == spec.label]))
+    return tuple(specs)

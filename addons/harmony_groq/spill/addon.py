@@ -138,6 +138,9 @@ class Spillover:
         """Why Groq must not take this request now (rate limits, budget), or None; on None the
         budget holds a reservation for it."""
         record = record_of(flow)
+        if any(spec.kind == "mcp" for spec in conversation.chat.server_tools):
+            return ("it declares MCP servers, which the proxy runs for the local model only "
+                    "(Groq's chat API has no MCP)")
         if "prompt_tokens" not in record:
             request = conversation.chat
             transport = make_backend(self.config.backend).text_transport

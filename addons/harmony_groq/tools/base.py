@@ -102,10 +102,13 @@ class StepRecord:
 
 @dataclass
 class ToolOutput:
-    """What a run returns: the harmony tool message's text and the step's record."""
+    """What a run returns: the harmony tool message's text and the step's record;
+    ``ends_reply``: the reply ends with this step (an MCP call waiting for the client's
+    approval) instead of generating on."""
 
     text: str
     step: StepRecord
+    ends_reply: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import httpx
 from mitmproxy import http
 
 from ..backends import Backend, BackendFormatError, BackendOutput, upstream_refusal
+from ..chat_request import ChatRequest
 from ..completion import AssembledMessage
 from ..dialects.base import Dialect
 from ..errors import ProxyError
@@ -44,8 +45,8 @@ from ..streaming import (
 from ..translate import HarmonyExchange, feed_output
 from . import catalog  # noqa: F401 - registers the tools
 from .options import ToolOptions
-from .registry import ToolContext, build
-from .session import CitationFilter, ToolSession
+from .registry import ToolContext, build, prepare
+from .session import CitationFilter, OpeningSteps, ToolSession
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
@@ -66,6 +67,13 @@ class ToolLoop:
         self.dialect_of = dialect_of
         self.sessions: dict[str, ToolSession] = {}
         self.streams: dict[str, HarmonyStreamTranslator] = {}
+
+    async def prepare(self, request: ChatRequest) -> ChatRequest:
+        """Before the prompt is rendered: what the request's server tools need first (an MCP
+        server's tools listed, approved calls run)."""
+        if not request.server_tools or self.options.config is None:
+            return request
+        return await prepare(request, ToolContext(self.options.config, self.client()))
 
     def session(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> ToolSession | None:
         """The flow's session, made on first use; None for a request without server tools."""
@@ -91,7 +99,7 @@ class ToolLoop:
             return
         self.streams[flow.id] = translator
         translator.on_server_call = lambda: not session.over_cap()
-        translator.event_filter = CitationFilter(session.cite)
+        translator.event_filter = OpeningSteps(session.opening, CitationFilter(session.cite))
 
     def pending(self, flow: http.HTTPFlow, exchange: HarmonyExchange | None) -> bool:
         """Whether the flow's last hook has tool steps to run (cheap for other flows)."""
@@ -150,6 +158,8 @@ class ToolLoop:
                 break
             output = await session.step(
                 call, lambda events: _write(flow, translator, translator.emit(events)))
+            if output.ends_reply:  # e.g. a call waiting for the client's approval
+                break
             tool_text = output.text
             backend = exchange.backend
             prompt = session.next_prompt(
@@ -171,7 +181,7 @@ class ToolLoop:
                                      replica.url + backend.completions_path, body)
             if gone:
                 return
-        if translator.suspended and not translator.done:  # the cap: end as the model left it
+        if translator.suspended and not translator.done:  # the cap, or a step that ends it
             translator.suspended = False
             translator.on_server_call = None
             _write(flow, translator, translator.finish_now())
@@ -218,7 +228,7 @@ class ToolLoop:
         session = self.sessions.get(flow.id) or self.session(flow, exchange)
         assert session is not None
         decoder = exchange.new_decoder()
-        cites = CitationFilter(session.cite)
+        cites = OpeningSteps(session.opening, CitationFilter(session.cite))
         message = AssembledMessage()
         prompt, backend = exchange.prompt, exchange.backend
         url = record.get("upstream_request", {}).get("url", "")
@@ -232,6 +242,8 @@ class ToolLoop:
             call = decoder.take_server_call()
             assert call is not None
             tool = await session.step(call, message.add)
+            if tool.ends_reply:
+                break
             prompt = session.next_prompt(prompt, output.token_ids or [], output.text, call,
                                          tool.text, backend.text_transport)
             body = backend.request_body(prompt, exchange.request, False,

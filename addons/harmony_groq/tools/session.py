@@ -52,10 +52,17 @@ class ToolSession:
     def __init__(self, tools: dict[str, ServerTool], max_steps: int) -> None:
         self.tools = tools
         self.max_steps = max_steps
-        self.steps: list[StepRecord] = []
+        # Steps run before the generation (an MCP server's listing, approved calls): shown
+        # first, logged with the others, not counted against the cap.
+        self.opening: list[StepRecord] = [step for tool in tools.values()
+                                          for step in getattr(tool, "opening", ())]
+        self.steps: list[StepRecord] = list(self.opening)
         self.refused_after_cap = False
         self.generated_ids_mark = 0  # how much of the reply's generation earlier steps used
         self.generated_text_mark = 0
+
+    def used(self) -> int:
+        return len(self.steps) - len(self.opening)
 
     def over_cap(self) -> bool:
         """The model called again after it was told to answer without tools."""
@@ -63,7 +70,7 @@ class ToolSession:
 
     def started(self, call: ServerCall) -> StepRecord:
         tool = self.tools.get(call.namespace)
-        if tool is None or len(self.steps) >= self.max_steps:
+        if tool is None or self.used() >= self.max_steps:
             return StepRecord(kind=tool.kind if tool else "tool", action=call.action)
         return tool.started(call)
 
@@ -80,7 +87,7 @@ class ToolSession:
         """Run ``call`` (or refuse it at the cap); the step records its time."""
         begun = time.monotonic()
         tool = self.tools.get(call.namespace)
-        if len(self.steps) >= self.max_steps:
+        if self.used() >= self.max_steps:
             self.refused_after_cap = True
             output = ToolOutput(CAP_TEXT.format(n=self.max_steps),
                                 step.fail("max_steps", "tool limit reached"))
@@ -134,6 +141,26 @@ class ToolSession:
 
     def log(self) -> list[dict[str, Any]]:
         return [step.log() for step in self.steps]
+
+
+class OpeningSteps:
+    """Passes events to ``then`` (the citation filter), the steps run before the generation
+    first: each reply shows them before anything the model wrote."""
+
+    def __init__(self, steps: list[StepRecord], then: Callable[[list[Any]], list[Any]]) -> None:
+        self.pending: list[Any] = [StepEvent(step, phase) for step in steps
+                                   for phase in ("started", "finished")]
+        self.then = then
+
+    def __call__(self, events: list[Any]) -> list[Any]:
+        if self.pending:
+            opening, self.pending = self.pending, []
+            return opening + self.then(events)
+        return self.then(events)
+
+    def flush(self) -> list[Any]:
+        flush = getattr(self.then, "flush", None)
+        return self.pending + (flush() if flush is not None else [])
 
 
 class CitationFilter:
