@@ -22,12 +22,12 @@ from harmony_groq.dialects.responses_reply import ResponsesReply
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.parse import ContentDelta, HarmonyDecoder
 from harmony_groq.render import render_prompt
+from harmony_groq.toolloop.session import CitationFilter, ToolSession
 from harmony_groq.tools.browser.browser import Browser, browser_spec
 from harmony_groq.tools.browser.page import html_to_page
 from harmony_groq.tools.browser.search import SearchResult
 from harmony_groq.tools.options import ToolConfig
 from harmony_groq.tools.registry import ToolContext
-from harmony_groq.tools.session import CitationFilter, ToolSession
 
 STEP_GOAL_MS, HTML_GOAL_MS = 5.0, 50.0
 CALL = ('<|channel|>analysis<|message|>I should search.<|end|><|start|>assistant'

@@ -12,9 +12,9 @@ import pytest
 
 from harmony_groq.encoding import harmony_encoding
 from harmony_groq.parse import ContentDelta, HarmonyDecoder, ReasoningDelta
+from harmony_groq.toolloop.session import CitationFilter
 from harmony_groq.tools.base import Citation, CiteEvent
 from harmony_groq.tools.browser.page import html_to_page
-from harmony_groq.tools.session import CitationFilter
 from harmony_groq.tools.urls import UnsafeUrl, UrlPolicy, fetch
 
 from fakes_web import FakeWeb

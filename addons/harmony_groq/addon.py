@@ -30,8 +30,8 @@ from .response_store import ResponseStore
 from .settings import Config, Settings
 from .spill import Spillover
 from .state.addon import State
+from .toolloop import ToolLoop
 from .tools.code_addon import CodeExecution
-from .tools.loop import ToolLoop
 from .tools.options import ToolOptions
 from .upstream import ModelServerClient
 

@@ -8,8 +8,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from openai_harmony import ToolNamespaceConfig
+
 from .errors import bad_request
-from .tools.base import ServerToolSpec
 
 EFFORTS = {
     "low": "low",
@@ -20,6 +21,18 @@ EFFORTS = {
     "xhigh": "high",
     "max": "high",
 }
+
+
+@dataclass(frozen=True)
+class ServerToolSpec:
+    """A server tool a client request declared, in the dialect-neutral form the renderer and the
+    tool loop (tools/) take: the harmony namespace, its declaration, and the client's options
+    (max_uses, domain filters, …) the tool reads when it is built for the request."""
+
+    namespace: str
+    config: ToolNamespaceConfig
+    kind: str  # the step kind its records carry ("web_search", "code_interpreter", "mcp")
+    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")

@@ -46,7 +46,7 @@ from .streaming import (
     send_last_chunk,
     stripped_error,
 )
-from .tools.loop import ToolLoop
+from .toolloop import ToolLoop
 from .translate import HarmonyExchange, translate_completion
 
 _MASKED_KEY = f"Bearer {REDACTED}".encode()
@@ -136,7 +136,7 @@ class ReplySide:
         return self._response(flow)
 
     async def _tool_steps(self, flow: http.HTTPFlow, exchange: HarmonyExchange | None) -> None:
-        """The reply stopped on a server tool's call: the loop continues it (tools/loop.py)."""
+        """The reply stopped on a server tool's call: the loop continues it (toolloop/)."""
         if await self.tools.settle(flow, exchange):
             self.in_flight.exchanges.pop(flow.id, None)  # answered whole by the loop
         waiting = self._response(flow)

@@ -80,7 +80,7 @@ class RequestSide:
         self.in_flight = in_flight
         self.code = code  # harmony's python tool: declared where a request asks for it
         self.late_key = True  # the injector on the chain's end adds the key (Gateway.running)
-        # Server tools' work before rendering (tools/loop.py ToolLoop.prepare; Gateway sets it)
+        # Server tools' work before rendering (toolloop/ ToolLoop.prepare; Gateway sets it)
         self.prepare_tools: Callable[[ChatRequest], Awaitable[ChatRequest]] | None = None
 
     @property

@@ -173,10 +173,16 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """What no log may show: the keys and the state store's password."""
-        from .tools.options import ToolOptions  # the tools' API keys (search backends)
-
         keys = tuple(s for s in (self.groq_api_key, self.proxy_api_key) if s)
-        return keys + passwords_of(self.state_store) + ToolOptions.secrets()
+        return keys + passwords_of(self.state_store) + secrets_from_environment()
+
+
+SECRET_ENVS: list[str] = []  # other API keys read from the environment (the search backends')
+
+
+def secrets_from_environment() -> tuple[str, ...]:
+    """The values of ``SECRET_ENVS`` (a module that reads a key adds its variable's name)."""
+    return tuple(key for env in SECRET_ENVS if (key := os.environ.get(env, "").strip()))
 
 
 def env_default(spec: OptionSpec, environ: Mapping[str, str]) -> Any:

@@ -133,7 +133,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
 
     on_upstream_failure: Callable[[ProxyError], bool] | None = None
     suspended = False
-    # Set by the tool loop (tools/loop.py): whether a generation that stopped on a server-tool
+    # Set by the tool loop (toolloop/): whether a generation that stopped on a server-tool
     # call is held for the loop to continue, and the filter the answer's events pass (cites).
     on_server_call: Callable[[], bool] | None = None
     event_filter: Callable[[list[Any]], list[Any]] | None = None

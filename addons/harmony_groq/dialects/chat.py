@@ -7,14 +7,19 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chat_request import ChatRequest, parse_chat_request, require_model_and_messages
+from ..chat_request import (
+    ChatRequest,
+    ServerToolSpec,
+    parse_chat_request,
+    require_model_and_messages,
+)
 from ..completion import AssembledMessage, ChunkBuilder, completion_dict, reasoning_keys
 from ..errors import ProxyError
 from ..groq import sanitize_body
 from ..parse import Event
 from ..settings import Config
 from ..sse import DONE, KEEPALIVE, encode_event
-from ..tools.base import Citation, CiteEvent, ServerToolSpec, StepEvent, StepRecord
+from ..tools.base import Citation, CiteEvent, StepEvent, StepRecord
 from ..tools.browser.browser import browser_spec
 from ..tools.code_history import chat_executed
 from ..tools.groq_route import with_browser_search

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from ..chat_request import require_messages, require_model
+from ..chat_request import ServerToolSpec, require_messages, require_model
 from ..errors import bad_request
-from ..tools.base import ServerToolSpec
 from ..tools.browser.browser import browser_spec
 from ..tools.browser.history import search_results_text, server_call, server_result
 from ..tools.browser.items import decode_encrypted

@@ -16,10 +16,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..chat_request import ChatRequest, parse_chat_request
+from ..chat_request import ChatRequest, ServerToolSpec, parse_chat_request
 from ..errors import bad_request
 from ..render import text_of
-from ..tools.base import ServerToolSpec
 from ..tools.browser.browser import browser_spec
 from ..tools.browser.history import replayed_action, server_call, server_result
 from ..tools.code_history import responses_code_turn

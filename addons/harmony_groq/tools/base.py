@@ -15,20 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from openai_harmony import ToolNamespaceConfig
-
-
-@dataclass(frozen=True)
-class ServerToolSpec:
-    """A server tool a client request declared, in the dialect-neutral form the renderer and the
-    loop take: the harmony namespace, its declaration, and the client's options (max_uses,
-    domain filters, …) the tool reads when it is built for the request."""
-
-    namespace: str
-    config: ToolNamespaceConfig
-    kind: str  # the step kind its records carry ("web_search", "code_interpreter", "mcp")
-    options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
 
 @dataclass(frozen=True)
 class ServerCall:

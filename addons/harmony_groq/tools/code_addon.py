@@ -16,9 +16,9 @@ from typing import Any
 
 from mitmproxy import ctx
 
+from ..chat_request import ServerToolSpec
 from ..errors import ProxyError
 from ..settings import OptionSpec
-from .base import ServerToolSpec
 from .code_request import CodeChoice, code_choice
 from .containers import ContainerNotFound, ContainerPool
 from .options import declare

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..chat_request import ServerToolSpec
 from ..errors import bad_request
-from .base import ServerToolSpec, StepEvent, StepRecord
+from .base import StepEvent, StepRecord
 
 BROWSER_SEARCH = {"type": "browser_search"}
 

@@ -83,11 +83,3 @@ class ToolOptions:
             raise exceptions.OptionsError(self.errors[0])
         values = {spec.name: getattr(ctx.options, spec.name) for spec in _OPTIONS}
         self.config = build_tool_config(values, os.environ)
-
-    @staticmethod
-    def secrets() -> tuple[str, ...]:
-        """The tools' keys (never logged)."""
-        return tuple(key for env in SECRET_ENVS if (key := os.environ.get(env, "").strip()))
-
-
-SECRET_ENVS: list[str] = []  # the API keys tools read from the environment

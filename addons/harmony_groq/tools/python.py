@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from openai_harmony import ToolNamespaceConfig
 
-from .base import ServerCall, ServerToolSpec, StepRecord, ToolOutput, new_step_id
+from ..chat_request import ServerToolSpec
+from .base import ServerCall, StepRecord, ToolOutput, new_step_id
 from .containers import Container, ContainerPool, ContainersFull
 
 KIND = "code_interpreter"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from ..chat_request import ChatRequest
-from .base import ServerTool, ServerToolSpec
+from ..chat_request import ChatRequest, ServerToolSpec
+from .base import ServerTool
 from .options import ToolConfig
 
 

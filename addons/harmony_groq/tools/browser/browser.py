@@ -15,9 +15,10 @@ from urllib.parse import quote, urlsplit
 
 from openai_harmony import ToolNamespaceConfig
 
+from ...chat_request import ServerToolSpec
 from ...encoding import harmony_encoding
 from ...settings import OptionSpec
-from ..base import Citation, ServerCall, ServerToolSpec, StepRecord, ToolOutput
+from ..base import Citation, ServerCall, StepRecord, ToolOutput
 from ..options import declare
 from ..registry import ToolContext, register_tool
 from ..urls import UnsafeUrl, fetch

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import httpx
 from mitmproxy import exceptions
 
-from ...settings import OptionSpec
-from ..options import SECRET_ENVS, ToolConfig, declare
+from ...settings import SECRET_ENVS, OptionSpec
+from ..options import ToolConfig, declare
 
 BACKENDS = ("ddgs", "searxng", "brave", "tavily", "exa", "off")
 KEYS = {"brave": "BRAVE_API_KEY", "tavily": "TAVILY_API_KEY", "exa": "EXA_API_KEY"}

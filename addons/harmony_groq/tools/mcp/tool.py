@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ...chat_request import ChatRequest
+from ...chat_request import ChatRequest, ServerToolSpec
 from ...errors import ProxyError
 from ...render import neutralize_special_tokens
 from ...settings import OptionSpec
-from ..base import ServerCall, ServerToolSpec, StepRecord, ToolOutput, new_step_id
+from ..base import ServerCall, StepRecord, ToolOutput, new_step_id
 from ..items import register
 from ..options import ToolConfig, declare
 from ..registry import ToolContext, register_preparer, register_tool

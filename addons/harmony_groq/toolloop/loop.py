@@ -42,10 +42,10 @@ from ..streaming import (
     stripped_error,
     write_chunk,
 )
+from ..tools import catalog  # noqa: F401 - registers the tools
+from ..tools.options import ToolOptions
+from ..tools.registry import ToolContext, build, prepare
 from ..translate import HarmonyExchange, feed_output
-from . import catalog  # noqa: F401 - registers the tools
-from .options import ToolOptions
-from .registry import ToolContext, build, prepare
 from .session import CitationFilter, OpeningSteps, ToolSession
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from openai_harmony import Author, Message, Role
 from ..encoding import harmony_encoding
 from ..parse import ContentDelta, Event
 from ..render import HarmonyPrompt, neutralize_special_tokens
-from .base import (
+from ..tools.base import (
     Citation,
     CiteEvent,
     ServerCall,
