@@ -6,8 +6,10 @@ grammars in test_llamacpp_e2e.py."""
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
+import jsonschema
 import openai
 import pytest
 
@@ -15,12 +17,15 @@ from harmony_groq.chat_request import parse_chat_request
 from harmony_groq.constraints import constraint_for, llamacpp_grammar, vllm_fields
 from harmony_groq.errors import ProxyError
 from harmony_groq.gbnf import SchemaGrammar, UnsupportedSchema
+from harmony_groq.gbnf_regex import FORMATS
 from harmony_groq.render import render_prompt
 
 from conftest import default_options
 from fakes import FakeGroq, FakeTransformers
 from fakes_backends import FakeVllm, structured_outputs_problem
+from gbnf_sample import Grammar
 from proxy_process import ProxyProcess
+from strict_schemas import CHECKER, SCHEMAS
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
                                            "unit": {"enum": ["c", "f"]}},
@@ -53,7 +58,7 @@ def test_the_reply_grammar_frees_messages_and_constrains_the_last() -> None:
     grammar = llamacpp_grammar(constraint)
     rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
     assert rules["root"] == '( msg <[200006]> "assistant" )* ( final | call )'
-    assert rules["free"] == "( !<[200007]> )*"  # analysis: any token but <|end|>
+    assert rules["free"] == '( [^<] | "<"+ [^<|] )* "<"*'  # text: no control token
     assert rules["final"] == '<[200005]> "final" <[200008]> free'
     assert '"get_weather" header args-' in rules["tool-chan"]  # harmony's name for it
     assert '"b" header free' in rules["tool-chan"]
@@ -78,14 +83,18 @@ def test_gbnf_covers_the_strict_subset_and_refuses_the_rest() -> None:
     root = grammar.add(recursive, "t")
     text = grammar.text({"root": root})
     assert "t-def-node-" in text and text.count("::=") > 5
-    for bad, word in [({"type": "string", "pattern": "^a"}, "'pattern'"),
-                      ({"type": "integer", "minimum": 3}, "'minimum'"),
+    for bad, word in [({"type": "string", "pattern": "^(?!a)"}, "'pattern'.*look-around"),
+                      ({"type": "string", "pattern": "(a)\\1"}, "back reference"),
+                      ({"type": "string", "pattern": "a", "maxLength": 3}, "'maxLength'"),
+                      ({"type": "array", "uniqueItems": True}, "'uniqueItems'"),
+                      ({"type": "integer", "minimum": 3, "maximum": 2}, "'minimum'"),
+                      ({"type": "integer", "multipleOf": 0}, "'multipleOf'"),
                       ({"allOf": [{"type": "string"}, {"type": "integer"}]}, "allOf"),
                       ({"$ref": "#/$defs/missing"}, "does not name")]:
         with pytest.raises(UnsupportedSchema, match=word):
             SchemaGrammar().add(bad, "t")
     strict = constraint_for(*request_of(tools=[tool("a", True, {"type": "string",
-                                                                 "pattern": "x"})]))
+                                                                 "pattern": "x(?=y)"})]))
     assert strict is not None
     with pytest.raises(ProxyError) as caught:
         llamacpp_grammar(strict)
@@ -164,3 +173,71 @@ def test_a_schema_vllm_cannot_compile_is_the_clients_400(vllm_proxy: ProxyProces
     assert isinstance(error, dict) and error["code"] == "unsupported_schema"
     assert "$ref #/$defs/missing not found" in error["message"]
     assert vllm_server.generated == []  # nothing was generated
+
+
+# -- OpenAI's strict-mode keywords -------------------------------------------------------------
+
+def schema_grammar(schema: dict[str, Any]) -> Grammar:
+    grammar = SchemaGrammar()
+    return Grammar(grammar.text({"root": grammar.add(schema, "t")}))
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_every_text_a_strict_schema_allows_is_valid(name: str) -> None:
+    """Soundness without a server: random walks through the grammar all validate."""
+    schema, rng = SCHEMAS[name], random.Random(name)
+    grammar = schema_grammar(schema)
+    texts = [grammar.sample(rng) for _ in range(400)]
+    for text in texts:
+        jsonschema.validate(json.loads(text), schema, format_checker=CHECKER)
+    assert len(set(texts)) > 300  # the walk explores: values vary
+
+
+@pytest.mark.parametrize(("low", "high"), [(1, 7), (0, 100), (-120, 3456), (-9, -3), (10, 10),
+                                           (None, 5), (95, None), (None, -1000)])
+def test_integer_bounds_allow_exactly_the_range(low: int | None, high: int | None) -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    if low is not None:
+        schema["minimum"] = low
+    if high is not None:
+        schema["exclusiveMaximum"] = high + 1
+    grammar = schema_grammar(schema)
+    start, stop = (low if low is not None else high - 3000), (high if high is not None
+                                                              else low + 3000)
+    for value in range(start - 50, stop + 50):
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        assert grammar.matches(str(value)) == inside, value
+    assert not grammar.matches("01") and not grammar.matches("-0")
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "number", "minimum": 0.2, "maximum": 0.7},
+    {"type": "number", "exclusiveMinimum": -3.25, "exclusiveMaximum": -3.2},
+    {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    {"type": "number", "minimum": -1e6, "maximum": -5},
+    {"type": "number", "multipleOf": 0.1, "minimum": 0, "maximum": 1},
+    {"type": "integer", "multipleOf": 7},
+    {"exclusiveMinimum": 0, "type": "number", "multipleOf": 0.01}])
+def test_number_bounds_and_multiples_only_allow_valid_values(schema: dict[str, Any]) -> None:
+    grammar, rng = schema_grammar(schema), random.Random(3)
+    for _ in range(300):
+        jsonschema.validate(json.loads(grammar.sample(rng)), schema)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_each_format_of_the_strict_list_validates(fmt: str) -> None:
+    schema, rng = {"type": "string", "format": fmt}, random.Random(fmt)
+    grammar = schema_grammar(schema)
+    for _ in range(300):
+        jsonschema.validate(json.loads(grammar.sample(rng)), schema, format_checker=CHECKER)
+
+
+def test_a_pattern_is_written_over_the_json_text() -> None:
+    """Quotes and backslashes escaped, ``<`` as \\u003c (never ``<|``), whole matches."""
+    schema = {"type": "string", "pattern": '^[a"\\\\<]{2}x+$'}
+    grammar, rng = schema_grammar(schema), random.Random(5)
+    texts = {grammar.sample(rng) for _ in range(200)}
+    assert any('\\"' in t for t in texts) and any("\\u003c" in t for t in texts)
+    assert not any("<" in t for t in texts)
+    for text in texts:
+        jsonschema.validate(json.loads(text), schema)
