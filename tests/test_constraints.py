@@ -147,6 +147,36 @@ def test_vllm_gets_structured_outputs_it_accepts(vllm_proxy: ProxyProcess,
     assert "structured_outputs" not in vllm_server.bodies[-1]
 
 
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_vllm_gets_every_strict_keyword_as_the_client_wrote_it(
+        vllm_proxy: ProxyProcess, vllm_server: FakeVllm, name: str) -> None:
+    """Bounds, multipleOf, pattern and formats go to xgrammar untouched, no 400 on the way."""
+    vllm_server.reset_state()
+    client = openai.OpenAI(base_url=vllm_proxy.base_url, api_key="sk-client", max_retries=0)
+    ask = {"model": "gpt-oss-120b", "messages": [{"role": "user", "content": "hi"}]}
+    client.chat.completions.create(**ask, tools=[tool("a", True, SCHEMAS[name])],  # type: ignore
+                                   tool_choice={"type": "function", "function": {"name": "a"}})
+    assert vllm_server.bodies[-1]["structured_outputs"] == {"json": SCHEMAS[name]}
+    client.responses.create(model="gpt-oss-120b", input="hi", text={"format": {
+        "type": "json_schema", "name": "x", "schema": SCHEMAS[name], "strict": True}})
+    tag = json.loads(vllm_server.bodies[-1]["structured_outputs"]["structural_tag"])
+    assert [s["schema"] for s in tag["structures"]] == [SCHEMAS[name]]
+
+
+def test_a_pattern_vllm_cannot_compile_is_the_clients_400(vllm_proxy: ProxyProcess,
+                                                          vllm_server: FakeVllm) -> None:
+    vllm_server.reset_state()
+    client = openai.OpenAI(base_url=vllm_proxy.base_url, api_key="sk-client", max_retries=0)
+    broken = tool("a", True, {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z"}}})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-oss-120b", tools=[broken],  # type: ignore
+                                       messages=[{"role": "user", "content": "hi"}])
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "unsupported_schema"
+    assert "^[A-Z" in error["message"] and vllm_server.generated == []
+
+
 def test_transformers_serve_says_it_cannot_constrain(proxy: ProxyProcess,
                                                      fake_transformers: FakeTransformers
                                                      ) -> None:
