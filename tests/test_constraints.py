@@ -271,3 +271,58 @@ def test_a_pattern_is_written_over_the_json_text() -> None:
     assert not any("<" in t for t in texts)
     for text in texts:
         jsonschema.validate(json.loads(text), schema)
+
+
+# -- transformers serve: validated after generation, generated again ---------------------------
+
+def call_script(arguments: str) -> str:
+    return ("<|channel|>analysis<|message|>Fill it.<|end|><|start|>assistant<|channel|>commentary"
+            f" to=functions.a <|constrain|>json<|message|>{arguments}<|call|>")
+
+
+def final_script(text: str) -> str:
+    return f"<|channel|>analysis<|message|>Answer.<|end|><|start|>assistant<|channel|>final" \
+           f"<|message|>{text}<|return|>"
+
+
+BOUNDED = {"type": "object", "properties": {
+    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    "day": {"type": "string", "format": "date"}},
+    "required": ["days", "day"], "additionalProperties": False}
+
+
+def test_transformers_generates_an_invalid_strict_call_again(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    fake_transformers.script(call_script('{"days": 9, "day": "2026-01-02"}'),
+                             call_script('{"days": 3, "day": "2026-02-30"}'),
+                             call_script('{"days": 3, "day": "2026-02-03"}'))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    before = proxy.log_mark()
+    reply = client.chat.completions.create(
+        model="gpt-oss-20b", messages=[{"role": "user", "content": "hi"}], seed=7,
+        tools=[tool("a", True, BOUNDED)])  # type: ignore[list-item]
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert json.loads(call.function.arguments) == {"days": 3, "day": "2026-02-03"}
+    assert [json.loads(r["raw"])["seed"] for r in fake_transformers.requests] == [7, 8, 9]
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert record["strict_tries"] == 3
+
+
+def test_transformers_strict_reply_that_stays_invalid_is_the_apis_error(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    fake_transformers.script(*[final_script("not JSON")] * 3)
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    before = proxy.log_mark()
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.responses.create(model="gpt-oss-20b", input="hi", text={"format": {
+            "type": "json_schema", "name": "x", "schema": BOUNDED, "strict": True}})
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "strict_schema_unmet"
+    assert "3 tries" in error["message"] and "STRICT_RETRIES" in error["message"]
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert record["strict_tries"] == 3 and "not JSON" in record["strict_problem"]
+    fake_transformers.script(final_script('{"days": 7, "day": "2026-12-31"}'))
+    reply = client.responses.create(model="gpt-oss-20b", input="hi", text={"format": {
+        "type": "json_schema", "name": "x", "schema": BOUNDED, "strict": True}})
+    assert json.loads(reply.output_text) == {"days": 7, "day": "2026-12-31"}
+    assert proxy.log_records(wait_for=before + 2)[-1]["strict_tries"] == 1
