@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 from jsonschema import Draft202012Validator
-
 from mitmproxy import http
 
 from .backends import BackendOutput
