@@ -326,3 +326,29 @@ def test_transformers_strict_reply_that_stays_invalid_is_the_apis_error(
         "type": "json_schema", "name": "x", "schema": BOUNDED, "strict": True}})
     assert json.loads(reply.output_text) == {"days": 7, "day": "2026-12-31"}
     assert proxy.log_records(wait_for=before + 2)[-1]["strict_tries"] == 1
+
+
+def test_transformers_strict_stream_holds_the_call_until_it_is_valid(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    """The analysis streams; the strict call goes out once the reply is over and valid, and an
+    invalid one ends the stream with the API's error (streams are not generated again)."""
+    fake_transformers.script(call_script('{"days": 3, "day": "2026-02-03"}'),
+                             call_script('{"days": 0, "day": "2026-02-03"}'))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    ask = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}],
+           "tools": [tool("a", True, BOUNDED)], "stream": True}
+    chunks = list(client.chat.completions.create(**ask))  # type: ignore[call-overload]
+    calls = [c for chunk in chunks if chunk.choices for c in chunk.choices[0].delta.tool_calls
+             or []]
+    assert [json.loads(c.function.arguments) for c in calls] == [{"days": 3,
+                                                                  "day": "2026-02-03"}]
+    received = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in client.chat.completions.create(**ask):  # type: ignore[call-overload]
+            received.append(chunk)
+    assert "strict schema" in caught.value.message
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in received)
+    assert any(c.choices and (c.choices[0].delta.model_extra or {}).get("reasoning")
+               for c in received)  # the analysis was not held
+    record = proxy.last_record("is less than the minimum of 1")
+    assert record["strict_tries"] == 1 and "arguments of 'a'" in record["strict_problem"]

@@ -25,6 +25,7 @@ from .chat_request import ChatRequest
 from .completion import AssembledMessage
 from .errors import ProxyError
 from .flows import answer
+from .parse import ContentDelta, Event, ToolCall
 from .records import record_of
 from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
@@ -77,6 +78,51 @@ def strict_check_for(request: ChatRequest) -> StrictCheck | None:
 
 
 @dataclass
+class HeldStrict:
+    """A stream's strict parts (a strict tool's call, a json_schema answer's text), held back
+    until the reply is over and valid; the analysis streams as it comes. Streams are not
+    generated again: an invalid one ends with the API's error."""
+
+    check: StrictCheck
+    held: list[Event]
+
+    def split(self, events: list[Event]) -> list[Event]:
+        """What may go out now; the rest is held."""
+        now = []
+        for event in events:
+            if (isinstance(event, ToolCall) and event.name in self.check.tools) or (
+                    isinstance(event, ContentDelta) and self.check.answer is not None):
+                self.held.append(event)
+            else:
+                now.append(event)
+        return now
+
+    def release(self, message: AssembledMessage, truncated: bool, record: dict[str, Any]
+                ) -> list[Event]:
+        """The held events once the reply is valid (or cut), else ProxyError."""
+        problem = self.check.problem(message, truncated)
+        record["strict_tries"] = 1
+        if problem is not None:
+            record["strict_problem"] = problem
+            raise unmet(problem, 1)
+        return self.held
+
+
+def held_strict_for(exchange: HarmonyExchange) -> HeldStrict | None:
+    if exchange.backend.name != "transformers":
+        return None
+    check = strict_check_for(exchange.request)
+    return HeldStrict(check, []) if check is not None else None
+
+
+def unmet(problem: str, tries: int) -> ProxyError:
+    return ProxyError(500, "The model did not produce a reply that follows the strict schema "
+                      f"in {tries} {'try' if tries == 1 else 'tries'} ({problem}); the model "
+                      "server cannot constrain decoding (BACKEND=transformers). Try again, or "
+                      "raise STRICT_RETRIES.", code="strict_schema_unmet")
+
+
+@dataclass
 class StrictRetry:
     """Generates a whole reply again while it breaks its strict schemas (transformers serve
     only: the other backends constrain decoding)."""
@@ -125,11 +171,7 @@ class StrictRetry:
                 problem = check.problem(translated.message, output.truncated)
             if problem is not None:
                 record["strict_problem"] = problem
-                raise ProxyError(500, "The model did not produce a reply that follows the "
-                                 f"strict schema in {tries} tries ({problem}); the model "
-                                 "server cannot constrain decoding (BACKEND=transformers). "
-                                 "Try again, or raise STRICT_RETRIES.",
-                                 code="strict_schema_unmet")
+                raise unmet(problem, tries)
         except ProxyError as exc:
             error = exc
         except (httpx.HTTPError, ValueError) as exc:  # an unreadable answer too
