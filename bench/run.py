@@ -45,6 +45,7 @@ from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
+from strict import strict_section  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
 from fakes import GROQ_KEY  # noqa: E402
@@ -56,8 +57,10 @@ NOLOG = "addon, flow log off"
 CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
-# Parts on real llama-servers (built once, minutes): their own report sections.
-REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section}
+# Parts with their own report sections: real llama-servers (built once, minutes), and the
+# strict-schema grammar compiler (in-process, seconds).
+REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
+                     "strict": strict_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

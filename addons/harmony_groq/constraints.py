@@ -21,7 +21,8 @@ format, ``tool_choice``) and the rendered prompt (a forced call's prefilled head
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .chat_request import ChatRequest
@@ -150,10 +151,22 @@ def llamacpp_grammar(constraint: Constraint) -> str:
     return grammar.text({"root": root, **rules})
 
 
+GRAMMAR_CACHE = 256  # grammars kept, least recently used out
+_grammars: OrderedDict[str, str] = OrderedDict()
+
+
 def llamacpp_fields(constraint: Constraint) -> dict[str, Any]:
     """Request fields for llama-server's ``/completion``: the grammar (nothing else, so the
-    server's own defaults, a ``--logit-bias`` among them, still apply)."""
-    return {"grammar": llamacpp_grammar(constraint)}
+    server's own defaults, a ``--logit-bias`` among them, still apply). Grammars are cached
+    per constraint: an agent sends the same tools with every turn."""
+    key = json.dumps(asdict(constraint), sort_keys=True, ensure_ascii=False)
+    grammar = _grammars.pop(key, None)
+    if grammar is None:
+        grammar = llamacpp_grammar(constraint)
+    _grammars[key] = grammar
+    if len(_grammars) > GRAMMAR_CACHE:
+        _grammars.popitem(last=False)
+    return {"grammar": grammar}
 
 
 # -- vLLM -------------------------------------------------------------------------------------
