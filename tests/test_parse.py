@@ -218,8 +218,8 @@ def test_malformed_completions_are_repaired(text: str, finish: str, message: dic
      "<|message|>{}", reply("{}", "Preamble."), "stop",
      "commentary message before a json_schema answer shown as reasoning"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
-     "<|channel|>analysis<|message|>x<|end|><|start|>assistant free text", reply("", "x\nfree text"),
-     "stop", "message without <|message|> kept as text"),
+     "<|channel|>analysis<|message|>x<|end|><|start|>assistant free text",
+     reply("", "x\nfree text"), "stop", "message without <|message|> kept as text"),
 ])
 def test_request_options_shape_the_message(body: dict, text: str, message: dict, reason: str,
                                            repair: str | None) -> None:
