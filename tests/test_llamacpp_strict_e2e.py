@@ -29,8 +29,8 @@ from test_realserver_e2e import sdk
 pytestmark = pytest.mark.llamacpp
 
 MODEL = "gpt-oss-20b"
-SEEDS = range(8)
-MAX_TOKENS = 400
+SEEDS = range(6)
+MAX_TOKENS = 300
 
 
 @pytest.fixture(scope="module")

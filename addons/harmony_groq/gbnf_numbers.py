@@ -209,7 +209,28 @@ def multiples(schema: dict[str, Any], integer: bool, accepts: Any) -> str:
                 break
     if not values:
         raise NumberKeywordError("'multipleOf' leaves no value within the bounds")
-    return " | ".join(f'"{v}"' for v in values)
+    return literal_trie(values)
+
+
+def literal_trie(values: list[str]) -> str:
+    """Alternatives of ``values`` sharing their prefixes: llama.cpp keeps one grammar stack per
+    open alternative and checks every candidate token against each, so 256 flat literals would
+    slow each step at a value's start; a trie keeps at most one stack per next character."""
+    groups: dict[str, list[str]] = {}
+    for value in values:
+        groups.setdefault(value[:1], []).append(value[1:])
+    options = []
+    for first, rests in groups.items():
+        if not first:
+            continue
+        tails = [r for r in rests if r]
+        if not tails:
+            options.append(f'"{first}"')
+            continue
+        inner = literal_trie(tails)
+        optional = "?" if "" in rests else ""
+        options.append(f'"{first}" ( {inner} ){optional}')
+    return " | ".join(options)
 
 
 def _numeral(value: Decimal) -> str:
