@@ -24,12 +24,11 @@ from llamacpp import harness
 from proxy_process import ProxyProcess
 from strict_schemas import CHECKER, SCHEMAS
 from test_llamacpp_e2e import llama_build, llamacpp_proxy  # noqa: F401 - the set-up fixture
-from test_realserver_e2e import sdk
 
 pytestmark = pytest.mark.llamacpp
 
 MODEL = "gpt-oss-20b"
-SEEDS = range(6)
+SEEDS = range(4)
 MAX_TOKENS = 300
 
 
@@ -145,7 +144,8 @@ KINDS = {"answer": (chat_answer, responses_answer), "call": (chat_call, response
 def test_every_completed_reply_is_valid(proxy: ProxyProcess, name: str, kind: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     schema = SCHEMAS[name]
-    client = sdk(proxy)
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0,
+                           timeout=400)  # a loaded 2-core machine: ~2 tokens/s under a grammar
     chat, responses = KINDS[kind]
     completed, cut, invalid = 0, 0, []
     for seed in SEEDS:
