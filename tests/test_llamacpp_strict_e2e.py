@@ -75,6 +75,18 @@ def chat_answer(client: openai.OpenAI, schema: dict[str, Any], seed: int, stream
     return finish, content
 
 
+def final_response(client: openai.OpenAI, ask: dict[str, Any], stream: bool) -> Any:
+    """The Responses API's response, whole or the streamed one's last event's."""
+    if not stream:
+        return client.responses.create(**ask)
+    response = None
+    for event in client.responses.create(**ask, stream=True):
+        if event.type in ("response.completed", "response.incomplete"):
+            response = event.response
+    assert response is not None
+    return response
+
+
 def responses_answer(client: openai.OpenAI, schema: dict[str, Any], seed: int, stream: bool
                      ) -> tuple[str, str]:
     """``(status, output_text)``."""
@@ -82,14 +94,7 @@ def responses_answer(client: openai.OpenAI, schema: dict[str, Any], seed: int, s
            "max_output_tokens": MAX_TOKENS, "extra_body": {"seed": seed},
            "text": {"format": {"type": "json_schema", "name": "out", "schema": schema,
                                "strict": True}}}
-    if not stream:
-        response = client.responses.create(**ask)  # type: ignore[call-overload]
-    else:
-        response = None
-        for event in client.responses.create(**ask, stream=True):  # type: ignore
-            if event.type in ("response.completed", "response.incomplete"):
-                response = event.response
-        assert response is not None
+    response = final_response(client, ask, stream)
     return response.status or "", response.output_text
 
 
@@ -122,14 +127,7 @@ def responses_call(client: openai.OpenAI, schema: dict[str, Any], seed: int, str
            "tools": [{"type": "function", "name": "fill", "parameters": schema,
                       "strict": True}],
            "tool_choice": {"type": "function", "name": "fill"}}
-    if not stream:
-        response = client.responses.create(**ask)  # type: ignore[call-overload]
-    else:
-        response = None
-        for event in client.responses.create(**ask, stream=True):  # type: ignore
-            if event.type in ("response.completed", "response.incomplete"):
-                response = event.response
-        assert response is not None
+    response = final_response(client, ask, stream)
     calls = [item for item in response.output if item.type == "function_call"]
     return response.status or "", calls[0].arguments if calls else ""
 
