@@ -46,6 +46,7 @@ from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
+from strict import strict_section  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
 from fakes import GROQ_KEY  # noqa: E402
@@ -58,9 +59,10 @@ CLEARED_ENV = ("PROXY_API_KEY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "http
 PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store": store_phase,
           "pool": pool_phase}
 # Parts with processes of their own and their own report sections: real llama-servers (built
-# once, minutes), and the keys' fair share and check cost (bench/keys_bench.py).
+# once, minutes), the keys' fair share and check cost (bench/keys_bench.py), and the
+# strict-schema grammar compiler (in-process, seconds).
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
-                     "keys": keys_section}
+                     "keys": keys_section, "strict": strict_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,8 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=[*PHASES, *REAL_SERVER_PARTS], action="append",
                         metavar="PART",
                         help="run only this part: groq, oss, stream, store, pool, llamacpp, "
-                             "pool-llamacpp (real llama-servers) or keys (these three not in "
-                             "--quick unless named) "
+                             "pool-llamacpp (real llama-servers), keys or strict (these four "
+                             "not in --quick unless named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")

@@ -46,7 +46,8 @@ from .streaming import (
     send_last_chunk,
     stripped_error,
 )
-from .translate import HarmonyExchange, translate_completion
+from .strict_check import StrictRetry
+from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
 
 _MASKED_KEY = f"Bearer {REDACTED}".encode()
 
@@ -55,7 +56,8 @@ class ReplySide:
     """The ``responseheaders``, ``response`` and ``error`` hooks of the gateway."""
 
     def __init__(self, settings: Settings, state: State, dialects: DialectTable,
-                 dispatcher: Dispatcher, client: httpx.AsyncClient, in_flight: InFlight) -> None:
+                 dispatcher: Dispatcher, client: Callable[[], httpx.AsyncClient],
+                 in_flight: InFlight) -> None:
         self.settings = settings
         self.state = state
         self.dialects = dialects
@@ -66,6 +68,9 @@ class ReplySide:
         self.streams: dict[str, InterruptibleStream] = {}
         self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
+        self.strict = StrictRetry(client, state.settle,
+                                  lambda: self.config.strict_retries,
+                                  lambda: self.config.upstream_timeout)
 
     @property
     def config(self) -> Config:
@@ -139,14 +144,18 @@ class ReplySide:
         response = flow.response
         if response is None or response.stream:
             return self.ends.finishing(flow)
+        retrying = None
         with collect_writes() as writes:
             if call is not None:
                 self._groq_response(flow, call)
             elif exchange is not None:
-                self._harmony_response(flow, exchange)
+                retrying = self._harmony_response(flow, exchange)
+        if retrying is not None:
+            return _after(self.state.settle(writes), retrying)
         return self.state.settle(writes) if writes.pending() else None
 
-    def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
+    def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange
+                          ) -> Awaitable[None] | None:
         assert flow.response is not None
         record = record_of(flow)
         dialect = self.dialects.flow_dialect(flow)
@@ -156,7 +165,7 @@ class ReplySide:
             record["upstream_response"] = {"status": status, "body": excerpt}
             sent = record.get("upstream_request", {}).get("body", {})
             answer(flow, upstream_refusal(status, excerpt, sent), dialect)
-            return
+            return None
         try:
             payload = json.loads(flow.response.content or b"")
             output = exchange.backend.read_response(payload)
@@ -165,14 +174,21 @@ class ReplySide:
             translated = translate_completion(exchange, output)
         except StrippedOutputError as exc:
             answer(flow, stripped_error(exc), dialect)
-            return
+            return None
         except (json.JSONDecodeError, UnicodeDecodeError, BackendFormatError) as exc:
             answer(flow, ProxyError(502, f"The model server's answer was unreadable: {exc}",
                                     code="upstream_error"), dialect)
-            return
-        record["repairs"] = translated.repairs
-        record["usage"] = translated.outcome.usage()
-        flow.response = json_response(200, translated.body)
+            return None
+
+        def done(translated: TranslatedCompletion) -> None:
+            record["repairs"] = translated.repairs
+            record["usage"] = translated.outcome.usage()
+            flow.response = json_response(200, translated.body)
+
+        retrying = self.strict.retry(flow, exchange, translated, dialect, done)
+        if retrying is None:
+            done(translated)
+        return retrying
 
     def _groq_response(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         """Groq's whole answer: reasoning renamed (chat), or translated into the dialect."""
@@ -225,6 +241,11 @@ class ReplySide:
         _mask_groq_key(flow)
         # An end waiting for its writes goes out before the body's end and the close.
         return self.ends.finishing(flow, end_body)
+
+
+async def _after(first: Awaitable[None], then: Awaitable[None]) -> None:
+    await first
+    await then
 
 
 def _mask_groq_key(flow: http.HTTPFlow) -> None:

@@ -33,6 +33,7 @@ class HarmonyExchange:
             allow_tool_calls=self.request.tool_choice != "none",
             single_tool_call=not self.request.parallel_tool_calls,
             stop=self.request.stop,
+            final_only=(self.request.response_format or {}).get("type") == "json_schema",
         )
         for token in self.prompt.prefill_ids:  # a forced call's header: part of the reply
             decoder.feed(token)
