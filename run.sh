@@ -3,7 +3,8 @@
 #
 #   ./run.sh [mitmdump args…]    set up .venv if needed, then run the proxy (mitmdump) in the foreground
 #   ./run.sh web [mitmweb args…] the same with mitmweb (inspect traffic in the browser)
-#   ./run.sh test [pytest args…] set up everything the tests need and run the whole suite
+#   ./run.sh test [pytest args…] set up everything the tests need and run the whole suite (in
+#                                parallel; `-n 0` runs it in one process)
 #   ./run.sh prepare MODEL       make a harmony-ready copy of a gpt-oss model folder or hub id
 #   ./run.sh serve MODEL [args…] prepare MODEL, start `transformers serve` on it, then the proxy
 #   ./run.sh bench [args…]       run the benchmarks (bench/README.md)
@@ -117,7 +118,11 @@ case "$cmd" in
     ensure_venv test
     export PATH="$VENV/bin:$PATH"
     cd "$ROOT"
-    exec "$VENV/bin/python" -m pytest "$@"
+    # In parallel (pytest-xdist), unless the user's own arguments turn it off (-n 0, -p no:xdist);
+    # a module at a time per worker, in the suite's own order (tests/suite_plan.py).
+    parallel=(-n auto --dist loadscope --no-loadscope-reorder)
+    [[ " $* " == *" no:xdist "* || " $* " == *" -pno:xdist "* ]] && parallel=()
+    exec "$VENV/bin/python" -m pytest "${parallel[@]}" "$@"
     ;;
   web)
     shift

@@ -48,6 +48,7 @@ from prefix import prefix_reuse  # noqa: E402
 from procs import Service, pin, rss_mib  # noqa: E402
 from report import FAKE, LOAD, PROXY, machine, render  # noqa: E402
 from store import KINDS, StoreSetup, redis_server_binary  # noqa: E402
+from strict import strict_section  # noqa: E402
 from tools_bench import tools_section  # noqa: E402
 from workloads import DATE, GROQ_MODEL  # noqa: E402
 
@@ -62,10 +63,11 @@ PHASES = {"groq": groq_phase, "oss": oss_phase, "stream": stream_phase, "store":
           "pool": pool_phase}
 # Parts with processes of their own and their own report sections: real llama-servers (built
 # once, minutes), the keys' fair share and check cost (bench/keys_bench.py), the server tools'
-# in-process costs (web search; the code-execution sandbox) and MCP calls on a real MCP server.
+# in-process costs (web search; the code-execution sandbox), MCP calls on a real MCP server and
+# the strict-schema grammar compiler (in-process, seconds).
 REAL_SERVER_PARTS = {"llamacpp": llamacpp_section, "pool-llamacpp": pool_llamacpp_section,
                      "keys": keys_section, "tools": tools_section, "code": code_section,
-                     "mcp": mcp_section}
+                     "mcp": mcp_section, "strict": strict_section}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="PART",
                         help="run only this part: groq, oss, stream, store, pool, llamacpp, "
                              "pool-llamacpp (real llama-servers), keys, tools (web search), "
-                             "code (the code sandbox) or mcp (these six not in --quick unless "
-                             "named) "
+                             "code (the code sandbox), mcp or strict (these seven not in "
+                             "--quick unless named) "
                              "(repeatable); a "
                              "change measured on one part need not wait for, or disturb, the "
                              "others")

@@ -14,7 +14,6 @@ daemons (Cline's hub daemon detaches into its own session) and ignore SIGTERM (C
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -25,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-    / "gpt-oss-harmony-groq" / "agents"
+from cache_dir import CACHE_ROOT, file_lock
+
+CACHE = CACHE_ROOT / "agents"
 INSTALL_TIMEOUT = 600
 # Inherited variables that would point a CLI at a real service or the real home.
 DROPPED_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
@@ -72,10 +72,9 @@ def registry_reachable() -> bool:
 
 def install(agent: Agent) -> Path:
     """The agent's executable, installed into the cache unless a complete install is there."""
-    CACHE.mkdir(parents=True, exist_ok=True)
     stamp = agent.folder / ".installed"
-    with open(agent.folder.with_name(agent.folder.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second session waits here, then finds the stamp
+    # a second session waits here, then finds the stamp
+    with file_lock(agent.folder.with_name(agent.folder.name + ".lock")):
         if stamp.exists():
             return agent.executable
         if shutil.which("npm") is None:

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 import agents
+import suite_plan
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from fakes_backends import FakeLlamaCpp, FakeVllm
 from mcp_servers import McpProcess
@@ -17,6 +18,41 @@ from proxy_process import ProxyProcess
 from redis_server import RedisServer, find_or_install_redis
 
 PINNED_DATE = "2026-01-15"
+
+
+# -- parallel workers and slow set-ups (suite_plan) ---------------------------------------------
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return suite_plan.worker_count(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # noqa: ANN001 (xdist's WorkerController)
+    """The controller decides once which set-ups are cold, so every worker orders alike."""
+    node.workerinput["cold_setups"] = _cold_setups(node.config)
+
+
+COLD_SETUPS = pytest.StashKey[list[str]]()
+
+
+def _cold_setups(config: pytest.Config) -> list[str]:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        return workerinput["cold_setups"]
+    if COLD_SETUPS not in config.stash:
+        config.stash[COLD_SETUPS] = suite_plan.cold_setups()
+    return config.stash[COLD_SETUPS]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    suite_plan.order(items, set(_cold_setups(config)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """One process starts the background warm-up: the first worker, or the only process."""
+    first = os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0"
+    if first and not session.config.option.collectonly:
+        suite_plan.start_warming(session.items, set(_cold_setups(session.config)))
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,15 @@ held back inside a UTF-8 character; a last ``stop: true`` event with ``stop_type
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import jsonschema
 
 from harmony_groq.encoding import harmony_encoding
 
@@ -215,6 +218,8 @@ def structured_outputs_problem(body: dict[str, Any]) -> str | None:
         return "structured_outputs.json must be a schema"
     if "#/$defs/missing" in json.dumps(spec):  # as xgrammar: a $ref must name a definition
         return "Invalid JSON schema: $ref #/$defs/missing not found"
+    if kinds == ["json"] and isinstance(spec["json"], dict):
+        return _schema_problem(spec["json"])
     if kinds == ["structural_tag"]:
         try:
             tag = json.loads(spec["structural_tag"])
@@ -226,6 +231,25 @@ def structured_outputs_problem(body: dict[str, Any]) -> str | None:
             ok = False
         if not ok:
             return "structured_outputs.structural_tag is not a valid structural tag"
+        for structure in structures:
+            if (problem := _schema_problem(structure["schema"])) is not None:
+                return problem
+    return None
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """As xgrammar: a schema must be valid JSON Schema (numeric bounds, multipleOf, pattern and
+    format pass through to it) and each pattern a regex it can compile."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"Invalid JSON schema: {exc.message}"
+    patterns = re.findall(r'"pattern": ("(?:\\.|[^"\\])*")', json.dumps(schema))
+    for pattern in patterns:
+        try:
+            re.compile(json.loads(pattern))
+        except re.error as exc:
+            return f"Failed to convert the regex {json.loads(pattern)!r}: {exc}"
     return None
 
 

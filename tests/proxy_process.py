@@ -17,6 +17,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addons" / "harmony.py"
 LISTEN_RE = re.compile(r"listening at (?:\*|[\d.]+):(\d+)")
+# How long a child process may take to start: a guard against hangs, not a performance check.
+# Python with mitmproxy starts in seconds, but in tens of seconds on a loaded machine (parallel
+# workers, other jobs; a shared 2-core machine was seen at 35 s).
+START_TIMEOUT = 120
 
 
 def tool(name: str) -> str:
@@ -75,14 +79,14 @@ class ProxyProcess:
     def _wait_listening(self) -> int:
         found, port = threading.Event(), []
         threading.Thread(target=self._drain, args=(found, port), daemon=True).start()
-        found.wait(30)
+        found.wait(START_TIMEOUT)
         if not port:
             self.stop()
             raise RuntimeError("proxy did not start:\n" + "".join(self.output))
         return port[0]
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("proxy exited:\n" + "".join(self.output))
@@ -167,7 +171,7 @@ def terminate(process: subprocess.Popen) -> int | None:
 
 
 def run_to_exit(tmp: Path, args: list[str], env: dict[str, str] | None = None,
-                timeout: float = 30) -> subprocess.CompletedProcess:
+                timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
     """Run mitmdump with the addon expecting it to exit (bad settings)."""
     confdir = tmp / "confdir"
     confdir.mkdir(exist_ok=True)
@@ -192,7 +196,7 @@ class PrintedLines:
         for line in self.process.stdout:
             self.lines.append(line)
 
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 30) -> str:
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = START_TIMEOUT) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in list(self.lines):

@@ -34,7 +34,7 @@ from harmony_groq.redact import REDACTED
 from harmony_groq.views import split_messages
 
 from conftest import PINNED_DATE
-from debian import find_or_install
+from debian import find_or_install_chromium
 from fakes import GROQ_KEY, FakeGroq, FakeTransformers
 from proxy_process import PrintedLines, terminate
 
@@ -43,7 +43,6 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "test-output"
 PASSWORD = "mitmweb-test-password"
-CHROMIUM_PACKAGES = ("chromium", "fonts-noto-color-emoji")
 PROXY_LISTENING = re.compile(r"listening at (?:\*|[\d.]+):(\d+)")
 WEB_LISTENING = re.compile(r"Web server listening at (http://\S+)")
 ANSWER = ("<|channel|>analysis<|message|>The user wants the weather in Paris; the tool said "
@@ -58,11 +57,6 @@ TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                    "required": ["city"]}}}]
-
-
-def find_or_install_chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (a fresh CI machine)."""
-    return find_or_install("chromium", CHROMIUM_PACKAGES)
 
 
 def _high_fd(fd: int) -> int:
@@ -241,16 +235,21 @@ def _send_traffic(web: RunShWeb, transformers: FakeTransformers) -> dict[str, An
     return {"prompt": prompt, "answer": answer, "streamed": streamed, "groq": groq}
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed with apt-get when missing (a fresh CI machine)."""
+    return find_or_install_chromium()
+
+
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory, transformers_server: FakeTransformers,
-            groq_server: FakeGroq) -> Iterator[Session]:
-    executable = find_or_install_chromium()
+def session(chromium: str, tmp_path_factory: pytest.TempPathFactory,
+            transformers_server: FakeTransformers, groq_server: FakeGroq) -> Iterator[Session]:
     transformers_server.reset_state()
     groq_server.reset_state()
     web = RunShWeb(tmp_path_factory.mktemp("mitmweb"), transformers_server, groq_server)
     browser = None
     try:
-        browser = Chromium(executable)
+        browser = Chromium(chromium)
         browser.call("Network.enable", in_page=True)
         browser.call("Page.navigate", in_page=True, url=f"{web.web_url}?token={PASSWORD}")
         browser.wait_for("document.querySelector('.connection-indicator.established') !== null")

@@ -213,6 +213,13 @@ def test_malformed_completions_are_repaired(text: str, finish: str, message: dic
      "<|channel|>analysis<|message|>Say STOP here.<|end|><|start|>assistant<|channel|>final"
      "<|message|>one two STOP three", reply("one two ", "Say STOP here."), "stop", None),
     ({"stop": "ST"}, "<|channel|>final<|message|>almost S", reply("almost S"), "stop", None),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "<|channel|>commentary<|message|>Preamble.<|end|><|start|>assistant<|channel|>final"
+     "<|message|>{}", reply("{}", "Preamble."), "stop",
+     "commentary message before a json_schema answer shown as reasoning"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+     "<|channel|>analysis<|message|>x<|end|><|start|>assistant free text",
+     reply("", "x\nfree text"), "stop", "message without <|message|> kept as text"),
 ])
 def test_request_options_shape_the_message(body: dict, text: str, message: dict, reason: str,
                                            repair: str | None) -> None:

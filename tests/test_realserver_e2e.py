@@ -132,8 +132,9 @@ def proxies(servers: dict[str, harness.TransformersServer],
 
 
 def sdk(proxy: ProxyProcess) -> openai.OpenAI:
+    # A hang guard: a 400-token CPU reply took over 60 s on the loaded 2-core machine.
     return openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0,
-                         timeout=60)
+                         timeout=180)
 
 
 def next_record(proxy: ProxyProcess, before: int) -> dict:

@@ -187,7 +187,8 @@ class TransformersBackend:
         constraint = constraint_for(request, prompt)
         if constraint is not None:
             logger.info("transformers serve has no constrained decoding: %s not enforced "
-                        "(the decoder repairs what it can)", constraint.describe())
+                        "while generating (validated after, STRICT_RETRIES)",
+                        constraint.describe())
         return _request_body(prompt.text, request, stream, model,
                              ("max_tokens", request.max_tokens))
 

@@ -6,7 +6,9 @@ format, ``tool_choice``) and the rendered prompt (a forced call's prefilled head
 ``Constraint``; each engine gets it in its own terms:
 
 - llama.cpp: one GBNF grammar over the whole harmony reply (``llamacpp_grammar``). Messages
-  before the last are free text (any token but ``<|end|>``); the last is a tool call whose
+  before the last are free text (``FREE_TEXT``: no control token, so none can open an
+  unconstrained message inside; only analysis when the answer has a schema, since a
+  commentary preamble is shown as answer text); the last is a tool call whose
   arguments follow the tool's schema (free for a non-strict tool) or the final answer (the
   response schema, or free). Control tokens are named by id, so no text can pose as one; a
   grammar cannot name an end-of-generation token, so the reply's own ``<|call|>`` /
@@ -19,7 +21,8 @@ format, ``tool_choice``) and the rendered prompt (a forced call's prefilled head
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .chat_request import ChatRequest
@@ -29,6 +32,11 @@ from .render import HarmonyPrompt
 
 CHANNEL, START, END, MESSAGE, CONSTRAIN = 200005, 200006, 200007, 200008, 200003
 EMPTY_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": False}
+# Free text: any text without "<|". llama.cpp matches a control token (<|start|>, <|channel|>,
+# …) against the grammar by its text, and the decoder reads one inside a message as the start
+# of a new message: "any token but <|end|>" let an analysis smuggle in a final message (or a
+# call) that no schema constrained.
+FREE_TEXT = '( [^<] | "<"+ [^<|] )* "<"*'
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,12 @@ def llamacpp_grammar(constraint: Constraint) -> str:
     """The GBNF grammar of the whole reply; ProxyError 400 for a schema it cannot express."""
     grammar = SchemaGrammar()
     tools = _tool_rules(constraint, grammar) if constraint.calls else {}
+    answer_constrained = constraint.final and constraint.answer_schema is not None
     rules = {
-        "free": f"( !<[{END}]> )*",
-        "chan": '"commentary" | "analysis"',
+        "free": FREE_TEXT,
+        # a commentary message without a recipient is a preamble, shown as the answer's text:
+        # with a json_schema answer only analysis may come before the final message
+        "chan": '"analysis"' if answer_constrained else '"commentary" | "analysis"',
         "header": f'( " "? <[{CONSTRAIN}]> "json" | " json" )? <[{MESSAGE}]>',
     }
     if constraint.start == "args":
@@ -140,10 +151,22 @@ def llamacpp_grammar(constraint: Constraint) -> str:
     return grammar.text({"root": root, **rules})
 
 
+GRAMMAR_CACHE = 256  # grammars kept, least recently used out
+_grammars: OrderedDict[str, str] = OrderedDict()
+
+
 def llamacpp_fields(constraint: Constraint) -> dict[str, Any]:
     """Request fields for llama-server's ``/completion``: the grammar (nothing else, so the
-    server's own defaults, a ``--logit-bias`` among them, still apply)."""
-    return {"grammar": llamacpp_grammar(constraint)}
+    server's own defaults, a ``--logit-bias`` among them, still apply). Grammars are cached
+    per constraint: an agent sends the same tools with every turn."""
+    key = json.dumps(asdict(constraint), sort_keys=True, ensure_ascii=False)
+    grammar = _grammars.pop(key, None)
+    if grammar is None:
+        grammar = llamacpp_grammar(constraint)
+    _grammars[key] = grammar
+    if len(_grammars) > GRAMMAR_CACHE:
+        _grammars.popitem(last=False)
+    return {"grammar": grammar}
 
 
 # -- vLLM -------------------------------------------------------------------------------------

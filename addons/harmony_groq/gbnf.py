@@ -17,16 +17,23 @@ import json
 import re
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
+from .gbnf_numbers import NumberKeywordError, multiples, number_range
+from .gbnf_regex import FORMATS, UnsupportedPattern, pattern_rule
+
 # Keywords that only describe: they never change what is valid.
 _ANNOTATIONS = frozenset({
     "title", "description", "default", "examples", "$schema", "$id", "$comment",
-    "deprecated", "readOnly", "writeOnly", "format", "strict", "$defs", "definitions",
+    "deprecated", "readOnly", "writeOnly", "strict", "$defs", "definitions",
 })
 _HANDLED = frozenset({
     "type", "properties", "required", "additionalProperties", "items", "minItems",
     "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength",
-    "nullable",
+    "nullable", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+    "pattern", "format",
 })
+_NUMERIC = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
 MAX_DEPTH = 32
 MAX_GRAMMAR_CHARS = 200_000
 
@@ -207,11 +214,41 @@ class SchemaGrammar:
             return self._array(schema, prefix, where, depth)
         if kind == "string":
             return self._string(schema, where)
+        if kind in ("integer", "number"):
+            return self._number(schema, kind == "integer", where)
         if kind in _TYPE_RULES:
             return _TYPE_RULES[kind]
         raise UnsupportedSchema(f"{where}.type {kind!r} is not a JSON schema type")
 
+    @staticmethod
+    def _number(schema: dict[str, Any], integer: bool, where: str) -> str:
+        numeric = {k: schema[k] for k in _NUMERIC if k in schema}
+        kind = "integer" if integer else "number"
+        try:
+            if "multipleOf" in numeric:
+                check = Draft202012Validator({"type": kind, **numeric})
+                return multiples(numeric, integer, check.is_valid)
+            return number_range(numeric, integer) or _TYPE_RULES[kind]
+        except NumberKeywordError as exc:
+            raise UnsupportedSchema(f"{where}: {exc}") from None
+
     def _string(self, schema: dict[str, Any], where: str) -> str:
+        pattern, fmt = schema.get("pattern"), schema.get("format")
+        if pattern is not None or fmt in FORMATS:
+            for key in ("minLength", "maxLength", "format" if pattern is not None else ""):
+                if key in schema:
+                    raise UnsupportedSchema(f"JSON schema keyword {key!r} at {where} cannot be "
+                                            "enforced by constrained decoding together with "
+                                            f"{'pattern' if pattern is not None else 'format'}")
+            try:
+                if pattern is not None:
+                    if not isinstance(pattern, str):
+                        raise UnsupportedPattern("pattern must be a string")
+                    return pattern_rule(pattern)
+                return pattern_rule(FORMATS[fmt])
+            except UnsupportedPattern as exc:
+                raise UnsupportedSchema(f"JSON schema keyword 'pattern' at {where}: {exc}"
+                                        ) from None
         low, high = schema.get("minLength", 0), schema.get("maxLength")
         if not isinstance(low, int) or not (high is None or isinstance(high, int)):
             raise UnsupportedSchema(f"{where}: minLength and maxLength must be integers")

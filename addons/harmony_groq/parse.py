@@ -182,6 +182,9 @@ class HarmonyDecoder:
     single_tool_call: bool = False
     stop: tuple[str, ...] = ()
     server_tools: frozenset[str] = frozenset()  # namespaces the proxy runs (tools/)
+    # A json_schema answer: only the final channel is answer text (a commentary preamble or a
+    # header-less message would be shown before the JSON, breaking it); the rest is reasoning.
+    final_only: bool = False
 
     def __post_init__(self) -> None:
         self._new_parser(Role.ASSISTANT)
@@ -378,6 +381,11 @@ class HarmonyDecoder:
                 return _Message("call", name)
             self._repair(f"message to undeclared recipient {recipient!r} shown as reasoning")
             return _Message("reasoning")
+        if self.final_only and channel != "final":
+            if channel != "analysis":
+                self._repair(f"{channel or 'header-less'} message before a json_schema answer "
+                             "shown as reasoning")
+            return _Message("reasoning")
         return _Message("reasoning" if channel == "analysis" else "content")
 
     def _open(self) -> None:
@@ -450,7 +458,8 @@ class HarmonyDecoder:
         if channel_match:
             channel = channel_match.group(1)
         else:
-            channel = "analysis" if ended_by in (END, START, CHANNEL) else "final"
+            channel = "analysis" if ended_by in (END, START, CHANNEL) or self.final_only \
+                else "final"
         self.current = self._classify(channel, recipient_match.group(1) if recipient_match
                                       else None)
         if self.current.kind == "call":

@@ -144,6 +144,9 @@ def flow_record(flow: http.HTTPFlow) -> dict[str, Any]:
             record["usage"] = stream["usage"]
             if stream.get("repairs"):
                 record["repairs"] = stream["repairs"]
+            for key in ("strict_tries", "strict_problem"):  # strict_check.py
+                if key in stream:
+                    record[key] = stream[key]
             first_token = stream["first_token_at"]
         else:
             body = reply_json(response)

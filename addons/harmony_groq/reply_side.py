@@ -46,8 +46,9 @@ from .streaming import (
     send_last_chunk,
     stripped_error,
 )
+from .strict_check import StrictRetry
 from .toolloop import ToolLoop
-from .translate import HarmonyExchange, translate_completion
+from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
 
 _MASKED_KEY = f"Bearer {REDACTED}".encode()
 
@@ -56,8 +57,8 @@ class ReplySide:
     """The ``responseheaders``, ``response`` and ``error`` hooks of the gateway."""
 
     def __init__(self, settings: Settings, state: State, dialects: DialectTable,
-                 dispatcher: Dispatcher, client: httpx.AsyncClient, in_flight: InFlight,
-                 tools: ToolLoop) -> None:
+                 dispatcher: Dispatcher, client: Callable[[], httpx.AsyncClient],
+                 in_flight: InFlight, tools: ToolLoop) -> None:
         self.settings = settings
         self.state = state
         self.dialects = dialects
@@ -69,6 +70,9 @@ class ReplySide:
         self.relays: dict[str, GroqStreamRelay | GroqResponsesRelay] = {}
         self.heartbeats: dict[str, asyncio.Task] = {}
         self.tools = tools  # server tools: a reply stopped on a call is continued there
+        self.strict = StrictRetry(client, state.settle,
+                                  lambda: self.config.strict_retries,
+                                  lambda: self.config.upstream_timeout)
 
     @property
     def config(self) -> Config:
@@ -154,14 +158,18 @@ class ReplySide:
         response = flow.response
         if response is None or response.stream:
             return self.ends.finishing(flow)
+        retrying = None
         with collect_writes() as writes:
             if call is not None:
                 self._groq_response(flow, call)
             elif exchange is not None:
-                self._harmony_response(flow, exchange)
+                retrying = self._harmony_response(flow, exchange)
+        if retrying is not None:
+            return _after(self.state.settle(writes), retrying)
         return self.state.settle(writes) if writes.pending() else None
 
-    def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange) -> None:
+    def _harmony_response(self, flow: http.HTTPFlow, exchange: HarmonyExchange
+                          ) -> Awaitable[None] | None:
         assert flow.response is not None
         record = record_of(flow)
         dialect = self.dialects.flow_dialect(flow)
@@ -171,7 +179,7 @@ class ReplySide:
             record["upstream_response"] = {"status": status, "body": excerpt}
             sent = record.get("upstream_request", {}).get("body", {})
             answer(flow, upstream_refusal(status, excerpt, sent), dialect)
-            return
+            return None
         try:
             payload = json.loads(flow.response.content or b"")
             output = exchange.backend.read_response(payload)
@@ -180,14 +188,21 @@ class ReplySide:
             translated = translate_completion(exchange, output)
         except StrippedOutputError as exc:
             answer(flow, stripped_error(exc), dialect)
-            return
+            return None
         except (json.JSONDecodeError, UnicodeDecodeError, BackendFormatError) as exc:
             answer(flow, ProxyError(502, f"The model server's answer was unreadable: {exc}",
                                     code="upstream_error"), dialect)
-            return
-        record["repairs"] = translated.repairs
-        record["usage"] = translated.outcome.usage()
-        flow.response = json_response(200, translated.body)
+            return None
+
+        def done(translated: TranslatedCompletion) -> None:
+            record["repairs"] = translated.repairs
+            record["usage"] = translated.outcome.usage()
+            flow.response = json_response(200, translated.body)
+
+        retrying = self.strict.retry(flow, exchange, translated, dialect, done)
+        if retrying is None:
+            done(translated)
+        return retrying
 
     def _groq_response(self, flow: http.HTTPFlow, call: GroqCall) -> None:
         """Groq's whole answer: reasoning renamed (chat), or translated into the dialect."""
@@ -241,6 +256,11 @@ class ReplySide:
         _mask_groq_key(flow)
         # An end waiting for its writes goes out before the body's end and the close.
         return self.ends.finishing(flow, end_body)
+
+
+async def _after(first: Awaitable[None], then: Awaitable[None]) -> None:
+    await first
+    await then
 
 
 def _mask_groq_key(flow: http.HTTPFlow) -> None:

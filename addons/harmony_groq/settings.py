@@ -83,6 +83,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("upstream_timeout", "UPSTREAM_TIMEOUT", int, 600,
                "Seconds to wait for the model server's answer (a stream's first token) and "
                "Groq's response head (504 past it)."),
+    OptionSpec("strict_retries", "STRICT_RETRIES", int, 2,
+               "transformers serve (no constrained decoding): a strict tool call or "
+               "json_schema answer that breaks its schema is generated again up to this many "
+               "times, then the client gets an error.", minimum=0),
     OptionSpec("keepalive_seconds", "KEEPALIVE_SECONDS", int, 10,
                "Seconds without an SSE event (a long prefill, hidden reasoning) before a "
                "keep-alive (Anthropic's ping) is sent."),
@@ -151,6 +155,7 @@ class Config:
     log_backups: int
     max_body_size: int
     upstream_timeout: int
+    strict_retries: int
     keepalive_seconds: int
     models_cache_seconds: int
     responses_store_bytes: int
@@ -294,6 +299,7 @@ def build_config(values: Mapping[str, Any], environ: Mapping[str, str]) -> Confi
         log_backups=values["log_backups"],
         max_body_size=values["max_body_size"],
         upstream_timeout=values["upstream_timeout"],
+        strict_retries=values["strict_retries"],
         keepalive_seconds=values["keepalive_seconds"],
         models_cache_seconds=values["models_cache_seconds"],
         responses_store_bytes=values["responses_store_bytes"],

@@ -37,6 +37,7 @@ from .errors import ProxyError
 from .parse import StrippedOutputError
 from .sse import SSEFramer
 from .state.writes import Writes, collect_writes
+from .strict_check import held_strict_for
 from .translate import HarmonyExchange, feed_output
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class StreamResult:
     first_token_at: float | None = None
     keepalives: int = 0
     interrupted: bool = False  # ended by ``abort``: the flow failed outside the stream
+    strict: dict[str, Any] = field(default_factory=dict)  # strict_tries (transformers serve)
 
     def client_message(self) -> dict[str, Any]:
         """The message the client's deltas concatenate to (reasoning only where it was sent)."""
@@ -79,7 +81,7 @@ class StreamResult:
         return {"upstream_text": "".join(self.upstream_text), "message": self.client_message(),
                 "finish_reason": self.finish_reason, "usage": self.usage, "error": self.error,
                 "repairs": self.repairs, "first_token_at": self.first_token_at,
-                "keepalives": self.keepalives, "interrupted": self.interrupted}
+                "keepalives": self.keepalives, "interrupted": self.interrupted, **self.strict}
 
 
 HoldEnd = Callable[[bytes, Writes], bool]  # takes the end to write after the writes, or not
@@ -158,6 +160,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.clock = clock
         self.last_sent = clock()
         self.last_output: BackendOutput | None = None
+        self.strict = held_strict_for(exchange)  # transformers serve: validated at the end
 
     def __call__(self, data: bytes) -> list[bytes]:
         if self.done or self.suspended:
@@ -238,7 +241,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         if self.event_filter is not None:
             events = self.event_filter(events)
         self.result.message.add(events)
-        out.extend(self.reply.events(events))
+        out.extend(self.reply.events(self.strict.split(events) if self.strict else events))
 
     def emit(self, events: list[Any]) -> list[bytes]:
         """Events from outside the model's stream (a tool step) into the reply."""
@@ -265,6 +268,9 @@ class HarmonyStreamTranslator(InterruptibleStream):
         if flush is not None:  # a citation marker held back at the very end
             self._emit(flush(), out)
         message = self.result.message
+        if self.strict is not None:
+            out.extend(self.reply.events(self.strict.release(
+                message, output.truncated and not self.decoder.stopped, self.result.strict)))
         outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
         with collect_writes() as writes:
             self.exchange.remember(message)

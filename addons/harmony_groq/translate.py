@@ -34,6 +34,7 @@ class HarmonyExchange:
             single_tool_call=not self.request.parallel_tool_calls,
             stop=self.request.stop,
             server_tools=self.prompt.server_tools,
+            final_only=(self.request.response_format or {}).get("type") == "json_schema",
         )
         for token in self.prompt.prefill_ids:  # a forced call's header: part of the reply
             decoder.feed(token)

@@ -3,6 +3,7 @@
 # package llama-cpp-python vendors, and cache it for the llama.cpp tests and benchmarks.
 #
 #   tests/llamacpp/build_server.sh            # prints the cache folder on its last line
+#   tests/llamacpp/build_server.sh --check    # exit 0 if it is built, 1 if not (changes nothing)
 #
 # The cache folder ~/.cache/gpt-oss-harmony-groq/llama.cpp/<version>/ holds
 #   bin/llama-server   the server (static, GGML_NATIVE=OFF: it may move to another x86-64 machine)
@@ -29,7 +30,9 @@ want="llama-cpp-python==$version llama-server static native=off"
 say() { echo "build_server: $*" >&2; }
 die() { echo "build_server: ERROR: $*" >&2; exit 1; }
 
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$dest/bin/llama-server" ]]; then
+ready() { [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$dest/bin/llama-server" ]]; }
+[[ "${1:-}" == "--check" ]] && { ready; exit; }
+if ready; then
     echo "$dest"
     exit 0
 fi
@@ -37,9 +40,13 @@ fi
 if ! command -v cmake >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
         say "installing cmake and build-essential with apt-get ..."
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake build-essential >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive \
-                 apt-get install -y -q cmake build-essential >&2; } \
+        # The suite's apt-get lock (tests/debian.py), and dpkg's own waited for, not failed on.
+        apt_lock="${XDG_CACHE_HOME:-$HOME/.cache}/gpt-oss-harmony-groq/apt-get.lock"
+        mkdir -p "$(dirname "$apt_lock")"
+        apt=(flock "$apt_lock" apt-get -o DPkg::Lock::Timeout=600)
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q cmake build-essential >&2 \
+            || { "${apt[@]}" update -q >&2 && DEBIAN_FRONTEND=noninteractive \
+                 "${apt[@]}" install -y -q cmake build-essential >&2; } \
             || die "apt-get install cmake build-essential failed"
     else
         die "cmake and a C++ compiler are needed (Debian: apt-get install cmake build-essential)"
@@ -49,7 +56,7 @@ fi
 mkdir -p "$cache_root"
 exec 9>"$cache_root/.lock-$version"
 flock 9  # one build at a time; a second caller waits and then finds the stamp
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$dest/bin/llama-server" ]]; then
+if ready; then
     echo "$dest"
     exit 0
 fi

@@ -27,6 +27,7 @@ import httpx
 
 from harmony_groq.encoding import harmony_encoding
 
+from cache_dir import file_lock
 from proxy_process import terminate
 from realserver import harness as realserver
 
@@ -72,18 +73,20 @@ def tiny_gguf(source: Path) -> Path:
         base = realserver.cached_base_model(venv)
     except realserver.RealServerSetupError as exc:
         raise LlamaCppSetupError(f"the tiny model could not be built: {exc}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp-{os.getpid()}")
-    env = {**os.environ, "PYTHONPATH": str(source / "gguf-py")}
-    try:
-        realserver._run([venv / "bin" / "python", source / "convert_hf_to_gguf.py", base,
-                         "--outfile", tmp, "--outtype", "f16"],
-                        "converting the tiny model to GGUF", timeout=300, env=env)
-        os.replace(tmp, out)
-    except realserver.RealServerSetupError as exc:
-        raise LlamaCppSetupError(str(exc)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with file_lock(out.with_suffix(".lock")):  # parallel workers convert it once
+        if out.is_file():
+            return out
+        tmp = out.with_suffix(f".tmp-{os.getpid()}")
+        env = {**os.environ, "PYTHONPATH": str(source / "gguf-py")}
+        try:
+            realserver._run([venv / "bin" / "python", source / "convert_hf_to_gguf.py", base,
+                             "--outfile", tmp, "--outtype", "f16"],
+                            "converting the tiny model to GGUF", timeout=300, env=env)
+            os.replace(tmp, out)
+        except realserver.RealServerSetupError as exc:
+            raise LlamaCppSetupError(str(exc)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from cache_dir import file_lock
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 SETUP_ENV = HERE / "setup_env.sh"
@@ -61,17 +63,23 @@ def cached_base_model(venv: Path) -> Path:
     """The unprepared tiny model, built once into ``<venv>/tiny-models/<builder hash>/base``."""
     folder = venv / "tiny-models" / builder_key()
     base = folder / "base"
-    if (base / "model.safetensors").is_file() and (base / "tokenizer_config.json").is_file():
+
+    def built() -> bool:
+        return (base / "model.safetensors").is_file() and (base / "tokenizer_config.json").is_file()
+
+    if built():
         return base
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".base.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _run([venv / "bin" / "python", BUILDER, tmp], "building the tiny model", timeout=300)
-        shutil.rmtree(base, ignore_errors=True)
-        os.replace(tmp, base)
-    finally:
+    with file_lock(folder.with_name(folder.name + ".lock")):  # parallel workers build it once
+        if built():
+            return base
+        tmp = folder / f".base.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _run([venv / "bin" / "python", BUILDER, tmp], "building the tiny model", timeout=300)
+            shutil.rmtree(base, ignore_errors=True)
+            os.replace(tmp, base)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return base
 
 

@@ -3,6 +3,7 @@
 # for the real-server tests.
 #
 #   tests/realserver/setup_env.sh            # venv at $REALSERVER_VENV
+#   tests/realserver/setup_env.sh --check    # exit 0 if it is ready, 1 if not (changes nothing)
 #
 # REALSERVER_VENV     venv path (default: <repo>/.venv-realserver; not .venv-transformers,
 #                     which is the user's own serving env for ./run.sh serve, maybe GPU torch)
@@ -27,8 +28,17 @@ want="torch==$TORCH_VERSION transformers[serving]==$TRANSFORMERS_VERSION ${EXTRA
 die() { echo "setup_env: ERROR: $*" >&2; exit 1; }
 say() { echo "setup_env: $*" >&2; }
 
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/transformers" ]]; then
+ready() { [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/transformers" ]]; }
+[[ "${1:-}" == "--check" ]] && { ready; exit; }
+if ready; then
     say "cached venv is ready ($want)"
+    echo "$venv"
+    exit 0
+fi
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9  # one set-up at a time (parallel test workers); a second caller waits, finds the stamp
+if ready; then
     echo "$venv"
     exit 0
 fi
