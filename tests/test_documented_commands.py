@@ -69,6 +69,8 @@ NOT_RUN: dict[str, str] = {
     "./run.sh test tests/test_proxy_e2e.py": _TESTS,
     "SKIP_REAL_SERVER=1 ./run.sh test": _TESTS,
     "SKIP_LLAMACPP=1 ./run.sh test": _TESTS,
+    "./run.sh test -n 0": _TESTS,
+    "PYTEST_XDIST_AUTO_NUM_WORKERS=4 ./run.sh test": _TESTS,
     "./run.sh prepare openai/gpt-oss-20b": _PREPARE,
     "./run.sh serve openai/gpt-oss-20b": _WEIGHTS,
     "./run.sh serve [MODEL] [transformers serve args…] [-- proxy args…]":

@@ -194,8 +194,11 @@ def test_a_slow_store_delays_the_end_only_up_to_its_timeout(
     pair = gated(0.5, "50")
     first = send(pair.a.base_url, "responses", "gpt-oss-20b", user("Say 0"), stream, store=True)
     assert first.status == 200 and first.message["content"] == "Hello!"
-    ((arrived, forwarded),) = pair.gate.wait_for_writes(1)
-    assert arrived < first.end_at < forwarded
+    ((_arrived, forwarded),) = pair.gate.wait_for_writes(1)
+    # The end came before the held write landed; that the proxy was waiting on that write when
+    # it gave up is the "late" count below (when the write reaches the gate is the machine's
+    # scheduling: under load it can be after the 50 ms the proxy waited).
+    assert first.end_at < forwarded
     assert metric(pair.a, 'harmony_groq_state_store_errors_total{namespace="resp",op="wait",'
                           'reason="late"}') == 1
     stored = httpx.get(f"{pair.b.base_url}/responses/{response_id(first)}", timeout=10)
