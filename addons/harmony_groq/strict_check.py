@@ -31,7 +31,6 @@ from .records import record_of
 from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
 
-
 T = TypeVar("T")
 
 
