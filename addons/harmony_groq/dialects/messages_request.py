@@ -367,7 +367,7 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
         functions.append({"type": "function", "function": {
             "name": tool["name"], "description": description,
             "parameters": _schema(tool, where),
-            "strict": tool.get("strict") is True}})  # Anthropic's structured outputs
+            **({"strict": True} if tool.get("strict") is True else {})}})  # structured outputs
     return ToolSet(functions, *_tool_choice(body.get("tool_choice"), functions))
 
 
