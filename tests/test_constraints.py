@@ -15,11 +15,14 @@ import openai
 import pytest
 
 from harmony_groq.chat_request import parse_chat_request
+from harmony_groq.completion import AssembledMessage
 from harmony_groq.constraints import constraint_for, llamacpp_grammar, vllm_fields
 from harmony_groq.errors import ProxyError
 from harmony_groq.gbnf import SchemaGrammar, UnsupportedSchema
 from harmony_groq.gbnf_regex import FORMATS
+from harmony_groq.parse import ContentDelta, ReasoningDelta, ToolCall
 from harmony_groq.render import render_prompt
+from harmony_groq.strict_check import HeldStrict, StrictCheck
 
 from conftest import default_options
 from fakes import FakeGroq, FakeTransformers
@@ -413,3 +416,19 @@ def test_transformers_strict_messages_stream_is_generated_again(
     assert use.input == {"days": 5, "day": "2026-03-04"} and message.stop_reason == "tool_use"
     record = proxy.log_records(wait_for=before + 1)[-1]
     assert record["strict_tries"] == 2
+
+
+def test_a_retry_replaces_only_the_held_strict_part() -> None:
+    """A free tool's call (sent with the first try) stays; the strict call and answer are the
+    retry's."""
+    check = StrictCheck({"a": BOUNDED}, {"type": "object"})
+    held, message = HeldStrict(check, []), AssembledMessage()
+    first = [ReasoningDelta("think"), ToolCall(0, "c1", "free", "{}"),
+             ToolCall(1, "c2", "a", '{"days": 9}'), ContentDelta("no")]
+    message.add(first)
+    assert held.split(first) == first[:2]
+    retry = [ReasoningDelta("again"), ToolCall(0, "c3", "a", '{"days": 1, "day": "2026-01-01"}'),
+             ContentDelta("{}")]
+    assert held.replace(message, retry) == retry[1:]
+    assert [c.id for c in message.tool_calls] == ["c1", "c3"]
+    assert message.content == ["{}"] and message.reasoning == ["think"]
