@@ -9,16 +9,20 @@ import json
 import random
 from typing import Any
 
+import anthropic
 import jsonschema
 import openai
 import pytest
 
 from harmony_groq.chat_request import parse_chat_request
+from harmony_groq.completion import AssembledMessage
 from harmony_groq.constraints import constraint_for, llamacpp_grammar, vllm_fields
 from harmony_groq.errors import ProxyError
 from harmony_groq.gbnf import SchemaGrammar, UnsupportedSchema
 from harmony_groq.gbnf_regex import FORMATS
+from harmony_groq.parse import ContentDelta, ReasoningDelta, ToolCall
 from harmony_groq.render import render_prompt
+from harmony_groq.strict_check import HeldStrict, StrictCheck
 
 from conftest import default_options
 from fakes import FakeGroq, FakeTransformers
@@ -330,10 +334,10 @@ def test_transformers_strict_reply_that_stays_invalid_is_the_apis_error(
 
 def test_transformers_strict_stream_holds_the_call_until_it_is_valid(
         proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
-    """The analysis streams; the strict call goes out once the reply is over and valid, and an
-    invalid one ends the stream with the API's error (streams are not generated again)."""
+    """The analysis streams; the strict call goes out once the reply is over and valid, and a
+    reply that stays invalid through every try ends the stream with the API's error."""
     fake_transformers.script(call_script('{"days": 3, "day": "2026-02-03"}'),
-                             call_script('{"days": 0, "day": "2026-02-03"}'))
+                             *[call_script('{"days": 0, "day": "2026-02-03"}')] * 3)
     client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
     ask = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "hi"}],
            "tools": [tool("a", True, BOUNDED)], "stream": True}
@@ -346,9 +350,85 @@ def test_transformers_strict_stream_holds_the_call_until_it_is_valid(
     with pytest.raises(openai.APIError) as caught:
         for chunk in client.chat.completions.create(**ask):  # type: ignore[call-overload]
             received.append(chunk)
-    assert "strict schema" in caught.value.message
+    assert "strict schema" in caught.value.message and "3 tries" in caught.value.message
     assert not any(c.choices and c.choices[0].delta.tool_calls for c in received)
     assert any(c.choices and (c.choices[0].delta.model_extra or {}).get("reasoning")
                for c in received)  # the analysis was not held
     record = proxy.last_record("is less than the minimum of 1")
-    assert record["strict_tries"] == 1 and "arguments of 'a'" in record["strict_problem"]
+    assert record["strict_tries"] == 3 and "arguments of 'a'" in record["strict_problem"]
+    assert [json.loads(r["raw"])["stream"] for r in fake_transformers.requests[1:]] == [
+        True, False, False]  # the retries are whole completions
+
+
+def test_transformers_strict_chat_stream_is_generated_again(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    """An invalid held call is asked for again; the valid try's call goes out in the same
+    stream, then its normal end."""
+    fake_transformers.script(call_script('{"days": 9, "day": "2026-01-02"}'),
+                             call_script('{"days": 4, "day": "2026-01-02"}'))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    before = proxy.log_mark()
+    chunks = list(client.chat.completions.create(
+        model="gpt-oss-20b", messages=[{"role": "user", "content": "hi"}], stream=True,
+        seed=11, tools=[tool("a", True, BOUNDED)]))  # type: ignore[list-item]
+    calls = [c for chunk in chunks if chunk.choices for c in chunk.choices[0].delta.tool_calls
+             or []]
+    assert [json.loads(c.function.arguments or "") for c in calls] == [
+        {"days": 4, "day": "2026-01-02"}]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert [json.loads(r["raw"])["seed"] for r in fake_transformers.requests] == [11, 12]
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert record["strict_tries"] == 2 and "strict_problem" not in record
+    assert record["client_response"]["message"]["tool_calls"][0]["function"]["arguments"] \
+        == '{"days": 4, "day": "2026-01-02"}'
+
+
+def test_transformers_strict_responses_stream_is_generated_again(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    fake_transformers.script(final_script("not JSON"), final_script("still not"),
+                             final_script('{"days": 2, "day": "2026-05-06"}'))
+    client = openai.OpenAI(base_url=proxy.base_url, api_key="sk-client", max_retries=0)
+    before = proxy.log_mark()
+    events = list(client.responses.create(
+        model="gpt-oss-20b", input="hi", stream=True, text={"format": {
+            "type": "json_schema", "name": "x", "schema": BOUNDED, "strict": True}}))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert json.loads(deltas) == {"days": 2, "day": "2026-05-06"}
+    assert events[-1].type == "response.completed"
+    assert json.loads(events[-1].response.output_text) == {"days": 2, "day": "2026-05-06"}
+    assert any(e.type == "response.reasoning_text.delta" for e in events)  # the first try's
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert record["strict_tries"] == 3 and "strict_problem" not in record
+
+
+def test_transformers_strict_messages_stream_is_generated_again(
+        proxy: ProxyProcess, fake_transformers: FakeTransformers) -> None:
+    fake_transformers.script(call_script('{"days": 3}'),
+                             call_script('{"days": 5, "day": "2026-03-04"}'))
+    client = anthropic.Anthropic(base_url=proxy.root_url, api_key="sk-client", max_retries=0)
+    before = proxy.log_mark()
+    with client.messages.stream(
+            model="gpt-oss-20b", max_tokens=200, messages=[{"role": "user", "content": "hi"}],
+            tools=[{"name": "a", "input_schema": BOUNDED, "strict": True}],  # type: ignore
+    ) as stream:
+        message = stream.get_final_message()
+    (use,) = [b for b in message.content if b.type == "tool_use"]
+    assert use.input == {"days": 5, "day": "2026-03-04"} and message.stop_reason == "tool_use"
+    record = proxy.log_records(wait_for=before + 1)[-1]
+    assert record["strict_tries"] == 2
+
+
+def test_a_retry_replaces_only_the_held_strict_part() -> None:
+    """A free tool's call (sent with the first try) stays; the strict call and answer are the
+    retry's."""
+    check = StrictCheck({"a": BOUNDED}, {"type": "object"})
+    held, message = HeldStrict(check, []), AssembledMessage()
+    first = [ReasoningDelta("think"), ToolCall(0, "c1", "free", "{}"),
+             ToolCall(1, "c2", "a", '{"days": 9}'), ContentDelta("no")]
+    message.add(first)
+    assert held.split(first) == first[:2]
+    retry = [ReasoningDelta("again"), ToolCall(0, "c3", "a", '{"days": 1, "day": "2026-01-01"}'),
+             ContentDelta("{}")]
+    assert held.replace(message, retry) == retry[1:]
+    assert [c.id for c in message.tool_calls] == ["c1", "c3"]
+    assert message.content == ["{}"] and message.reasoning == ["think"]

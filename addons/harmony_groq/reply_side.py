@@ -47,6 +47,7 @@ from .streaming import (
     stripped_error,
 )
 from .strict_check import StrictRetry
+from .strict_stream import StreamStrictRetry
 from .toolloop import ToolLoop
 from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
 
@@ -73,6 +74,7 @@ class ReplySide:
         self.strict = StrictRetry(client, state.settle,
                                   lambda: self.config.strict_retries,
                                   lambda: self.config.upstream_timeout)
+        self.strict_streams = StreamStrictRetry(self.strict, self.ends)
 
     @property
     def config(self) -> Config:
@@ -121,6 +123,7 @@ class ReplySide:
             exchange, self.config.keepalive_seconds,
             lambda result: record.__setitem__("stream_summary", result.summary()),
             hold_end=self.ends.holder(flow))  # the end waits for the writes the next turn reads
+        translator.strict_again = self.strict_streams.holder(flow)
         self.tools.attach(flow, translator)
         if can_write_chunks(flow):
             with contextlib.suppress(RuntimeError):  # no loop: a hook outside mitmproxy

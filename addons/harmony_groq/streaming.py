@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from .completion import AssembledMessage
 from .dialects.base import ReplyWriter
 from .encoding import harmony_encoding
 from .errors import ProxyError
-from .parse import StrippedOutputError
+from .parse import HarmonyDecoder, StrippedOutputError
 from .sse import SSEFramer
 from .state.writes import Writes, collect_writes
 from .strict_check import held_strict_for
@@ -139,6 +139,10 @@ class HarmonyStreamTranslator(InterruptibleStream):
     # call is held for the loop to continue, and the filter the answer's events pass (cites).
     on_server_call: Callable[[], bool] | None = None
     event_filter: Callable[[list[Any]], list[Any]] | None = None
+    # Set by strict_stream.py: takes a reply whose held strict part is invalid (True: it is
+    # generated again and ended from there; the translation waits meanwhile).
+    strict_again: Callable[[HarmonyStreamTranslator, str], bool] | None = None
+    awaiting_strict = False
 
     def __init__(self, exchange: HarmonyExchange, keepalive_seconds: float,
                  on_done: Callable[[StreamResult], None],
@@ -163,7 +167,7 @@ class HarmonyStreamTranslator(InterruptibleStream):
         self.strict = held_strict_for(exchange)  # transformers serve: validated at the end
 
     def __call__(self, data: bytes) -> list[bytes]:
-        if self.done or self.suspended:
+        if self.done or self.suspended or self.awaiting_strict:
             return []
         out = self._opening()
         try:
@@ -267,17 +271,40 @@ class HarmonyStreamTranslator(InterruptibleStream):
         flush = getattr(self.event_filter, "flush", None)
         if flush is not None:  # a citation marker held back at the very end
             self._emit(flush(), out)
-        message = self.result.message
         if self.strict is not None:
-            out.extend(self.reply.events(self.strict.release(
-                message, output.truncated and not self.decoder.stopped, self.result.strict)))
-        outcome = self.exchange.outcome(self.decoder, message, output, self.completion_tokens)
+            problem = self.strict.problem(self.result.message, output.truncated
+                                          and not self.decoder.stopped, self.result.strict)
+            if (problem is not None and self.strict_again is not None
+                    and self.strict_again(self, problem)):
+                self.awaiting_strict = True
+                return
+            out.extend(self.reply.events(self.strict.release(problem, self.result.strict)))
+        end, writes = self._end_reply(self.decoder, output, self.completion_tokens)
+        self._end(end, writes, out)
+        self._close()
+
+    def _end_reply(self, decoder: HarmonyDecoder, output: BackendOutput,
+                   completion_tokens: int) -> tuple[list[bytes], Writes]:
+        """The reply's terminal events, and the store writes they wait for."""
+        message = self.result.message
+        outcome = self.exchange.outcome(decoder, message, output, completion_tokens)
         with collect_writes() as writes:
             self.exchange.remember(message)
             end = self.reply.finish(message, outcome)
-        self._end(end, writes, out)
         self.result.finish_reason, self.result.usage = outcome.finish, outcome.usage()
+        return end, writes
+
+    def finish_retried(self, events: list[Any], decoder: HarmonyDecoder,
+                       output: BackendOutput) -> tuple[bytes, Writes]:
+        """The reply's end after a valid retry (strict_stream.py): the retry's strict part in
+        place of the held one, then the terminal events (and the writes they wait for)."""
+        assert self.strict is not None
+        self.awaiting_strict = False
+        out = self.reply.events(self.strict.replace(self.result.message, events))
+        end, writes = self._end_reply(decoder, output, output.completion_tokens
+                                      or self.completion_tokens)
         self._close()
+        return b"".join(out + end), writes
 
     def _fail(self, error: ProxyError, out: list[bytes]) -> None:
         if (error.code in RESUMABLE and self.on_upstream_failure is not None
@@ -365,16 +392,23 @@ class EndsAfterWrites:
             return None
 
         def hold(data: bytes, writes: Writes) -> bool:
-            if _chunk_writer(flow) is None:  # the client is gone, or mitmproxy changed
-                return False
-            try:
-                task = asyncio.get_running_loop().create_task(self._write(flow, data, writes))
-            except RuntimeError:  # no event loop: a stream driven outside mitmproxy
-                return False
-            self.tasks[flow.id] = task
-            return True
+            return self.later(flow, self._write(flow, data, writes))
 
         return hold
+
+    def later(self, flow: http.HTTPFlow, work: Coroutine[Any, Any, None]) -> bool:
+        """``work`` (which ends the client's stream) as the task the flow's last hook awaits;
+        False (``work`` closed unrun) where chunks of our own cannot reach the client."""
+        if _chunk_writer(flow) is None:  # the client is gone, or mitmproxy changed
+            work.close()
+            return False
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no event loop: a stream driven outside mitmproxy
+            work.close()
+            return False
+        self.tasks[flow.id] = task
+        return True
 
     async def _write(self, flow: http.HTTPFlow, data: bytes, writes: Writes) -> None:
         await self.settle(writes)

@@ -6,7 +6,8 @@ included). An invalid reply is asked for again, up to ``STRICT_RETRIES`` more ti
 request's seed moves on by one each time, so a seeded request does not repeat itself); if
 every try is invalid the client gets the API's error, never arguments presented as strict
 that are not. The flow log's ``strict_tries`` says how many tries it took. A reply cut at the
-token limit is passed on as cut (``length``), not retried.
+token limit is passed on as cut (``length``), not retried. A stream holds its strict part back
+(``HeldStrict``) and is generated again the same way (strict_stream.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from jsonschema import Draft202012Validator
@@ -29,6 +30,8 @@ from .parse import ContentDelta, Event, ToolCall
 from .records import record_of
 from .state.writes import Writes, collect_writes
 from .translate import HarmonyExchange, TranslatedCompletion, translate_completion
+
+T = TypeVar("T")
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
@@ -80,8 +83,9 @@ def strict_check_for(request: ChatRequest) -> StrictCheck | None:
 @dataclass
 class HeldStrict:
     """A stream's strict parts (a strict tool's call, a json_schema answer's text), held back
-    until the reply is over and valid; the analysis streams as it comes. Streams are not
-    generated again: an invalid one ends with the API's error."""
+    until the reply is over and valid; the analysis streams as it comes. An invalid one is
+    generated again where the proxy can write to the client itself (strict_stream.py), else
+    it ends with the API's error."""
 
     check: StrictCheck
     held: list[Event]
@@ -97,15 +101,31 @@ class HeldStrict:
                 now.append(event)
         return now
 
-    def release(self, message: AssembledMessage, truncated: bool, record: dict[str, Any]
-                ) -> list[Event]:
-        """The held events once the reply is valid (or cut), else ProxyError."""
-        problem = self.check.problem(message, truncated)
+    def problem(self, message: AssembledMessage, truncated: bool, record: dict[str, Any]
+                ) -> str | None:
+        """Why the first try breaks its schemas, or None (``record``: its ``strict_tries``)."""
         record["strict_tries"] = 1
+        return self.check.problem(message, truncated)
+
+    def release(self, problem: str | None, record: dict[str, Any]) -> list[Event]:
+        """The held events when the first try is valid (or cut), else ProxyError."""
         if problem is not None:
             record["strict_problem"] = problem
             raise unmet(problem, 1)
         return self.held
+
+    def replace(self, message: AssembledMessage, events: list[Event]) -> list[Event]:
+        """A valid retry's strict part in place of the held one, in ``message`` too; the
+        events to send (the rest of the retry went out with the first try)."""
+        retried = HeldStrict(self.check, [])
+        retried.split(events)
+        held = {id(event) for event in self.held}
+        message.tool_calls = [call for call in message.tool_calls if id(call) not in held] + [
+            event for event in retried.held if isinstance(event, ToolCall)]
+        if self.check.answer is not None:
+            message.content = [e.text for e in retried.held if isinstance(e, ContentDelta)]
+        self.held = retried.held
+        return retried.held
 
 
 def held_strict_for(exchange: HarmonyExchange) -> HeldStrict | None:
@@ -149,13 +169,31 @@ class StrictRetry:
         return self._again(flow, exchange, check, problem, dialect, done)
 
     async def _again(self, flow: http.HTTPFlow, exchange: HarmonyExchange, check: StrictCheck,
-                     problem: str | None, dialect: Any,
+                     problem: str, dialect: Any,
                      done: Callable[[TranslatedCompletion], None]) -> None:
-        record, tries = record_of(flow), 1
+        def read(output: BackendOutput) -> tuple[TranslatedCompletion, AssembledMessage]:
+            translated = translate_completion(exchange, output)
+            return translated, translated.message
+
         request = json.loads(flow.request.content or b"{}")
-        translated = None
         try:
-            while problem is not None and tries <= self.retries():
+            translated = await self.generate(flow, exchange, request, check, problem,
+                                             record_of(flow), read)
+        except ProxyError as error:
+            answer(flow, error, dialect)
+            return
+        done(translated)
+
+    async def generate(self, flow: http.HTTPFlow, exchange: HarmonyExchange,
+                       request: dict[str, Any], check: StrictCheck, problem: str,
+                       record: dict[str, Any],
+                       read: Callable[[BackendOutput], tuple[T, AssembledMessage]]) -> T:
+        """The model server's whole reply to ``request`` (the upstream body), asked again
+        while it breaks ``check``, as ``read`` makes it; ProxyError once the tries are spent
+        (``record``: ``strict_tries``, ``strict_problem``)."""
+        tries = 1
+        try:
+            while tries <= self.retries():
                 if isinstance(request.get("seed"), int):
                     request["seed"] += 1  # a seeded request would repeat its reply
                 tries += 1
@@ -166,23 +204,16 @@ class StrictRetry:
                                      "to a strict reply's retry", code="upstream_error")
                 output: BackendOutput = exchange.backend.read_response(answered.json())
                 with collect_writes() as writes:
-                    translated = translate_completion(exchange, output)
+                    value, message = read(output)
                 await self.settle_writes(writes)
-                problem = check.problem(translated.message, output.truncated)
-            if problem is not None:
-                record["strict_problem"] = problem
-                raise unmet(problem, tries)
-        except ProxyError as exc:
-            error = exc
+                found = check.problem(message, output.truncated)
+                if found is None:
+                    return value
+                problem = found
+            record["strict_problem"] = problem
+            raise unmet(problem, tries)
         except (httpx.HTTPError, ValueError) as exc:  # an unreadable answer too
-            error = ProxyError(502, f"A strict reply's retry failed: {exc}",
-                               code="upstream_error")
-        else:
-            error = None
-        if error is not None:
+            raise ProxyError(502, f"A strict reply's retry failed: {exc}",
+                             code="upstream_error") from None
+        finally:
             record["strict_tries"] = tries
-            answer(flow, error, dialect)
-            return
-        record["strict_tries"] = tries
-        assert translated is not None
-        done(translated)

@@ -366,7 +366,8 @@ def tool_set(body: dict[str, Any]) -> ToolSet:
             raise bad_request(f"{where}.description must be a string.", param=where)
         functions.append({"type": "function", "function": {
             "name": tool["name"], "description": description,
-            "parameters": _schema(tool, where)}})
+            "parameters": _schema(tool, where),
+            **({"strict": True} if tool.get("strict") is True else {})}})  # structured outputs
     return ToolSet(functions, *_tool_choice(body.get("tool_choice"), functions))
 
 

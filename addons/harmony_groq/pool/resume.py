@@ -97,7 +97,7 @@ class ReplicaStream:
         out = self.translator(data)
         if self.translator.result.first_token_at is not None:
             self.pooled.first_token = True
-        if self.translator.done and attempt is not None:
+        if (self.translator.done or self.translator.awaiting_strict) and attempt is not None:
             attempt.end("ok")
         return out
 
