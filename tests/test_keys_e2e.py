@@ -63,6 +63,13 @@ def status(proxy: ProxyProcess, key: str, model: str = "gpt-oss-20b") -> int:
                       ).status_code
 
 
+def known(proxy: ProxyProcess, key: str) -> bool:
+    """Whether the proxy has read ``key`` from the book yet (it polls every 0.5 s): a model
+    list costs no tokens, so the limits under test are not touched."""
+    return httpx.get(f"{proxy.base_url}/models", timeout=20,
+                     headers={"authorization": f"Bearer {key}"}).status_code != 401
+
+
 def until(check: Callable[[], bool], seconds: float) -> float:
     """Seconds until ``check`` holds (bounded); raises past ``seconds``."""
     start = time.monotonic()
@@ -203,6 +210,7 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     buckets = f"hgg:v1:limit:{hashlib.sha256(dave.encode()).hexdigest()}:tpm"
     until(lambda: sum(int(v) for v in store.hvals(buckets)) == used, 1)
     assert used > 80
+    until(lambda: known(proxies[1], dave), 2)  # proxy 0 may have read the book first
     limited = httpx.post(f"{proxies[1].base_url}/chat/completions", timeout=20,
                          headers={"authorization": f"Bearer {dave}"},
                          json={"model": "gpt-oss-20b", "messages": [{"role": "user",
@@ -215,6 +223,7 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     # in flight: one at a time across both proxies; the slot frees when the stream ends
     fay = new_key(tmp_path, env, "fay", "--max-inflight", "1")
     until(lambda: status(proxies[0], fay) == 200, 2)
+    until(lambda: known(proxies[1], fay), 2)
     fake_transformers.script(Scripted(DEFAULT_ANSWER, delay_headers=1.5))
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(status, proxies[0], fay)
@@ -244,8 +253,9 @@ def test_two_proxies_share_keys_and_limits(start_proxy: Start, redis_server: Red
     # Groq tokens per day: the first Groq reply (17 tokens) spends the 10; gpt-oss goes on
     erin = new_key(tmp_path, env, "erin", "--groq-tokens-per-day", "10")
     until(lambda: status(proxies[1], erin, GROQ_MODEL) == 200, 2)
-    time.sleep(0.3)
-    assert status(proxies[0], erin, GROQ_MODEL) == 429
+    until(lambda: known(proxies[0], erin), 2)
+    # the reply's tokens are settled once it was sent: refused from then on, on either proxy
+    until(lambda: status(proxies[0], erin, GROQ_MODEL) == 429, 2)
     assert status(proxies[0], erin) == 200
 
     # revoked: both proxies refuse it within a second
@@ -273,7 +283,8 @@ def test_fair_share_decides_who_spills(start_proxy: Start, tmp_path: Path,
     proxy = start_proxy(options={"spillover": "saturated", "spillover_max_inflight": "1"},
                         env={**env, "GROQ_API_KEY": GROQ_KEY})
     heavy, light = new_key(tmp_path, env, "heavy"), new_key(tmp_path, env, "light")
-    until(lambda: status(proxy, "sk-hgg-nobody") == 401, 2)
+    # the proxy may read the book between the two keys: wait for both
+    until(lambda: known(proxy, heavy) and known(proxy, light), 2)
 
     def served_by(key: str) -> str:
         reply = httpx.post(f"{proxy.base_url}/chat/completions", timeout=20,
